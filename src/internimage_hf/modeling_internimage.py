@@ -1,0 +1,625 @@
+"""PyTorch InternImage: a CNN built on deformable convolution v3 (Wang et al., CVPR 2023).
+
+Inside the stages activations are channels-last ``(N, H, W, C)`` like the official implementation (every
+projection is a `nn.Linear`); everything a user sees (`hidden_states`, `last_hidden_state`, backbone
+`feature_maps`) is channels-first ``(N, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutputWithPoolingAndNoAttention,
+    ImageClassifierOutputWithNoAttention,
+)
+
+from .configuration_internimage import InternImageConfig
+from .conversion import official_hub_key_mapping
+from .dcnv3 import DCNv3Core
+
+# Constants of the official CLIP-projector head of InternImage-H/G.
+CLIP_PRETRAIN_EMBED_DIM = 1024
+CLIP_EMBED_DIM = 768
+CLIP_ATTENTION_HEADS = 16
+CLIP_POOL_STRIDE = 2
+# The network downsamples by 32; smaller inputs collapse several stages to a single pixel.
+MIN_INPUT_SIZE = 32
+
+ACTIVATIONS = {"GELU": nn.GELU, "ReLU": nn.ReLU, "SiLU": nn.SiLU}
+
+
+def build_activation(name: str) -> nn.Module:
+    return ACTIVATIONS[name]()
+
+
+def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth per sample: zero whole residual branches with probability `drop_prob`."""
+    if drop_prob == 0.0 or not training:
+        return hidden_states
+    keep_prob = 1 - drop_prob
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+    random_tensor = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+    return hidden_states * random_tensor / keep_prob
+
+
+class InternImageDropPath(nn.Module):
+    """Stochastic depth on a residual branch."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return drop_path(hidden_states, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class InternImageStem(nn.Module):
+    """Two stride-2 3x3 convolutions: ``(N, 3, H, W)`` -> ``(N, H/4, W/4, C)`` channels-last."""
+
+    def __init__(self, config: InternImageConfig) -> None:
+        super().__init__()
+        half = config.channels // 2
+        self.conv1 = nn.Conv2d(config.num_channels, half, kernel_size=3, stride=2, padding=1)
+        self.norm1 = nn.LayerNorm(half, eps=config.layer_norm_eps)
+        self.act = build_activation(config.act_layer)
+        self.conv2 = nn.Conv2d(half, config.channels, kernel_size=3, stride=2, padding=1)
+        self.norm2 = nn.LayerNorm(config.channels, eps=config.layer_norm_eps)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.norm1(self.conv1(pixel_values).permute(0, 2, 3, 1))
+        hidden = self.act(hidden).permute(0, 3, 1, 2)
+        return self.norm2(self.conv2(hidden).permute(0, 2, 3, 1))
+
+
+class InternImageDownsample(nn.Module):
+    """Stride-2 3x3 convolution doubling the width: ``(N, H, W, C)`` -> ``(N, H/2, W/2, 2C)``."""
+
+    def __init__(self, config: InternImageConfig, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2 * channels, kernel_size=3, stride=2, padding=1, bias=False)
+        self.norm = nn.LayerNorm(2 * channels, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+class InternImageMLP(nn.Module):
+    """Two-layer feed-forward network on channels-last input ``(..., C)``."""
+
+    def __init__(self, config: InternImageConfig, channels: int) -> None:
+        super().__init__()
+        hidden = int(channels * config.mlp_ratio)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.act = build_activation(config.act_layer)
+        self.fc2 = nn.Linear(hidden, channels)
+        self.dropout = nn.Dropout(config.drop_rate)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(self.act(self.fc1(hidden_states)))
+        return self.dropout(self.fc2(hidden_states))
+
+
+class InternImageDCNv3(nn.Module):
+    """DCNv3 operator with its projections: ``(N, H, W, C)`` -> ``(N, H, W, C)``.
+
+    A depthwise convolution + LayerNorm + activation of the input predicts, for every pixel and group, the
+    offsets and softmax-normalised weights of `P` sampling points; `core` (a `DCNv3Core`, replaceable by the
+    hub kernel) aggregates the projected input at those points.
+    """
+
+    def __init__(self, config: InternImageConfig, channels: int, group: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.channels = channels
+        self.group = group
+        self.group_channels = channels // group
+        self.kernel_size = kernel_size
+        self.stride = 1
+        self.pad = (kernel_size - 1) // 2
+        self.dilation = 1
+        self.offset_scale = config.offset_scale
+        self.remove_center = bool(config.remove_center)
+        self.points = kernel_size * kernel_size - int(self.remove_center)
+        dw_kernel_size = config.dw_kernel_size or kernel_size
+
+        self.input_proj = nn.Linear(channels, channels)
+        self.depthwise_conv = nn.Conv2d(
+            channels, channels, kernel_size=dw_kernel_size, padding=(dw_kernel_size - 1) // 2, groups=channels
+        )
+        self.depthwise_norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+        self.depthwise_act = build_activation(config.act_layer)
+        self.offset = nn.Linear(channels, group * self.points * 2)
+        self.mask = nn.Linear(channels, group * self.points)
+        self.output_proj = nn.Linear(channels, channels)
+        self.center_feature_scale = config.center_feature_scale
+        if self.center_feature_scale:
+            self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros(group, channels))
+            self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
+        self.core = DCNv3Core()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = hidden_states.shape
+        value = self.input_proj(hidden_states)
+        query = self.depthwise_conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        query = self.depthwise_act(self.depthwise_norm(query))
+        offset = self.offset(query)
+        mask = self.mask(query).reshape(batch, height, width, self.group, self.points)
+        mask = mask.softmax(-1).reshape(batch, height, width, self.group * self.points)
+        output = self.core(
+            value, offset, mask, self.kernel_size, self.kernel_size, self.stride, self.stride, self.pad, self.pad,
+            self.dilation, self.dilation, self.group, self.group_channels, self.offset_scale, self.remove_center,
+        )  # fmt: skip
+        if self.center_feature_scale:
+            gate = F.linear(query, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias).sigmoid()
+            gate = gate.repeat_interleave(self.group_channels, dim=-1)
+            output = output * (1 - gate) + value * gate
+        return self.output_proj(output)
+
+
+class InternImageLayer(GradientCheckpointingLayer):
+    """One InternImage block: DCNv3 and MLP residual branches on ``(N, H, W, C)``.
+
+    Norm placement follows the official variants: pre-norm (T), post-norm of the branch output (S/B/L/XL/G),
+    or pre-norm plus a residual post-norm (H); an optional per-channel layer scale multiplies each branch.
+    """
+
+    def __init__(self, config: InternImageConfig, channels: int, group: int, drop_path_rate: float) -> None:
+        super().__init__()
+        self.post_norm = config.post_norm
+        self.use_layer_scale = config.layer_scale is not None
+        self.use_res_post_norm = config.res_post_norm and not self.use_layer_scale
+        self.norm1 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+        self.dcn = InternImageDCNv3(config, channels, group)
+        self.norm2 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+        self.mlp = InternImageMLP(config, channels)
+        self.drop_path = InternImageDropPath(drop_path_rate)
+        if self.use_layer_scale:
+            self.layer_scale1 = nn.Parameter(torch.full((channels,), float(config.layer_scale)))
+            self.layer_scale2 = nn.Parameter(torch.full((channels,), float(config.layer_scale)))
+        if config.res_post_norm:
+            # The official model creates these whenever res_post_norm is set (and ignores them with layer scale).
+            self.res_post_norm1 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+            self.res_post_norm2 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+
+    def _branch(self, hidden_states, transform, norm, index):
+        if self.post_norm:
+            branch = norm(transform(hidden_states))
+        else:
+            branch = transform(norm(hidden_states))
+            if self.use_res_post_norm:
+                branch = getattr(self, f"res_post_norm{index}")(branch)
+        if self.use_layer_scale:
+            branch = getattr(self, f"layer_scale{index}") * branch
+        return hidden_states + self.drop_path(branch)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self._branch(hidden_states, self.dcn, self.norm1, 1)
+        return self._branch(hidden_states, self.mlp, self.norm2, 2)
+
+
+class InternImageStage(nn.Module):
+    """A stage: blocks, optional post-norms after selected blocks, level norm, then an optional downsample.
+
+    Returns ``(stage_output, next_input)``: the stage output ``(N, H, W, C)`` before downsampling (what
+    detection/segmentation heads consume) and the downsampled input of the next stage (or `None`).
+    """
+
+    def __init__(self, config: InternImageConfig, index: int, drop_path_rates: list[float]) -> None:
+        super().__init__()
+        channels = config.hidden_sizes[index]
+        group = config.groups[index]
+        self.layers = nn.ModuleList(
+            [InternImageLayer(config, channels, group, rate) for rate in drop_path_rates]
+        )
+        use_post_norms = index == 2 and config.level2_post_norm and config.level2_post_norm_block_ids
+        self.post_norm_block_ids = list(config.level2_post_norm_block_ids) if use_post_norms else []
+        if self.post_norm_block_ids:
+            self.post_norms = nn.ModuleList(
+                [nn.LayerNorm(channels, eps=config.layer_norm_eps) for _ in self.post_norm_block_ids]
+            )
+        self.use_norm = (not config.post_norm) or config.center_feature_scale
+        if self.use_norm:
+            self.norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+        is_last = index == len(config.depths) - 1
+        self.downsample = None if is_last else InternImageDownsample(config, channels)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        for block_id, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states)
+            if block_id in self.post_norm_block_ids:
+                hidden_states = self.post_norms[self.post_norm_block_ids.index(block_id)](hidden_states)
+        if self.use_norm:
+            hidden_states = self.norm(hidden_states)
+        next_input = self.downsample(hidden_states) if self.downsample is not None else None
+        return hidden_states, next_input
+
+
+def drop_path_schedule(config: InternImageConfig) -> list[list[float]]:
+    """Per-stage lists of stochastic-depth rates (linear in block index, or uniform)."""
+    total = sum(config.depths)
+    if config.drop_path_type == "uniform":
+        rates = [config.drop_path_rate] * total
+    else:
+        rates = [x.item() for x in torch.linspace(0, config.drop_path_rate, total, device="cpu")]
+    starts = [sum(config.depths[:i]) for i in range(len(config.depths))]
+    return [rates[start : start + depth] for start, depth in zip(starts, config.depths)]
+
+
+class InternImageEncoder(nn.Module):
+    """The four stages. Input ``(N, H/4, W/4, C)``; returns every stage output, channels-last."""
+
+    def __init__(self, config: InternImageConfig) -> None:
+        super().__init__()
+        schedule = drop_path_schedule(config)
+        self.stages = nn.ModuleList([InternImageStage(config, i, schedule[i]) for i in range(len(config.depths))])
+
+    def forward(self, hidden_states: torch.Tensor) -> list[torch.Tensor]:
+        stage_outputs = []
+        for stage in self.stages:
+            stage_output, hidden_states = stage(hidden_states)
+            stage_outputs.append(stage_output)
+        return stage_outputs
+
+
+def to_channels_first(hidden_states: torch.Tensor) -> torch.Tensor:
+    """``(N, H, W, C)`` -> contiguous ``(N, C, H, W)``."""
+    return hidden_states.permute(0, 3, 1, 2).contiguous()
+
+
+class InternImagePreTrainedModel(PreTrainedModel):
+    """Weight initialisation, checkpoint-format handling and the shared class attributes."""
+
+    config_class = InternImageConfig
+    config: InternImageConfig
+    base_model_prefix = "internimage"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["InternImageLayer", "InternImageStem", "InternImageDownsample"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained` that also reads the official hub checkpoints (remote-code format).
+
+        Their weights are named ``"model." + official key``; a key mapping renames them on load. Our own
+        checkpoints never start with ``model.``, so the mapping leaves them alone.
+        """
+        kwargs.setdefault("key_mapping", official_hub_key_mapping())
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """Always writes this package's own key names (a loaded official checkpoint is not renamed back)."""
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Official initialisation: truncated-normal linears, PyTorch-default convs, DCNv3 regular grid."""
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                bound = 1 / math.sqrt(module.weight[0].numel())
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, InternImageDCNv3):
+            self._init_dcnv3(module)
+        elif isinstance(module, InternImageLayer) and module.use_layer_scale:
+            init.constant_(module.layer_scale1, self.config.layer_scale)
+            init.constant_(module.layer_scale2, self.config.layer_scale)
+        elif isinstance(module, InternImageCrossAttention):
+            for bias in (module.q_bias, module.k_bias, module.v_bias):
+                init.zeros_(bias)
+
+    @staticmethod
+    def _init_dcnv3(module: InternImageDCNv3) -> None:
+        # Zero offsets and equal point weights: every point starts on the regular grid.
+        # Runs after the generic Linear init of the children (initialisation visits children first).
+        for linear in (module.offset, module.mask):
+            init.zeros_(linear.weight)
+            init.zeros_(linear.bias)
+        for linear in (module.input_proj, module.output_proj):
+            init.xavier_uniform_(linear.weight)
+            init.zeros_(linear.bias)
+        if module.center_feature_scale:
+            init.zeros_(module.center_feature_scale_proj_weight)
+            init.zeros_(module.center_feature_scale_proj_bias)
+
+    def _enable_checkpointing_from_config(self) -> None:
+        """Honour the official `with_cp` flag through Transformers' own checkpointing switch."""
+        if self.config.with_cp:
+            enable = getattr(self, "activation_checkpointing_enable", None) or self.gradient_checkpointing_enable
+            enable()
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Validate the input image batch early, with errors that name the argument; cast to the model dtype."""
+        if pixel_values is None:
+            raise ValueError("`pixel_values` is required: a (batch, channels, height, width) float tensor")
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}")
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"`pixel_values` must be a floating-point tensor, got {pixel_values.dtype}; "
+                "use the image processor to rescale and normalise images"
+            )
+        if pixel_values.dim() != 4:
+            raise ValueError(f"`pixel_values` must be 4-D (batch, channels, height, width), got shape {tuple(pixel_values.shape)}")
+        if pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"`pixel_values` has {pixel_values.shape[1]} channels but the model expects "
+                f"config.num_channels={self.config.num_channels} (shape must be (batch, channels, height, width))"
+            )
+        height, width = pixel_values.shape[-2:]
+        if height < MIN_INPUT_SIZE or width < MIN_INPUT_SIZE:
+            raise ValueError(f"`pixel_values` is {height}x{width}; InternImage needs at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}")
+        weight = self.get_input_embeddings_weight()
+        if pixel_values.device != weight.device:
+            raise ValueError(f"`pixel_values` is on {pixel_values.device} but the model is on {weight.device}")
+        return pixel_values.to(weight.dtype)
+
+    def get_input_embeddings_weight(self) -> torch.Tensor:
+        return self.base_model.embeddings.conv1.weight
+
+    @property
+    def dcnv3_backend(self) -> str:
+        """Which DCNv3 implementation runs: ``"pytorch"`` or the hub/local kernel in use."""
+        from .hub_kernels import dcnv3_backend
+
+        return dcnv3_backend(self)
+
+
+class InternImageModel(InternImagePreTrainedModel):
+    """InternImage stem and stages, with a global-average-pooled output.
+
+    Outputs: `last_hidden_state` ``(N, 8C, H/32, W/32)``, `pooler_output` ``(N, 8C)`` and, on request,
+    `hidden_states` = (stem ``(N, C, H/4, W/4)``, stage 1..4 outputs before downsampling), all channels-first.
+    """
+
+    def __init__(self, config: InternImageConfig) -> None:
+        super().__init__(config)
+        self.embeddings = InternImageStem(config)
+        self.dropout = nn.Dropout(config.drop_rate)
+        self.encoder = InternImageEncoder(config)
+        self.pooler = nn.AdaptiveAvgPool2d(1)
+        self.post_init()
+        self._enable_checkpointing_from_config()
+
+    def forward_stages(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run stem and stages: returns the stem output and the four stage outputs, all channels-last."""
+        stem_output = self.embeddings(self._check_pixel_values(pixel_values))
+        return stem_output, self.encoder(self.dropout(stem_output))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPoolingAndNoAttention:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        stem_output, stage_outputs = self.forward_stages(pixel_values)
+        last_hidden_state = to_channels_first(stage_outputs[-1])
+        pooled_output = self.pooler(last_hidden_state).flatten(1)
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = tuple(to_channels_first(h) for h in [stem_output, *stage_outputs[:-1]]) + (
+                last_hidden_state,
+            )
+        if not return_dict:
+            return tuple(v for v in (last_hidden_state, pooled_output, hidden_states) if v is not None)
+        return BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=last_hidden_state, pooler_output=pooled_output, hidden_states=hidden_states
+        )
+
+
+class InternImageConvHead(nn.Module):
+    """T/S/B/L/XL head: 1x1 conv widening by `cls_scale`, BatchNorm, activation, global average pool.
+
+    ``(N, 8C, h, w)`` -> ``(N, int(8C * cls_scale))``.
+    """
+
+    def __init__(self, config: InternImageConfig) -> None:
+        super().__init__()
+        width = int(config.num_features * config.cls_scale)
+        self.conv = nn.Conv2d(config.num_features, width, kernel_size=1, bias=False)
+        self.norm = nn.BatchNorm2d(width)
+        self.act = build_activation(config.act_layer)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_features = width
+
+    def forward(self, stage_outputs: list[torch.Tensor]) -> torch.Tensor:
+        hidden = self.act(self.norm(self.conv(stage_outputs[-1])))
+        return self.pool(hidden).flatten(1)
+
+
+class InternImageCrossAttention(nn.Module):
+    """Multi-head cross attention with separate q/k/v bias parameters: queries ``(N, Lq, D)`` -> ``(N, Lq, D_out)``."""
+
+    def __init__(self, dim: int, num_heads: int, out_dim: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.k_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.proj = nn.Linear(dim, out_dim)
+
+    def _heads(self, tokens: torch.Tensor, linear: nn.Linear, bias: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = tokens.shape
+        projected = F.linear(tokens, linear.weight, bias)
+        return projected.reshape(batch, length, self.num_heads, -1).transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        q = self._heads(query, self.q, self.q_bias) * self.scale
+        k = self._heads(key, self.k, self.k_bias)
+        v = self._heads(value, self.v, self.v_bias)
+        attention = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        attended = (attention @ v).transpose(1, 2).flatten(2)
+        return self.proj(attended)
+
+
+class InternImageAttentionPooling(nn.Module):
+    """Pools tokens ``(N, L, D)`` to ``(N, D_out)``: the token mean attends to all (normalised) tokens."""
+
+    def __init__(self, config: InternImageConfig, dim: int, num_heads: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.norm_k = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.norm_v = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.cross_attention = InternImageCrossAttention(dim, num_heads, out_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        query = self.norm_q(tokens.mean(1, keepdim=True))
+        pooled = self.cross_attention(query, self.norm_k(tokens), self.norm_v(tokens))
+        return pooled.squeeze(1)
+
+
+class InternImageClipHead(nn.Module):
+    """H/G head: fuse stages 3 and 4 into 1024-d tokens, attention-pool them, project to 768-d.
+
+    Stage 3 ``(N, 4C, h, w)`` and stage 4 ``(N, 8C, h/2, w/2)`` -> ``(N, 768)``; needs inputs whose height and
+    width are multiples of 32 so the pixel-shuffled stage 4 matches stage 3.
+    """
+
+    def __init__(self, config: InternImageConfig) -> None:
+        super().__init__()
+        stride = CLIP_POOL_STRIDE
+        self.stage4_proj = nn.Conv2d(config.num_features, CLIP_PRETRAIN_EMBED_DIM * stride**2, kernel_size=1)
+        self.pixel_shuffle = nn.PixelShuffle(stride)
+        self.stage3_proj = nn.Conv2d(config.num_features // 2, CLIP_PRETRAIN_EMBED_DIM, kernel_size=1)
+        self.attention_pool = InternImageAttentionPooling(
+            config, CLIP_PRETRAIN_EMBED_DIM, CLIP_ATTENTION_HEADS, CLIP_EMBED_DIM
+        )
+        self.fc_norm = nn.LayerNorm(CLIP_EMBED_DIM, eps=config.layer_norm_eps)
+        self.out_features = CLIP_EMBED_DIM
+
+    def forward(self, stage_outputs: list[torch.Tensor]) -> torch.Tensor:
+        fused = self.pixel_shuffle(self.stage4_proj(stage_outputs[-1])) + self.stage3_proj(stage_outputs[-2])
+        tokens = fused.flatten(2).transpose(1, 2)
+        return self.fc_norm(self.attention_pool(tokens))
+
+
+class InternImageForImageClassification(InternImagePreTrainedModel):
+    """InternImage with its official classification head (conv head for T..XL, CLIP-projector head for H/G).
+
+    `labels` select the loss by `config.problem_type`: single-label cross-entropy, multi-label BCE or
+    regression (MSE). Returns logits ``(N, num_labels)``.
+    """
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: InternImageConfig) -> None:
+        super().__init__(config)
+        self.internimage = InternImageModel(config)
+        self.head = InternImageClipHead(config) if config.use_clip_projector else InternImageConvHead(config)
+        self.classifier = (
+            nn.Linear(self.head.out_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | ImageClassifierOutputWithNoAttention:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if self.config.use_clip_projector and pixel_values is not None and pixel_values.dim() == 4:
+            height, width = pixel_values.shape[-2:]
+            if height % 32 or width % 32:
+                raise ValueError(
+                    f"`pixel_values` is {height}x{width}; the CLIP-projector head of InternImage-H/G needs a height "
+                    "and width that are multiples of 32"
+                )
+        stem_output, stage_outputs = self.internimage.forward_stages(pixel_values)
+        channels_first = [to_channels_first(h) for h in stage_outputs]
+        logits = self.classifier(self.head(channels_first))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = (to_channels_first(stem_output), *channels_first)
+        if not return_dict:
+            return tuple(v for v in (loss, logits, hidden_states) if v is not None)
+        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states)
+
+
+class InternImageBackbone(BackboneMixin, InternImagePreTrainedModel):
+    """InternImage as a feature extractor for dense-prediction heads (UperNet, Mask2Former, DETR family).
+
+    `feature_maps` are the raw stage outputs before downsampling, channels-first, for `config.out_features`
+    (any of ``"stem", "stage1", ..., "stage4"``): exactly what the official mmdet/mmseg backbone emits.
+    """
+
+    has_attentions = False
+
+    def __init__(self, config: InternImageConfig) -> None:
+        super().__init__(config)
+        self.embeddings = InternImageStem(config)
+        self.dropout = nn.Dropout(config.drop_rate)
+        self.encoder = InternImageEncoder(config)
+        self.num_features = [config.channels] + config.hidden_sizes
+        self.post_init()
+        self._enable_checkpointing_from_config()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | BackboneOutput:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        stem_output = self.embeddings(self._check_pixel_values(pixel_values))
+        stage_outputs = self.encoder(self.dropout(stem_output))
+        all_states = dict(zip(self.stage_names, [stem_output, *stage_outputs]))
+        wanted = set(self.out_features) | (set(self.stage_names) if output_hidden_states else set())
+        channels_first = {name: to_channels_first(all_states[name]) for name in self.stage_names if name in wanted}
+        feature_maps = tuple(channels_first[name] for name in self.out_features)
+        hidden_states = tuple(channels_first[name] for name in self.stage_names) if output_hidden_states else None
+        if not return_dict:
+            return tuple(v for v in (feature_maps, hidden_states) if v is not None)
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=None)
+
+
+__all__ = [
+    "InternImageBackbone",
+    "InternImageForImageClassification",
+    "InternImageModel",
+    "InternImagePreTrainedModel",
+]

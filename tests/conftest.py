@@ -1,0 +1,77 @@
+"""Shared test fixtures: the reference data in `../shared` (golden outputs of the official implementation)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+GOLDEN_NAMES = ("tiny_t", "tiny_s", "tiny_l", "tiny_h", "tiny_g", "tiny_rc")
+
+
+def find_shared_dir() -> Path | None:
+    """`$INTERNIMAGE_SHARED_DIR`, else the first `shared/` next to this checkout or one of its parents."""
+    env = os.environ.get("INTERNIMAGE_SHARED_DIR")
+    if env:
+        return Path(env) if Path(env, "golden").is_dir() else None
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared"
+        if (candidate / "golden").is_dir():
+            return candidate
+    return None
+
+
+class GoldenCase:
+    """One golden file: official weights (float32), input, logits, NHWC stage outputs and op cases."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = path.stem
+        self.metadata = json.loads(safe_open(str(path), "pt").metadata()["golden"])
+        tensors = load_file(str(path))
+        prefix = "state_dict."
+        self.state_dict = {k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+        self.input = tensors["input"]
+        self.logits = tensors["logits"]
+        self.stage_outputs = [tensors[f"stage_outputs.{i}"].permute(0, 3, 1, 2) for i in range(4)]
+        self.op_cases = [
+            (params, tensors[f"op_cases.{j}.input"], tensors[f"op_cases.{j}.offset"], tensors[f"op_cases.{j}.mask"],
+             tensors[f"op_cases.{j}.output"])
+            for j, params in enumerate(self.metadata["op_cases"])
+        ]  # fmt: skip
+
+    @property
+    def model_kwargs(self) -> dict:
+        return dict(self.metadata["model_kwargs"])
+
+    def hub_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights as the official hub repos name them: "model." + key, gamma -> layer_scale."""
+        return {
+            "model." + key.replace(".gamma1", ".layer_scale1").replace(".gamma2", ".layer_scale2"): value
+            for key, value in self.state_dict.items()
+        }
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    path = find_shared_dir()
+    if path is None:
+        pytest.skip("reference data ../shared/golden not found (set INTERNIMAGE_SHARED_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_cases(shared_dir) -> dict[str, GoldenCase]:
+    return {name: GoldenCase(shared_dir / "golden" / f"{name}.safetensors") for name in GOLDEN_NAMES}
+
+
+@pytest.fixture(params=GOLDEN_NAMES)
+def golden(request, golden_cases) -> GoldenCase:
+    return golden_cases[request.param]
