@@ -1,0 +1,107 @@
+"""InternImageConfig: official field names, presets, validation, backbone fields, round trips."""
+
+import json
+
+import pytest
+import torch
+
+from internimage_hf import PRESETS, InternImageConfig, InternImageForImageClassification
+
+# Parameter counts of the official classification models (1000 classes), counted on the official code.
+OFFICIAL_PARAMETER_COUNTS = {
+    "t": 29_918_424,
+    "s": 50_079_880,
+    "b": 97_461_832,
+    "l": 223_334_810,
+    "xl": 334_819_780,
+    "h": 1_089_636_760,
+    "g": 3_076_373_352,
+}
+
+OFFICIAL_HUB_NAMES = [
+    "internimage_t_1k_224", "internimage_s_1k_224", "internimage_b_1k_224", "internimage_l_22kto1k_384",
+    "internimage_xl_22kto1k_384", "internimage_h_22kto1k_640", "internimage_g_22kto1k_512", "internimage_l_22k_384",
+    "internimage_xl_22k_384", "internimage_h_jointto22k_384", "internimage_g_jointto22k_384",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMETER_COUNTS))
+def test_preset_parameter_counts(name):
+    config = InternImageConfig.from_preset(name, num_labels=1000)
+    with torch.device("meta"):  # counts without allocating H/G
+        model = InternImageForImageClassification(config)
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMETER_COUNTS[name]
+
+
+def test_preset_names_and_overrides():
+    config = InternImageConfig.from_preset("InternImage-XL", num_labels=3, drop_path_rate=0.0)
+    assert (config.channels, config.offset_scale, config.num_labels, config.drop_path_rate) == (192, 2.0, 3, 0.0)
+    assert InternImageConfig.from_preset("internimage_h").use_clip_projector
+    with pytest.raises(ValueError, match="Unknown InternImage preset"):
+        InternImageConfig.from_preset("q")
+
+
+@pytest.mark.parametrize("hub_name", OFFICIAL_HUB_NAMES)
+def test_official_hub_config_loads(shared_dir, hub_name, tmp_path):
+    official = json.loads((shared_dir / "official_hub" / hub_name / "config.json").read_text())
+    config = InternImageConfig.from_pretrained(shared_dir / "official_hub" / hub_name)
+    assert config.num_labels == official["num_classes"]
+    for field in ("channels", "depths", "groups", "layer_scale", "offset_scale", "post_norm", "res_post_norm",
+                  "dw_kernel_size", "level2_post_norm", "level2_post_norm_block_ids", "center_feature_scale",
+                  "use_clip_projector", "remove_center", "mlp_ratio", "cls_scale"):  # fmt: skip
+        assert getattr(config, field) == official[field], field
+    assert "auto_map" not in config.to_dict(), "the remote-code auto_map must not survive into our checkpoints"
+    preset = InternImageConfig.from_preset(hub_name.split("_")[1])
+    assert (config.channels, config.depths, config.groups) == (preset.channels, preset.depths, preset.groups)
+    config.save_pretrained(tmp_path)
+    reloaded = InternImageConfig.from_pretrained(tmp_path).to_dict()
+    reloaded.pop("_name_or_path")
+    assert reloaded == {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+
+
+def test_round_trip_keeps_every_field(tmp_path):
+    config = InternImageConfig.from_preset(
+        "h", num_labels=5, out_features=["stage2", "stage4"], with_cp=True, remove_center=True
+    )
+    config.save_pretrained(tmp_path)
+    loaded = InternImageConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.out_features == ["stage2", "stage4"] and loaded.out_indices == [2, 4]
+    assert InternImageConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+
+
+def test_yaml_style_strings_are_literal_evaluated():
+    assert InternImageConfig(layer_scale="1e-5").layer_scale == 1e-5
+    assert InternImageConfig(layer_scale="None").layer_scale is None
+
+
+def test_backbone_fields():
+    config = InternImageConfig(out_indices=[1, 3])
+    assert config.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4"]
+    assert config.out_features == ["stage1", "stage3"]
+    assert InternImageConfig().out_features == ["stage4"]
+    with pytest.raises(ValueError):
+        InternImageConfig(out_features=["stage9"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"channels": 64, "groups": (3, 8, 16, 32)}, r"groups\[0\]"),
+        ({"depths": (1, 1, 1)}, "4 entries"),
+        ({"core_op": "DCNv4"}, "core_op"),
+        ({"act_layer": "Tanh"}, "act_layer"),
+        ({"norm_layer": "BN"}, "norm_layer"),
+        ({"dw_kernel_size": 4}, "dw_kernel_size"),
+        ({"drop_path_type": "cosine"}, "drop_path_type"),
+        ({"level2_post_norm": True, "level2_post_norm_block_ids": (40,)}, "level2_post_norm_block_ids"),
+    ],
+)
+def test_invalid_architecture_is_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        InternImageConfig(**kwargs)
+
+
+def test_presets_cover_the_seven_official_sizes():
+    assert sorted(PRESETS) == sorted(["t", "s", "b", "l", "xl", "h", "g"])
+    assert [InternImageConfig.from_preset(n).image_size for n in ("t", "l", "h", "g")] == [224, 384, 640, 512]

@@ -1,0 +1,133 @@
+"""The portable DCNv3 core (`internimage_hf.dcnv3_core`) and the DCNv3 operator module."""
+
+import pytest
+import torch
+
+from internimage_hf import InternImageConfig, dcnv3_core
+from internimage_hf.dcnv3 import dcnv3_output_size
+from internimage_hf.modeling_internimage import InternImageDCNv3
+
+
+def make_inputs(batch, height, width, group, group_channels, kernel=3, stride=1, pad=1, dilation=1,
+                remove_center=False, offset_range=1.5, dtype=torch.float32, seed=0):  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    points = kernel * kernel - int(remove_center)
+    out_h = dcnv3_output_size(height, kernel, stride, pad, dilation)
+    out_w = dcnv3_output_size(width, kernel, stride, pad, dilation)
+    value = torch.randn(batch, height, width, group * group_channels, generator=generator, dtype=dtype)
+    offset = (torch.rand(batch, out_h, out_w, group * points * 2, generator=generator, dtype=dtype) * 2 - 1)
+    offset = offset * offset_range
+    mask = torch.randn(batch, out_h, out_w, group, points, generator=generator, dtype=dtype).softmax(-1)
+    params = dict(kernel_h=kernel, kernel_w=kernel, stride_h=stride, stride_w=stride, pad_h=pad, pad_w=pad,
+                  dilation_h=dilation, dilation_w=dilation, group=group, group_channels=group_channels,
+                  offset_scale=1.0, remove_center=remove_center)  # fmt: skip
+    return value, offset, mask.reshape(batch, out_h, out_w, group * points), params
+
+
+def test_golden_op_cases(golden):
+    for params, value, offset, mask, expected in golden.op_cases:
+        output = dcnv3_core(value, offset, mask, **params)
+        assert output.shape == expected.shape
+        torch.testing.assert_close(output, expected, atol=1e-5, rtol=0)
+
+
+GRADCHECK_CASES = {
+    "plain": dict(),
+    "stride2": dict(stride=2),
+    "dilation2": dict(dilation=2, pad=2),
+    "remove_center": dict(remove_center=True),
+    "kernel5_remove_center": dict(kernel=5, pad=2, remove_center=True),
+    "far_outside": dict(offset_range=6.0),
+}
+
+
+@pytest.mark.parametrize("offset_scale", [1.0, 2.0])
+@pytest.mark.parametrize("case", sorted(GRADCHECK_CASES))
+def test_gradcheck_float64(case, offset_scale):
+    value, offset, mask, params = make_inputs(1, 4, 5, 2, 2, dtype=torch.float64, seed=1, **GRADCHECK_CASES[case])
+    params["offset_scale"] = offset_scale
+    inputs = tuple(t.clone().requires_grad_() for t in (value, offset, mask))
+    assert torch.autograd.gradcheck(lambda v, o, m: dcnv3_core(v, o, m, **params), inputs, eps=1e-6, atol=1e-5)
+
+
+def test_samples_outside_the_image_contribute_zero():
+    value, offset, mask, params = make_inputs(1, 4, 4, 1, 2)
+    offset = torch.full_like(offset, 100.0)
+    assert dcnv3_core(value, offset, mask, **params).abs().max() == 0
+
+
+def test_zero_offset_uniform_mask_is_box_filter():
+    value, offset, mask, params = make_inputs(1, 6, 7, 2, 3)
+    output = dcnv3_core(value, torch.zeros_like(offset), torch.full_like(mask, 1 / 9), **params)
+    channels_first = value.permute(0, 3, 1, 2)
+    box = torch.nn.functional.avg_pool2d(channels_first, 3, stride=1, padding=1, count_include_pad=True)
+    torch.testing.assert_close(output, box.permute(0, 2, 3, 1), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_half_precision_without_autocast(dtype, atol):
+    value, offset, mask, params = make_inputs(2, 9, 8, 4, 8)
+    reference = dcnv3_core(value, offset, mask, **params)
+    output = dcnv3_core(value.to(dtype), offset.to(dtype), mask.to(dtype), **params)
+    assert output.dtype == dtype
+    torch.testing.assert_close(output.float(), reference, atol=atol, rtol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_backward(dtype):
+    value, offset, mask, params = make_inputs(1, 5, 5, 2, 4)
+    inputs = [t.to(dtype).requires_grad_() for t in (value, offset, mask)]
+    dcnv3_core(*inputs, **params).sum().backward()
+    for tensor in inputs:
+        assert tensor.grad.dtype == dtype and torch.isfinite(tensor.grad.float()).all()
+
+
+@pytest.mark.parametrize("batch", [0, 1, 300])
+def test_any_batch_size(batch):
+    value, offset, mask, params = make_inputs(batch, 4, 4, 1, 2)
+    output = dcnv3_core(value, offset, mask, **params)
+    assert output.shape == (batch, 4, 4, 2)
+    if batch:
+        single = dcnv3_core(value[-1:], offset[-1:], mask[-1:], **params)
+        torch.testing.assert_close(output[-1:], single)
+
+
+def test_non_contiguous_inputs():
+    value, offset, mask, params = make_inputs(2, 6, 6, 2, 4)
+    expected = dcnv3_core(value, offset, mask, **params)
+    strided = [t.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1) for t in (value, offset, mask)]
+    assert not strided[0].is_contiguous()
+    torch.testing.assert_close(dcnv3_core(*strided, **params), expected)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda v, o, m, p: (v[0], o, m, p), "value"),
+        (lambda v, o, m, p: (v[..., :-1], o, m, p), "group \\* group_channels"),
+        (lambda v, o, m, p: (v, o[..., :-2], m, p), "offset"),
+        (lambda v, o, m, p: (v, o, m[..., :-1], p), "mask"),
+        (lambda v, o, m, p: (v, o[:1], m[:1], p), "batch"),
+        (lambda v, o, m, p: (v.long(), o, m, p), "floating-point"),
+        (lambda v, o, m, p: (v, o, m, {**p, "stride_h": 2}), "output size"),
+        (lambda v, o, m, p: (v, o, m, {**p, "group": 0}), "positive"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(mutate, message):
+    value, offset, mask, params = mutate(*make_inputs(2, 5, 5, 2, 4))
+    with pytest.raises((ValueError, TypeError), match=message):
+        dcnv3_core(value, offset, mask, **params)
+
+
+def test_operator_module_starts_on_the_regular_grid():
+    """With zero offset/mask weights (the official init) the operator is output_proj(box-filter(input_proj(x)))."""
+    config = InternImageConfig(channels=8, groups=(2, 2, 2, 2))
+    module = InternImageDCNv3(config, channels=8, group=2)
+    for linear in (module.offset, module.mask):
+        torch.nn.init.zeros_(linear.weight)
+        torch.nn.init.zeros_(linear.bias)
+    hidden = torch.randn(2, 5, 6, 8)
+    value = module.input_proj(hidden).permute(0, 3, 1, 2)
+    box = torch.nn.functional.avg_pool2d(value, 3, stride=1, padding=1, count_include_pad=True)
+    expected = module.output_proj(box.permute(0, 2, 3, 1))
+    torch.testing.assert_close(module(hidden), expected, atol=1e-5, rtol=0)
