@@ -59,6 +59,34 @@ class GoldenCase:
         }
 
 
+    def write_official_hub_dir(self, directory: Path) -> Path:
+        """Lay out `directory` like an official remote-code hub repo: their config.json and "model."-keyed weights."""
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            **self.model_kwargs,
+            "model_type": "internimage",
+            "architectures": ["InternImageModel"],
+            "auto_map": {
+                "AutoConfig": "configuration_internimage.InternImageConfig",
+                "AutoModel": "modeling_internimage.InternImageModel",
+                "AutoModelForImageClassification": "modeling_internimage.InternImageModelForImageClassification",
+            },
+            "act_layer": "GELU",
+            "norm_layer": "LN",
+            "cls_scale": 1.5,
+            "drop_rate": 0.0,
+            "drop_path_rate": 0.0,
+            "drop_path_type": "linear",
+            "torch_dtype": "float32",
+            "transformers_version": "4.37.2",
+        }
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        save_file({k: v.contiguous() for k, v in self.hub_state_dict().items()}, str(directory / "model.safetensors"))
+        return directory
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     path = find_shared_dir()
