@@ -128,19 +128,19 @@ def dcnv3_core(
     compute_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
     value_c, offset_c, mask_c = (t.to(compute_dtype) for t in (value, offset, mask))
 
-    # Absolute sampling positions in input pixels: (N, H_out, W_out, G, P, 2) as (x, y).
+    # Sampling position (x, y) = base + offset_scale * (tap + offset) in input pixels; grid_sample (align_corners
+    # False) wants (2 * position + 1) / size - 1. Folding the constant part into one small tensor turns the
+    # per-point arithmetic into a single fused multiply-add over the offsets.
     taps = _tap_positions(kernel_h, kernel_w, dilation_h, dilation_w, remove_center, compute_dtype, value.device)
     centre_w = dilation_w * (kernel_w - 1) // 2
     centre_h = dilation_h * (kernel_h - 1) // 2
     base_x = torch.arange(out_w, dtype=compute_dtype, device=value.device) * stride_w - pad_w + centre_w
     base_y = torch.arange(out_h, dtype=compute_dtype, device=value.device) * stride_h - pad_h + centre_h
     base = torch.stack(torch.meshgrid(base_x, base_y, indexing="xy"), dim=-1)  # (H_out, W_out, 2)
-    offset_c = offset_c.reshape(batch, out_h, out_w, group, points, 2)
-    position = base[:, :, None, None, :] + offset_scale * (taps + offset_c)
-
-    # grid_sample (align_corners=False) maps normalised g to pixel (g + 1) * size / 2 - 0.5.
     size = torch.tensor([width, height], dtype=compute_dtype, device=value.device)
-    grid = (2 * position + 1) / size - 1
+    constant = (2 * (base[:, :, None, None, :] + offset_scale * taps) + 1) / size - 1  # (H_out, W_out, 1, P, 2)
+    offset_c = offset_c.reshape(batch, out_h, out_w, group, points, 2)
+    grid = torch.addcmul(constant, offset_c, 2 * offset_scale / size)
     grid = grid.permute(0, 3, 1, 2, 4, 5).reshape(batch * group, out_h * out_w, points, 2)
 
     value_c = value_c.reshape(batch, height, width, group, group_channels).permute(0, 3, 4, 1, 2)

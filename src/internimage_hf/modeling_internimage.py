@@ -562,14 +562,14 @@ class InternImageForImageClassification(InternImagePreTrainedModel):
                     "and width that are multiples of 32"
                 )
         stem_output, stage_outputs = self.internimage.forward_stages(pixel_values)
-        channels_first = [to_channels_first(h) for h in stage_outputs]
-        logits = self.classifier(self.head(channels_first))
+        # Channels-last-strided NCHW views: the head's convolutions read them without a copy.
+        logits = self.classifier(self.head([h.permute(0, 3, 1, 2) for h in stage_outputs]))
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
         hidden_states = None
         if output_hidden_states:
-            hidden_states = (to_channels_first(stem_output), *channels_first)
+            hidden_states = tuple(to_channels_first(h) for h in [stem_output, *stage_outputs])
         if not return_dict:
             return tuple(v for v in (loss, logits, hidden_states) if v is not None)
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states)
