@@ -58,7 +58,6 @@ class GoldenCase:
             for key, value in self.state_dict.items()
         }
 
-
     def write_official_hub_dir(self, directory: Path) -> Path:
         """Lay out `directory` like an official remote-code hub repo: their config.json and "model."-keyed weights."""
         from safetensors.torch import save_file

@@ -15,7 +15,7 @@ def make_inputs(batch, height, width, group, group_channels, kernel=3, stride=1,
     out_h = dcnv3_output_size(height, kernel, stride, pad, dilation)
     out_w = dcnv3_output_size(width, kernel, stride, pad, dilation)
     value = torch.randn(batch, height, width, group * group_channels, generator=generator, dtype=dtype)
-    offset = (torch.rand(batch, out_h, out_w, group * points * 2, generator=generator, dtype=dtype) * 2 - 1)
+    offset = torch.rand(batch, out_h, out_w, group * points * 2, generator=generator, dtype=dtype) * 2 - 1
     offset = offset * offset_range
     mask = torch.randn(batch, out_h, out_w, group, points, generator=generator, dtype=dtype).softmax(-1)
     params = dict(kernel_h=kernel, kernel_w=kernel, stride_h=stride, stride_w=stride, pad_h=pad, pad_w=pad,

@@ -278,3 +278,13 @@ def test_auto_classes_resolve(tmp_path):
     assert isinstance(AutoModel.from_config(config), InternImageModel)
     assert isinstance(AutoModelForImageClassification.from_config(config), InternImageForImageClassification)
     assert isinstance(AutoBackbone.from_config(config), InternImageBackbone)
+
+
+def test_device_map_auto_loads(tmp_path):
+    pytest.importorskip("accelerate")
+    InternImageForImageClassification(tiny_config()).save_pretrained(tmp_path)
+    model = AutoModelForImageClassification.from_pretrained(tmp_path, device_map="auto")
+    assert model.device.type == "cpu"
+    assert set(model._no_split_modules) >= {"InternImageLayer"}
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 3)

@@ -191,12 +191,14 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
     def validate_architecture(self) -> None:
         """Raise a `ValueError` naming the offending field when the architecture cannot be built."""
         if len(self.depths) != 4 or len(self.groups) != 4:
-            raise ValueError(f"`depths` and `groups` need 4 entries (one per stage), got {self.depths} and {self.groups}")
+            raise ValueError(
+                f"`depths` and `groups` need 4 entries (one per stage), got {self.depths} and {self.groups}"
+            )
         if any(d < 1 for d in self.depths):
             raise ValueError(f"`depths` must be positive, got {self.depths}")
         if self.channels < 2 or self.channels % 2:
             raise ValueError(f"`channels` must be an even positive number (the stem halves it), got {self.channels}")
-        for stage, (width, group) in enumerate(zip(self.hidden_sizes, self.groups)):
+        for stage, (width, group) in enumerate(zip(self.hidden_sizes, self.groups, strict=True)):
             if group < 1 or width % group:
                 raise ValueError(
                     f"`groups[{stage}]` = {group} does not divide the stage-{stage + 1} width {width} "

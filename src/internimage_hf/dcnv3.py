@@ -61,13 +61,17 @@ def _check_core_inputs(value, offset, mask, kernel_h, kernel_w, group, group_cha
     points = kernel_h * kernel_w - int(bool(remove_center))
     expected = (value.shape[0], offset.shape[1], offset.shape[2])
     if offset.shape[-1] != group * points * 2:
-        raise ValueError(f"dcnv3_core: `offset` must have group * points * 2 = {group * points * 2} channels, got {offset.shape[-1]}")
+        raise ValueError(
+            f"dcnv3_core: `offset` must have group * points * 2 = {group * points * 2} channels, got {offset.shape[-1]}"
+        )
     if mask.shape[-1] != group * points:
-        raise ValueError(f"dcnv3_core: `mask` must have group * points = {group * points} channels, got {mask.shape[-1]}")
+        raise ValueError(
+            f"dcnv3_core: `mask` must have group * points = {group * points} channels, got {mask.shape[-1]}"
+        )
     if tuple(offset.shape[:3]) != expected or tuple(mask.shape[:3]) != expected:
         raise ValueError(
-            f"dcnv3_core: `offset` {tuple(offset.shape)} and `mask` {tuple(mask.shape)} must share batch and output size "
-            f"(N={value.shape[0]}, H_out, W_out)"
+            f"dcnv3_core: `offset` {tuple(offset.shape)} and `mask` {tuple(mask.shape)} must share batch and "
+            f"output size (N={value.shape[0]}, H_out, W_out)"
         )
     return points
 
@@ -118,9 +122,9 @@ def dcnv3_core(
         dcnv3_output_size(width, kernel_w, stride_w, pad_w, dilation_w),
     ):
         raise ValueError(
-            f"dcnv3_core: `offset` spatial size {(out_h, out_w)} does not match the output size of a {kernel_h}x{kernel_w} "
-            f"kernel with stride ({stride_h}, {stride_w}), pad ({pad_h}, {pad_w}), dilation ({dilation_h}, {dilation_w}) "
-            f"on a {height}x{width} input"
+            f"dcnv3_core: `offset` spatial size {(out_h, out_w)} does not match the output size of a "
+            f"{kernel_h}x{kernel_w} kernel with stride ({stride_h}, {stride_w}), pad ({pad_h}, {pad_w}), "
+            f"dilation ({dilation_h}, {dilation_w}) on a {height}x{width} input"
         )
     if batch == 0 or out_h <= 0 or out_w <= 0:
         return value.new_zeros(batch, max(out_h, 0), max(out_w, 0), channels)

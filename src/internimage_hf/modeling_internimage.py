@@ -219,9 +219,7 @@ class InternImageStage(nn.Module):
         super().__init__()
         channels = config.hidden_sizes[index]
         group = config.groups[index]
-        self.layers = nn.ModuleList(
-            [InternImageLayer(config, channels, group, rate) for rate in drop_path_rates]
-        )
+        self.layers = nn.ModuleList([InternImageLayer(config, channels, group, rate) for rate in drop_path_rates])
         use_post_norms = index == 2 and config.level2_post_norm and config.level2_post_norm_block_ids
         self.post_norm_block_ids = list(config.level2_post_norm_block_ids) if use_post_norms else []
         if self.post_norm_block_ids:
@@ -253,7 +251,7 @@ def drop_path_schedule(config: InternImageConfig) -> list[list[float]]:
     else:
         rates = [x.item() for x in torch.linspace(0, config.drop_path_rate, total, device="cpu")]
     starts = [sum(config.depths[:i]) for i in range(len(config.depths))]
-    return [rates[start : start + depth] for start, depth in zip(starts, config.depths)]
+    return [rates[start : start + depth] for start, depth in zip(starts, config.depths, strict=True)]
 
 
 class InternImageEncoder(nn.Module):
@@ -362,7 +360,9 @@ class InternImagePreTrainedModel(PreTrainedModel):
                 "use the image processor to rescale and normalise images"
             )
         if pixel_values.dim() != 4:
-            raise ValueError(f"`pixel_values` must be 4-D (batch, channels, height, width), got shape {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"`pixel_values` must be 4-D (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
+            )
         if pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
                 f"`pixel_values` has {pixel_values.shape[1]} channels but the model expects "
@@ -370,7 +370,9 @@ class InternImagePreTrainedModel(PreTrainedModel):
             )
         height, width = pixel_values.shape[-2:]
         if height < MIN_INPUT_SIZE or width < MIN_INPUT_SIZE:
-            raise ValueError(f"`pixel_values` is {height}x{width}; InternImage needs at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}")
+            raise ValueError(
+                f"`pixel_values` is {height}x{width}; InternImage needs at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}"
+            )
         weight = self.get_input_embeddings_weight()
         if pixel_values.device != weight.device:
             raise ValueError(f"`pixel_values` is on {pixel_values.device} but the model is on {weight.device}")
@@ -607,7 +609,7 @@ class InternImageBackbone(BackboneMixin, InternImagePreTrainedModel):
         )
         stem_output = self.embeddings(self._check_pixel_values(pixel_values))
         stage_outputs = self.encoder(self.dropout(stem_output))
-        all_states = dict(zip(self.stage_names, [stem_output, *stage_outputs]))
+        all_states = dict(zip(self.stage_names, [stem_output, *stage_outputs], strict=True))
         wanted = set(self.out_features) | (set(self.stage_names) if output_hidden_states else set())
         channels_first = {name: to_channels_first(all_states[name]) for name in self.stage_names if name in wanted}
         feature_maps = tuple(channels_first[name] for name in self.out_features)
