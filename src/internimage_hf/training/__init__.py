@@ -1,0 +1,51 @@
+"""Training InternImage with Accelerate (`scripts/train.py`) and the pieces it is built from.
+
+- `arguments`: `TrainingOptions` (every CLI flag) and the official / digits recipes;
+- `data`: built-in digits data, hub/imagefolder loading, torchvision augmentations, reproducible loaders;
+- `optimization`: layer-wise lr decay parameter groups, AdamW, warmup + cosine schedule;
+- `ema`: `ModelEMA`; `checkpointing`: atomic, resumable checkpoints; `metrics`: top-k accuracy, losses;
+- `loop`: the `Trainer` (one run) and `train()`; `predict`: reload + `pipeline()` check; `hub`: model card.
+"""
+
+from .arguments import DIGITS_RECIPE, OFFICIAL_RECIPE, TrainingOptions, parse_options, resolve_defaults
+from .checkpointing import CheckpointError, TrainingState
+from .data import ColumnError, digits_dataset, prepare_classification_data
+from .ema import ModelEMA
+from .models import TINY_PRESET, build_model, preset_config
+from .optimization import build_optimizer, layer_id_for, parameter_groups, skips_weight_decay
+
+__all__ = [
+    "DIGITS_RECIPE",
+    "OFFICIAL_RECIPE",
+    "TINY_PRESET",
+    "CheckpointError",
+    "ColumnError",
+    "ModelEMA",
+    "TrainingOptions",
+    "TrainingState",
+    "build_model",
+    "build_optimizer",
+    "digits_dataset",
+    "layer_id_for",
+    "parameter_groups",
+    "parse_options",
+    "prepare_classification_data",
+    "preset_config",
+    "resolve_defaults",
+    "skips_weight_decay",
+    "train",
+]
+
+
+def train(options):
+    """Run one training (see `loop.train`); imported lazily so `import internimage_hf.training` stays light."""
+    from .loop import train as _train
+
+    return _train(options)
+
+
+def main(argv=None) -> int:
+    """CLI entry point (see `cli.main`)."""
+    from .cli import main as _main
+
+    return _main(argv)

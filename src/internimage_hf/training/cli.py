@@ -1,0 +1,35 @@
+"""Entry point of `scripts/train.py` (plain `python` or `accelerate launch`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from .arguments import parse_options, uses_builtin_digits
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, train, and on the built-in digits data reload the result and print predictions."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    options = parse_options(argv)
+    from .loop import Trainer
+
+    trainer = Trainer(options)
+    results = trainer.run()
+    if not trainer.accelerator.is_main_process:
+        return 0
+    print(json.dumps(results, indent=2))
+    if uses_builtin_digits(options) and options.num_predictions > 0:
+        from .predict import reload_and_predict
+
+        data = trainer.data
+        accuracy = reload_and_predict(
+            options.output_dir, data.eval, data.image_column, data.label_column, options.num_predictions
+        )
+        results["reloaded_accuracy"] = accuracy
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""Datasets, transforms and data loaders for image classification.
+
+Data order and augmentation are reproducible, so that `--resume` continues exactly: the sampler draws a
+permutation from `(seed, epoch)` and every training sample is augmented under its own seed
+`(seed, epoch, index)`. Nothing here draws from the global RNG, which only the training step uses.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+DIGITS_IMAGE_SIZE = 32
+DIGITS_MAX_VALUE = 16  # load_digits pixels are integers 0..16
+DEFAULT_EVAL_SPLITS = ("validation", "valid", "val", "test")
+IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values_raw")
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "class")
+
+
+class ColumnError(ValueError):
+    """The dataset lacks the image or label column the training needs."""
+
+
+@dataclass
+class ClassificationData:
+    """A training split, an evaluation split and the column names and label names they share."""
+
+    train: Any  # datasets.Dataset
+    eval: Any  # datasets.Dataset
+    image_column: str
+    label_column: str
+    label_names: list[str]
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: index for index, name in enumerate(self.label_names)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def digits_dataset(seed: int = 42, eval_fraction: float = 0.2):
+    """scikit-learn's bundled 8x8 digits as a `datasets.DatasetDict` ("train", "validation").
+
+    Images are 8-bit grayscale PIL images (the 0..16 values scaled to 0..255); the split is stratified with a
+    fixed seed, so every run holds out the same images. Labels are a `ClassLabel` named "0".."9".
+    """
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    from PIL import Image as PILImage
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels = np.round(digits.images * (255.0 / DIGITS_MAX_VALUE)).astype(np.uint8)
+    indices = np.arange(len(pixels))
+    train_idx, eval_idx = train_test_split(indices, test_size=eval_fraction, stratify=digits.target, random_state=seed)
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
+
+    def split(idx: np.ndarray):
+        images = [PILImage.fromarray(pixels[i], mode="L") for i in idx]
+        return Dataset.from_dict({"image": images, "label": digits.target[idx].tolist()}, features=features)
+
+    return DatasetDict({"train": split(train_idx), "validation": split(eval_idx)})
+
+
+def load_raw_dataset(name: str, config: str | None = None):
+    """A `DatasetDict` from a hub dataset name or a local `imagefolder` directory."""
+    from datasets import load_dataset
+
+    if os.path.isdir(name):
+        return load_dataset("imagefolder", data_dir=name)
+    return load_dataset(name, config)
+
+
+def find_column(dataset, requested: str | None, candidates: tuple[str, ...], kind: str, flag: str) -> str:
+    """The column to use for `kind` ("image"/"label"); raises `ColumnError` naming the columns that exist."""
+    columns = list(dataset.column_names)
+    if requested is not None:
+        if requested not in columns:
+            raise ColumnError(f"{flag} {requested!r} is not a column of the dataset; its columns are {columns}")
+        return requested
+    for name in candidates:
+        if name in columns:
+            return name
+    raise ColumnError(
+        f"the dataset has no {kind} column (looked for {list(candidates)}); its columns are {columns}. "
+        f"Pass {flag} <name>."
+    )
+
+
+def select_splits(raw, train_split: str, eval_split: str | None, eval_fraction: float, seed: int, label_column=None):
+    """(train, eval) datasets: the named splits, or a seeded held-out part of train when there is no eval split."""
+    if train_split not in raw:
+        raise ValueError(f"split {train_split!r} not found; the dataset has {list(raw)}")
+    if eval_split is not None:
+        if eval_split not in raw:
+            raise ValueError(f"split {eval_split!r} not found; the dataset has {list(raw)}")
+        return raw[train_split], raw[eval_split]
+    for name in DEFAULT_EVAL_SPLITS:
+        if name in raw and name != train_split:
+            return raw[train_split], raw[name]
+    stratify = label_column if _is_class_label(raw[train_split], label_column) else None
+    parts = raw[train_split].train_test_split(test_size=eval_fraction, seed=seed, stratify_by_column=stratify)
+    return parts["train"], parts["test"]
+
+
+def _is_class_label(dataset, column: str | None) -> bool:
+    from datasets import ClassLabel
+
+    return column is not None and isinstance(dataset.features.get(column), ClassLabel)
+
+
+def label_names_of(train, label_column: str) -> list[str]:
+    """Class names from a `ClassLabel` column (else the caller encodes the column first)."""
+    return [str(name) for name in train.features[label_column].names]
+
+
+def prepare_classification_data(options) -> ClassificationData:
+    """Load, split and validate the data `options` describe (the built-in digits when `options.dataset` is None)."""
+    if options.dataset is None:
+        raw = digits_dataset(seed=options.seed)
+    else:
+        raw = load_raw_dataset(options.dataset, options.dataset_config)
+    first = raw[options.train_split] if options.train_split in raw else next(iter(raw.values()))
+    image_column = find_column(first, options.image_column, IMAGE_COLUMN_CANDIDATES, "image", "--image_column")
+    label_column = find_column(first, options.label_column, LABEL_COLUMN_CANDIDATES, "label", "--label_column")
+    if not _is_class_label(first, label_column):
+        # Strings or raw integers: make a ClassLabel so both splits share one sorted label set.
+        raw = raw.class_encode_column(label_column)
+    train, evaluation = select_splits(
+        raw, options.train_split, options.eval_split, options.eval_fraction, options.seed, label_column
+    )
+    if options.max_train_samples is not None:
+        train = train.select(range(min(options.max_train_samples, len(train))))
+    if options.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(options.max_eval_samples, len(evaluation))))
+    return ClassificationData(train, evaluation, image_column, label_column, label_names_of(train, label_column))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transforms
+
+
+def torchvision_requirements(options) -> list[str]:
+    """The requested features that need torchvision (empty when the PIL-only path suffices)."""
+    needs = []
+    if options.train_crop == "random_resized":
+        needs.append("--train_crop random_resized")
+    if options.randaugment:
+        needs.append("--randaugment")
+    if options.random_erasing > 0:
+        needs.append("--random_erasing")
+    if options.mixup > 0 or options.cutmix > 0:
+        needs.append("--mixup/--cutmix")
+    return needs
+
+
+def has_torchvision() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_torchvision(options) -> None:
+    """Fail early, naming the options, when augmentations need torchvision and it is not installed."""
+    needs = torchvision_requirements(options)
+    if needs and not has_torchvision():
+        raise ImportError(
+            f"{', '.join(needs)} need torchvision, which is not installed. Install it "
+            "(`pip install 'internimage_hf[train]'`) or use `--train_crop resize` without these augmentations."
+        )
+
+
+def build_image_processor(image_size: int):
+    """The evaluation transform as an image processor (torchvision backend when available, else PIL)."""
+    from ..image_processing_internimage import InternImageImageProcessor
+    from ..image_processing_pil_internimage import InternImageImageProcessorPil
+
+    cls = InternImageImageProcessor if has_torchvision() else InternImageImageProcessorPil
+    return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+
+
+def build_train_transform(options, image_processor, image_size: int):
+    """Per-image torchvision transform for training, or None when the eval transform (processor) suffices."""
+    if options.train_crop == "resize" and not options.randaugment and options.random_erasing == 0:
+        return None  # MixUp/CutMix work on batches; per image the processor's resize is all that is needed
+    from torchvision.transforms import v2
+
+    bicubic = v2.InterpolationMode.BICUBIC
+    if options.train_crop == "random_resized":
+        geometry = [v2.RandomResizedCrop(image_size, interpolation=bicubic, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        geometry = [v2.Resize(image_size, interpolation=bicubic, antialias=True), v2.CenterCrop(image_size)]
+    steps = [v2.ToImage(), *geometry]
+    if options.randaugment:
+        steps.append(v2.RandAugment(num_ops=2, magnitude=options.randaugment_magnitude))
+    steps += [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(image_processor.image_mean), std=list(image_processor.image_std)),
+    ]
+    if options.random_erasing > 0:
+        # After normalisation, as in the official (timm) pipeline.
+        steps.append(v2.RandomErasing(p=options.random_erasing))
+    return v2.Compose(steps)
+
+
+def build_batch_mix(options, num_labels: int):
+    """MixUp/CutMix on a batch (one of them chosen per batch), or None. Returns soft targets."""
+    if options.mixup <= 0 and options.cutmix <= 0:
+        return None
+    from torchvision.transforms import v2
+
+    choices = []
+    if options.mixup > 0:
+        choices.append(v2.MixUp(alpha=options.mixup, num_classes=num_labels))
+    if options.cutmix > 0:
+        choices.append(v2.CutMix(alpha=options.cutmix, num_classes=num_labels))
+    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Datasets and loaders
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A distinct, reproducible seed for one sample in one epoch."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
+
+
+class ImageClassificationDataset(Dataset):
+    """Yields `{"image": PIL RGB or pixel tensor, "labels": int}`; the transform runs under a per-sample seed."""
+
+    def __init__(self, dataset, image_column: str, label_column: str, transform=None, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.image_column = image_column
+        self.label_column = label_column
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.dataset[int(index)]
+        image = example[self.image_column].convert("RGB")
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, self.epoch, int(index)))
+                image = self.transform(image)
+        return {"image": image, "labels": int(example[self.label_column])}
+
+
+class EpochPermutationSampler(Sampler):
+    """Shuffles with a generator seeded by `(seed, epoch)`: the order of any epoch is known in advance."""
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+
+class ImageCollator:
+    """Stacks transformed tensors, or runs the image processor on a batch of PIL images (one call per batch)."""
+
+    def __init__(self, image_processor) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        images = [example["image"] for example in examples]
+        if isinstance(images[0], torch.Tensor):
+            pixel_values = torch.stack([torch.as_tensor(image) for image in images])
+        else:
+            pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        labels = torch.tensor([example["labels"] for example in examples], dtype=torch.long)
+        return {"pixel_values": pixel_values, "labels": labels}
+
+
+def build_dataloaders(data: ClassificationData, options, image_processor, train_transform):
+    """Train and eval loaders plus the training dataset and sampler (whose epoch the loop sets)."""
+    train_set = ImageClassificationDataset(
+        data.train, data.image_column, data.label_column, train_transform, seed=options.seed
+    )
+    eval_set = ImageClassificationDataset(data.eval, data.image_column, data.label_column)
+    sampler = EpochPermutationSampler(len(train_set), options.seed)
+    collate = ImageCollator(image_processor)
+    common = {"collate_fn": collate, "num_workers": options.dataloader_num_workers}
+    # Own generators: creating a loader iterator must not draw from the global RNG (exact resume).
+    train_loader = DataLoader(
+        train_set, batch_size=options.per_device_train_batch_size, sampler=sampler, drop_last=False,
+        generator=torch.Generator().manual_seed(options.seed), **common,
+    )  # fmt: skip
+    eval_loader = DataLoader(
+        eval_set, batch_size=options.per_device_eval_batch_size, shuffle=False,
+        generator=torch.Generator().manual_seed(options.seed), **common,
+    )  # fmt: skip
+    return train_loader, eval_loader, train_set, sampler

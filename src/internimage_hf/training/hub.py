@@ -1,0 +1,61 @@
+"""Model card and upload for `--push_to_hub` (needs network and a token; never run in tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CARD_TEMPLATE = """---
+library_name: transformers
+pipeline_tag: image-classification
+tags:
+- internimage
+- image-classification
+{datasets}---
+
+# {name}
+
+InternImage (DCNv3) image classifier trained with `internimage_hf` (`scripts/train.py`).
+
+- base model: `{model}`
+- data: `{dataset}`
+- resolution: {image_size}x{image_size}
+
+## Results
+
+| metric | value |
+|---|---|
+{results}
+
+## Usage
+
+```python
+import internimage_hf  # registers the InternImage classes with the Auto API
+from transformers import pipeline
+
+classifier = pipeline("image-classification", model="{repo_id}")
+```
+"""
+
+
+def model_card_text(options, results: dict, repo_id: str, image_size: int) -> str:
+    """Model card markdown with YAML metadata and the final metrics."""
+    dataset = options.dataset or "scikit-learn digits (built-in)"
+    datasets = f"datasets:\n- {options.dataset}\n" if options.dataset and not Path(options.dataset).exists() else ""
+    rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in results.items() if isinstance(value, float))
+    return CARD_TEMPLATE.format(
+        datasets=datasets, name=repo_id.split("/")[-1], model=options.model, dataset=dataset,
+        image_size=image_size, results=rows, repo_id=repo_id,
+    )  # fmt: skip
+
+
+def push_to_hub(output_dir: Path, options, results: dict) -> str:
+    """Write README.md (model card) into `output_dir` and upload the folder; returns the repo id."""
+    from huggingface_hub import HfApi, ModelCard
+
+    repo_id = options.hub_model_id or Path(options.output_dir).name
+    image_size = results.get("image_size") or options.image_size or 0
+    ModelCard(model_card_text(options, results, repo_id, image_size)).save(output_dir / "README.md")
+    api = HfApi()
+    repo_id = api.create_repo(repo_id, exist_ok=True).repo_id
+    api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), ignore_patterns=["checkpoints/*"])
+    return repo_id

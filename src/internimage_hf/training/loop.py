@@ -1,0 +1,300 @@
+"""The training loop: Accelerate for devices, processes, mixed precision, accumulation and checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from . import checkpointing
+from .checkpointing import TrainingState
+from .data import (
+    build_batch_mix,
+    build_dataloaders,
+    build_image_processor,
+    build_train_transform,
+    check_torchvision,
+    prepare_classification_data,
+)
+from .ema import ModelEMA
+from .metrics import classification_loss, topk_correct
+from .models import apply_hub_kernel, build_model, enable_gradient_checkpointing, model_image_size
+from .optimization import build_optimizer, build_scheduler, warmup_steps_for
+
+logger = logging.getLogger(__name__)
+RESULTS_FILE = "all_results.json"
+ONLINE_MODEL_DIR = "online_model"
+
+
+def build_accelerator(options):
+    """An `Accelerator` for the options; `mixed_precision=None` defers to `accelerate launch`/config."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    trackers = [t.strip() for t in options.report_to.split(",") if t.strip() and t.strip() != "none"]
+    return Accelerator(
+        mixed_precision=options.mixed_precision,
+        cpu=options.use_cpu,
+        gradient_accumulation_steps=options.gradient_accumulation_steps,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=options.output_dir, logging_dir=options.output_dir),
+        dynamo_backend="inductor" if options.torch_compile else None,
+    )
+
+
+def tracker_config(options) -> dict:
+    """Options as flat scalars (what TensorBoard's hparams and other trackers accept)."""
+    return {k: v for k, v in asdict(options).items() if isinstance(v, (int, float, str, bool))}
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator) -> dict[str, float]:
+    """Loss (plain cross-entropy), top-1 and top-5 accuracy over the whole eval set (all processes)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, count, correct = 0.0, 0, {1: 0, 5: 0}
+    for batch in loader:
+        with accelerator.autocast():
+            logits = model(pixel_values=batch["pixel_values"]).logits
+        logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        count += labels.numel()
+        for k, hits in topk_correct(logits, labels).items():
+            correct[k] += hits
+    model.train(was_training)
+    count = max(count, 1)
+    return {"loss": loss_sum / count, "accuracy": correct[1] / count, "top5_accuracy": correct[5] / count}
+
+
+def parameter_checksum(model) -> str:
+    """SHA-256 of all parameters and buffers in name order (equal on every DDP replica when in sync)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Trainer:
+    """One training run: `Trainer(options).run()` returns the final metrics (also in all_results.json)."""
+
+    def __init__(self, options) -> None:
+        self.options = options
+        check_torchvision(options)
+        self.accelerator = build_accelerator(options)
+        from accelerate.utils import set_seed
+
+        # Same seed on every process for init; `device_specific` so drop-path masks differ per process.
+        set_seed(options.seed)
+        self.data = prepare_classification_data(options)
+        model = build_model(options, self.data.id2label, self.data.label2id)
+        self.image_size = model_image_size(model, options)
+        self.image_processor = build_image_processor(self.image_size)
+        set_seed(options.seed, device_specific=True)
+        if options.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        if options.use_kernel:
+            model = apply_hub_kernel(model, self.accelerator.device.type)
+        self._build_loaders()
+        self._build_optimization(model)
+
+    def _build_loaders(self) -> None:
+        options = self.options
+        transform = build_train_transform(options, self.image_processor, self.image_size)
+        train_loader, eval_loader, self.train_set, self.sampler = build_dataloaders(
+            self.data, options, self.image_processor, transform
+        )
+        self.batch_mix = build_batch_mix(options, len(self.data.label_names))
+        # Length of the loader each process sees (after sharding), hence steps per epoch.
+        batches = math.ceil(len(self.train_set) / options.per_device_train_batch_size)
+        self.batches_per_epoch = math.ceil(batches / self.accelerator.num_processes)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / options.gradient_accumulation_steps)
+        self.total_steps = options.max_steps or math.ceil(options.num_train_epochs * self.steps_per_epoch)
+        self.train_loader, self.eval_loader = train_loader, eval_loader
+
+    def _build_optimization(self, model) -> None:
+        options, accelerator = self.options, self.accelerator
+        optimizer = build_optimizer(model, options)
+        warmup = warmup_steps_for(options, self.steps_per_epoch, self.total_steps)
+        # Not passed to prepare(): Accelerate would step it once per process; we step it per optimizer step.
+        self.scheduler = build_scheduler(optimizer, options.lr_scheduler, warmup, self.total_steps)
+        self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
+            model, optimizer, self.train_loader, self.eval_loader
+        )
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.ema = ModelEMA(accelerator.unwrap_model(self.model), options.ema_decay) if options.ema_decay else None
+
+    # ------------------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, float]:
+        options, accelerator = self.options, self.accelerator
+        state = self._resume_state()
+        accelerator.init_trackers(options.project_name, config=tracker_config(options))
+        progress = self._progress_bar(state)
+        start = time.perf_counter()
+        samples_at_start = state.samples_seen
+        eval_metrics: dict[str, float] = {}
+        eval_step = -1
+        while state.global_step < self.total_steps:
+            finished_epoch = self._train_epoch(state, progress)
+            if finished_epoch and state.epoch % options.eval_every_epochs == 0:
+                eval_metrics, eval_step = self._evaluate_all(state), state.global_step
+        progress.close()
+        runtime = time.perf_counter() - start
+        if eval_step != state.global_step:  # the final weights are always evaluated
+            eval_metrics = self._evaluate_all(state)
+        results = self._results(state, eval_metrics, runtime, state.samples_seen - samples_at_start)
+        self._save_final(results)
+        accelerator.end_training()
+        return results
+
+    def _progress_bar(self, state: TrainingState):
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.total_steps, initial=state.global_step, desc="train", unit="step",
+            disable=not self.accelerator.is_local_main_process,
+        )  # fmt: skip
+
+    def _resume_state(self) -> TrainingState:
+        options = self.options
+        if not options.resume:
+            return TrainingState(ema_decay=options.ema_decay)
+        path = checkpointing.resolve_resume_path(options.resume, options.output_dir)
+        state = checkpointing.load_checkpoint(self.accelerator, path, self.ema)
+        logger.info("resumed from %s at step %d (epoch %d)", path, state.global_step, state.epoch)
+        return state
+
+    def _epoch_loader(self, state: TrainingState):
+        """This epoch's loader: same order as an uninterrupted run, skipping batches already consumed."""
+        loader = self.train_loader
+        if state.batches_in_epoch:
+            # Gradient accumulation counts micro-batches within the epoch (Accelerate resets it at epoch end).
+            self.accelerator.step = state.batches_in_epoch % self.options.gradient_accumulation_steps
+            loader = self.accelerator.skip_first_batches(self.train_loader, state.batches_in_epoch)
+        # Accelerate's loader re-sets the sampler epoch from its own iteration counter on every pass, so the
+        # epoch goes through the loader; the dataset's epoch seeds the per-sample augmentation.
+        loader.set_epoch(state.epoch)
+        self.sampler.set_epoch(state.epoch)
+        self.train_set.set_epoch(state.epoch)
+        return loader
+
+    def _train_epoch(self, state: TrainingState, progress) -> bool:
+        """Train until the epoch ends (True) or the step budget is spent (False)."""
+        options, accelerator = self.options, self.accelerator
+        self.model.train()
+        for batch in self._epoch_loader(state):
+            loss = self._train_micro_batch(batch)
+            state.batches_in_epoch += 1
+            state.samples_seen += batch["labels"].shape[0] * accelerator.num_processes
+            state.loss_sum += loss
+            state.loss_count += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            progress.update(1)
+            if self.ema is not None:
+                self.ema.update(accelerator.unwrap_model(self.model))
+                state.ema_num_updates = self.ema.num_updates
+            if state.global_step % options.logging_steps == 0:
+                self._log_train(state, loss, progress)
+            if options.save_steps and state.global_step % options.save_steps == 0:
+                limit = options.save_total_limit
+                checkpointing.save_checkpoint(accelerator, options.output_dir, state, self.ema, limit)
+            if state.global_step >= self.total_steps:
+                return False
+        state.epoch += 1
+        state.batches_in_epoch = 0
+        return True
+
+    def _train_micro_batch(self, batch) -> float:
+        """Forward, backward and (on accumulation boundaries) clip, optimizer and scheduler step."""
+        options, accelerator = self.options, self.accelerator
+        pixel_values, targets = batch["pixel_values"], batch["labels"]
+        if self.batch_mix is not None:
+            pixel_values, targets = self.batch_mix(pixel_values, targets)
+        with accelerator.accumulate(self.model):
+            with accelerator.autocast():
+                logits = self.model(pixel_values=pixel_values).logits
+            loss = classification_loss(logits, targets, options.label_smoothing)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and options.max_grad_norm:
+                accelerator.clip_grad_norm_(self.model.parameters(), options.max_grad_norm)
+            self.optimizer.step()
+            if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def _log_train(self, state: TrainingState, loss: float, progress) -> None:
+        metrics = {
+            "train/loss": loss,
+            "train/lr": self.scheduler.get_last_lr()[-1],
+            "train/epoch": state.epoch + state.batches_in_epoch / max(self.batches_per_epoch, 1),
+        }
+        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{metrics['train/lr']:.2e}")
+        self.accelerator.log(metrics, step=state.global_step)
+
+    def _evaluate_all(self, state: TrainingState) -> dict[str, float]:
+        """Evaluate the online model and, if kept, the EMA model; the saved model's metrics come first."""
+        online = evaluate(self.model, self.eval_loader, self.accelerator)
+        metrics = {f"eval_online_{k}": v for k, v in online.items()} if self.ema is not None else {}
+        main = evaluate(self.ema.module, self.eval_loader, self.accelerator) if self.ema is not None else online
+        metrics.update({f"eval_{k}": v for k, v in main.items()})
+        self.accelerator.log({k.replace("eval_", "eval/", 1): v for k, v in metrics.items()}, step=state.global_step)
+        if self.accelerator.is_main_process:
+            summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            epoch = state.epoch + state.batches_in_epoch / max(self.batches_per_epoch, 1)
+            self.accelerator.print(f"epoch {epoch:.2f} (step {state.global_step}): {summary}")
+        return metrics
+
+    def _results(self, state: TrainingState, eval_metrics: dict, runtime: float, samples: int) -> dict[str, float]:
+        return {
+            **eval_metrics,
+            "train_loss": state.loss_sum / max(state.loss_count, 1),
+            "train_runtime": runtime,
+            "train_samples_per_second": samples / runtime if runtime > 0 else 0.0,
+            "epoch": state.epoch + state.batches_in_epoch / max(self.batches_per_epoch, 1),
+            "global_step": state.global_step,
+            "eval_samples": len(self.data.eval),
+            "train_samples": len(self.data.train),
+        }
+
+    def _save_final(self, results: dict) -> None:
+        """save_pretrained (EMA weights when kept; online weights then go to online_model/) + processor + results."""
+        options, accelerator = self.options, self.accelerator
+        output_dir = Path(options.output_dir)
+        accelerator.wait_for_everyone()
+        unwrapped = accelerator.unwrap_model(self.model)
+        online_dir = output_dir / ONLINE_MODEL_DIR if self.ema is not None else output_dir
+        state_dict = accelerator.get_state_dict(self.model)  # collective under FSDP/DeepSpeed: all processes
+        unwrapped.save_pretrained(
+            online_dir, is_main_process=accelerator.is_main_process, state_dict=state_dict,
+            save_function=accelerator.save,
+        )  # fmt: skip
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if options.write_replica_checksums:
+            checksum = parameter_checksum(unwrapped)
+            rank = accelerator.process_index
+            (output_dir / f"replica_checksum_{rank}.txt").write_text(checksum)
+        if accelerator.is_main_process:
+            if self.ema is not None:
+                self.ema.module.save_pretrained(output_dir)
+            self.image_processor.save_pretrained(output_dir)
+            (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+            if options.push_to_hub:
+                from .hub import push_to_hub
+
+                push_to_hub(output_dir, options, results)
+        accelerator.wait_for_everyone()
+
+
+def train(options) -> dict[str, float]:
+    """Run training for resolved `TrainingOptions`; returns the metrics written to all_results.json."""
+    return Trainer(options).run()

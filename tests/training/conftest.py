@@ -1,0 +1,56 @@
+"""Fixtures for the training tests: a tiny generated `imagefolder` dataset and a fast run configuration."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+requires_accelerate = pytest.mark.skipif(
+    importlib.util.find_spec("accelerate") is None or importlib.util.find_spec("datasets") is None,
+    reason="training needs accelerate and datasets (pip install 'internimage_hf[train]')",
+)
+requires_torchvision = pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed (augmentations need it)"
+)
+
+CLASSES = ("red", "green", "blue")
+IMAGES_PER_CLASS = {"train": 8, "validation": 4}
+TINY_MODEL = ["--model", "tiny", "--image_size", "32"]
+
+
+def write_imagefolder(root, size: int = 40, seed: int = 0) -> None:
+    """`root/{train,validation}/<class>/*.png`: noisy images dominated by one colour channel per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in IMAGES_PER_CLASS.items():
+        for channel, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 90, size=(size, size, 3))
+                pixels[..., channel] += 150
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
+
+
+@pytest.fixture(scope="session")
+def imagefolder(tmp_path_factory):
+    """Path of a 3-class imagefolder dataset (24 train and 12 validation images of 40x40 pixels)."""
+    root = tmp_path_factory.mktemp("imagefolder")
+    write_imagefolder(root)
+    return root
+
+
+def run_args(imagefolder, output_dir, *extra: str) -> list[str]:
+    """Command-line arguments of a fast run on the tiny dataset (extra arguments win)."""
+    return [
+        "--dataset", str(imagefolder), "--output_dir", str(output_dir), *TINY_MODEL,
+        "--per_device_train_batch_size", "6", "--per_device_eval_batch_size", "12",
+        "--learning_rate", "3e-3", "--warmup_steps", "1", "--train_crop", "resize",
+        "--logging_steps", "1", "--num_predictions", "0", *extra,
+    ]  # fmt: skip
