@@ -8,6 +8,7 @@ from transformers.models.auto.image_processing_auto import AutoImageProcessor
 from .configuration_internimage import PRESETS, InternImageConfig
 from .conversion import convert_official_state_dict
 from .dcnv3 import DCNv3Core, dcnv3_core
+from .hub_kernels import dcnv3_backend, kernelize, register_dcnv3_kernel_mapping
 from .image_processing_internimage import InternImageImageProcessor
 from .image_processing_pil_internimage import InternImageImageProcessorPil
 from .modeling_internimage import (
@@ -27,6 +28,11 @@ AutoImageProcessor.register(
     exist_ok=True,
 )
 
+try:  # map DCNv3Core to the pinned hub kernel for `from_pretrained(..., use_kernels=True)`; nothing is downloaded
+    register_dcnv3_kernel_mapping()
+except ImportError:
+    pass  # `kernels` is not installed: the portable PyTorch core runs
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -40,5 +46,8 @@ __all__ = [
     "InternImageModel",
     "InternImagePreTrainedModel",
     "convert_official_state_dict",
+    "dcnv3_backend",
     "dcnv3_core",
+    "kernelize",
+    "register_dcnv3_kernel_mapping",
 ]

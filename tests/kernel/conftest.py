@@ -8,7 +8,6 @@ the single-arch CUDA build used by the resolver tests (default: the visible GPU,
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dcnv3_test_loader import load_variant
 
 from internimage_hf import kernel_build
 
@@ -62,27 +62,6 @@ def _build(tmp_path_factory, backend: str, cuda_archs: str | None = None) -> Bui
     variant_dir = root / "build" / variant
     ops = json.loads((variant_dir / "metadata.json").read_text())["id"]
     return BuiltKernel(root, variant_dir, backend, ops)
-
-
-def import_variant(variant_dir: Path):
-    """Import a variant like the ``kernels`` loader does (module name = metadata id), without ``kernels``."""
-    ops = json.loads((variant_dir / "metadata.json").read_text())["id"]
-    if ops in sys.modules:
-        return sys.modules[ops]
-    spec = importlib.util.spec_from_file_location(ops, variant_dir / "__init__.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[ops] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_variant(variant_dir: Path):
-    """Through ``kernels.get_local_kernel`` when installed (the real loader), else `import_variant`."""
-    try:
-        import kernels
-    except ImportError:
-        return import_variant(variant_dir)
-    return kernels.get_local_kernel(variant_dir)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,116 @@
+// DCNv3 sampling core on the CPU: forward and backward, NHWC, float32/float64/float16/bfloat16.
+//
+// Forward parallelises over output pixels (N * Ho * Wo). For each (pixel, group, point) the sampling
+// location and the four bilinear weights are computed once and then applied to the group's
+// contiguous channels, so the inner loop is a plain (vectorisable) axpy over channels and nothing of
+// size P * activation is ever materialised.
+//
+// Backward parallelises over (batch, group) pairs: each task owns the slice
+// grad_value[n, :, :, g * Cg : (g + 1) * Cg], so the bilinear scatter needs no atomics and the result
+// is deterministic. Offset and mask gradients are reductions over the group's channels computed in
+// the same pass.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "dcnv3_common/dcnv3_params.h"
+#include "dcnv3_common/dcnv3_sampling.h"
+
+// Baseline build of the loops (any CPU).
+#define DCNV3_CPU_ISA baseline
+#include "dcnv3_cpu/dcnv3_cpu_impl.h"
+#undef DCNV3_CPU_ISA
+
+// The same loops for AVX2 + FMA, chosen at run time: Hub binaries must run on every x86-64 CPU, so the
+// translation unit itself is compiled for the baseline ISA.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DCNV3_HAVE_AVX2_PATH 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define DCNV3_CPU_ISA avx2
+#include "dcnv3_cpu/dcnv3_cpu_impl.h"
+#undef DCNV3_CPU_ISA
+#pragma GCC pop_options
+#endif
+
+namespace dcnv3 {
+namespace {
+
+bool use_avx2() {
+#if defined(DCNV3_HAVE_AVX2_PATH)
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported;
+#else
+  return false;
+#endif
+}
+
+template <typename scalar_t>
+void forward_dispatch(const scalar_t* value, const scalar_t* offset, const scalar_t* mask, scalar_t* out,
+                      const Params& p) {
+#if defined(DCNV3_HAVE_AVX2_PATH)
+  if (use_avx2()) return avx2::forward_typed<scalar_t>(value, offset, mask, out, p);
+#endif
+  baseline::forward_typed<scalar_t>(value, offset, mask, out, p);
+}
+
+template <typename scalar_t, typename grad_t>
+void backward_dispatch(const scalar_t* grad_output, const scalar_t* value, const scalar_t* offset,
+                       const scalar_t* mask, grad_t* grad_value, scalar_t* grad_offset, scalar_t* grad_mask,
+                       const Params& p) {
+#if defined(DCNV3_HAVE_AVX2_PATH)
+  if (use_avx2()) {
+    return avx2::backward_typed<scalar_t, grad_t>(grad_output, value, offset, mask, grad_value, grad_offset,
+                                                  grad_mask, p);
+  }
+#endif
+  baseline::backward_typed<scalar_t, grad_t>(grad_output, value, offset, mask, grad_value, grad_offset, grad_mask,
+                                             p);
+}
+
+}  // namespace
+
+
+at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, const Params& p) {
+  at::Tensor output = at::empty({p.batch, p.out_h, p.out_w, p.channels}, value.options());
+  if (output.numel() == 0) return output;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "dcnv3_forward_cpu", [&] {
+    forward_dispatch<scalar_t>(value.const_data_ptr<scalar_t>(), offset.const_data_ptr<scalar_t>(),
+                            mask.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), p);
+  });
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_output, const at::Tensor& value,
+                                                            const at::Tensor& offset, const at::Tensor& mask,
+                                                            const Params& p) {
+  const bool reduced = value.scalar_type() == at::kHalf || value.scalar_type() == at::kBFloat16;
+  // Half-precision gradients of value accumulate in float32, then are cast once at the end.
+  at::Tensor grad_value_acc = at::zeros(value.sizes(), value.options().dtype(reduced ? at::kFloat : value.scalar_type()));
+  at::Tensor grad_offset = at::empty(offset.sizes(), offset.options());
+  at::Tensor grad_mask = at::empty(mask.sizes(), mask.options());
+  if (grad_output.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "dcnv3_backward_cpu", [&] {
+      using grad_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      backward_dispatch<scalar_t, grad_t>(grad_output.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
+                                       offset.const_data_ptr<scalar_t>(), mask.const_data_ptr<scalar_t>(),
+                                       grad_value_acc.mutable_data_ptr<grad_t>(), grad_offset.mutable_data_ptr<scalar_t>(),
+                                       grad_mask.mutable_data_ptr<scalar_t>(), p);
+    });
+  } else {
+    grad_offset.zero_();
+    grad_mask.zero_();
+  }
+  at::Tensor grad_value = reduced ? grad_value_acc.to(value.scalar_type()) : grad_value_acc;
+  return {grad_value, grad_offset, grad_mask};
+}
+
+}  // namespace dcnv3

@@ -1,0 +1,232 @@
+// DCNv3 CPU loops, included twice by dcnv3_cpu.cpp: once for baseline x86-64 / other architectures and
+// once inside a `#pragma GCC target("avx2,fma")` region (namespace DCNV3_CPU_ISA), picked at run time.
+// No include guard on purpose.
+#ifndef DCNV3_CPU_ISA
+#error "define DCNV3_CPU_ISA before including dcnv3_cpu_impl.h"
+#endif
+
+namespace dcnv3 {
+namespace DCNV3_CPU_ISA {
+
+// Bilinear sample of one tap, mask folded into the weights: acc[c] += sum_k w_k * v_k[c].
+template <typename scalar_t, typename acc_t>
+inline void accumulate_sample(acc_t* __restrict__ acc, const scalar_t* __restrict__ value_group,
+                              const Bilinear<acc_t>& b, acc_t mask, int64_t channels, int64_t group_channels) {
+  const acc_t w0 = b.weight[0] * mask;
+  const acc_t w1 = b.weight[1] * mask;
+  const acc_t w2 = b.weight[2] * mask;
+  const acc_t w3 = b.weight[3] * mask;
+  if (b.valid[0] && b.valid[1] && b.valid[2] && b.valid[3]) {
+    // Interior sample (the common case): one fused pass over the channels.
+    const scalar_t* __restrict__ v0 = value_group + b.index[0] * channels;
+    const scalar_t* __restrict__ v1 = value_group + b.index[1] * channels;
+    const scalar_t* __restrict__ v2 = value_group + b.index[2] * channels;
+    const scalar_t* __restrict__ v3 = value_group + b.index[3] * channels;
+    for (int64_t c = 0; c < group_channels; ++c) {
+      acc[c] += w0 * acc_t(v0[c]) + w1 * acc_t(v1[c]) + w2 * acc_t(v2[c]) + w3 * acc_t(v3[c]);
+    }
+    return;
+  }
+  // Border sample: skip the corners in the zero padding (never read them, so inf/NaN there cannot leak).
+  const acc_t w[4] = {w0, w1, w2, w3};
+  for (int k = 0; k < 4; ++k) {
+    if (!b.valid[k]) continue;
+    const scalar_t* __restrict__ v = value_group + b.index[k] * channels;
+    const acc_t wk = w[k];
+    for (int64_t c = 0; c < group_channels; ++c) {
+      acc[c] += wk * acc_t(v[c]);
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward_typed(const scalar_t* value, const scalar_t* offset, const scalar_t* mask, scalar_t* out,
+                   const Params& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t out_hw = p.out_h * p.out_w;
+  const int64_t pixels = p.batch * out_hw;
+  const int64_t C = p.channels;
+  const int64_t Cg = p.group_channels;
+  const int64_t P = p.points;
+  const int64_t G = p.group;
+  // ~32k multiply-adds per grain keeps the OpenMP overhead negligible even for 7x7 maps.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 4 * C * P));
+  const int64_t centre_i = p.kernel_w / 2;
+  const int64_t centre_j = p.kernel_h / 2;
+
+  at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(C);
+    for (int64_t pix = begin; pix < end; ++pix) {
+      const int64_t n = pix / out_hw;
+      const int64_t ho = (pix % out_hw) / p.out_w;
+      const int64_t wo = pix % p.out_w;
+      const TapGrid<acc_t> grid = tap_grid<acc_t>(ho, wo, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h,
+                                                  p.pad_w, p.dilation_h, p.dilation_w, p.offset_scale);
+      const scalar_t* off = offset + pix * G * P * 2;
+      const scalar_t* msk = mask + pix * G * P;
+      const scalar_t* value_n = value + n * p.height * p.width * C;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t g = 0; g < G; ++g) {
+        int64_t point = 0;
+        for (int64_t i = 0; i < p.kernel_w; ++i) {
+          for (int64_t j = 0; j < p.kernel_h; ++j) {
+            if (p.remove_center && i == centre_i && j == centre_j) continue;
+            const int64_t q = g * P + point;
+            ++point;
+            const acc_t x = grid.base_x + grid.scale * (acc_t(i * p.dilation_w) - grid.centre_x + acc_t(off[2 * q]));
+            const acc_t y = grid.base_y + grid.scale * (acc_t(j * p.dilation_h) - grid.centre_y + acc_t(off[2 * q + 1]));
+            Bilinear<acc_t> b;
+            if (!bilinear_at<acc_t>(y, x, p.height, p.width, b)) continue;
+            accumulate_sample<scalar_t, acc_t>(acc.data() + g * Cg, value_n + g * Cg, b, acc_t(msk[q]), C, Cg);
+          }
+        }
+      }
+      scalar_t* o = out + pix * C;
+      for (int64_t c = 0; c < C; ++c) {
+        o[c] = static_cast<scalar_t>(acc[c]);
+      }
+    }
+  });
+}
+
+// Dot products of grad_out with the four corner rows of one sample, over the group's channels.
+template <typename scalar_t, typename acc_t>
+inline void corner_dots(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ value_group,
+                        const Bilinear<acc_t>& b, int64_t channels, int64_t group_channels, acc_t (&dots)[4]) {
+  for (int k = 0; k < 4; ++k) {
+    dots[k] = acc_t(0);
+    if (!b.valid[k]) continue;
+    const scalar_t* __restrict__ v = value_group + b.index[k] * channels;
+    acc_t s = acc_t(0);
+    for (int64_t c = 0; c < group_channels; ++c) {
+      s += acc_t(grad_out[c]) * acc_t(v[c]);
+    }
+    dots[k] = s;
+  }
+}
+
+// grad_value[corner k][c] += mask * w_k * grad_out[c] for the valid corners.
+template <typename scalar_t, typename acc_t, typename grad_t>
+inline void scatter_sample(grad_t* __restrict__ grad_value_group, const scalar_t* __restrict__ grad_out,
+                           const Bilinear<acc_t>& b, acc_t mask, int64_t channels, int64_t group_channels) {
+  for (int k = 0; k < 4; ++k) {
+    if (!b.valid[k]) continue;
+    grad_t* __restrict__ gv = grad_value_group + b.index[k] * channels;
+    const acc_t wk = b.weight[k] * mask;
+    for (int64_t c = 0; c < group_channels; ++c) {
+      gv[c] = static_cast<grad_t>(acc_t(gv[c]) + wk * acc_t(grad_out[c]));
+    }
+  }
+}
+
+// Interior sample (all four corners inside): dot products and scatter in one pass over the channels.
+template <typename scalar_t, typename acc_t, typename grad_t>
+inline void interior_backward(grad_t* __restrict__ grad_value_group, const scalar_t* __restrict__ grad_out,
+                              const scalar_t* __restrict__ value_group, const Bilinear<acc_t>& b, acc_t mask,
+                              int64_t channels, int64_t group_channels, acc_t (&dots)[4]) {
+  const scalar_t* __restrict__ v0 = value_group + b.index[0] * channels;
+  const scalar_t* __restrict__ v1 = value_group + b.index[1] * channels;
+  const scalar_t* __restrict__ v2 = value_group + b.index[2] * channels;
+  const scalar_t* __restrict__ v3 = value_group + b.index[3] * channels;
+  grad_t* __restrict__ g0 = grad_value_group + b.index[0] * channels;
+  grad_t* __restrict__ g1 = grad_value_group + b.index[1] * channels;
+  grad_t* __restrict__ g2 = grad_value_group + b.index[2] * channels;
+  grad_t* __restrict__ g3 = grad_value_group + b.index[3] * channels;
+  const acc_t w0 = b.weight[0] * mask;
+  const acc_t w1 = b.weight[1] * mask;
+  const acc_t w2 = b.weight[2] * mask;
+  const acc_t w3 = b.weight[3] * mask;
+  acc_t d0 = acc_t(0), d1 = acc_t(0), d2 = acc_t(0), d3 = acc_t(0);
+  for (int64_t c = 0; c < group_channels; ++c) {
+    const acc_t go = acc_t(grad_out[c]);
+    d0 += go * acc_t(v0[c]);
+    d1 += go * acc_t(v1[c]);
+    d2 += go * acc_t(v2[c]);
+    d3 += go * acc_t(v3[c]);
+    g0[c] = static_cast<grad_t>(acc_t(g0[c]) + w0 * go);
+    g1[c] = static_cast<grad_t>(acc_t(g1[c]) + w1 * go);
+    g2[c] = static_cast<grad_t>(acc_t(g2[c]) + w2 * go);
+    g3[c] = static_cast<grad_t>(acc_t(g3[c]) + w3 * go);
+  }
+  dots[0] = d0;
+  dots[1] = d1;
+  dots[2] = d2;
+  dots[3] = d3;
+}
+
+// grad_t is the accumulation type of grad_value (float for half inputs, else scalar_t).
+template <typename scalar_t, typename grad_t>
+void backward_typed(const scalar_t* grad_output, const scalar_t* value, const scalar_t* offset, const scalar_t* mask,
+                    grad_t* grad_value, scalar_t* grad_offset, scalar_t* grad_mask, const Params& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t out_hw = p.out_h * p.out_w;
+  const int64_t C = p.channels;
+  const int64_t Cg = p.group_channels;
+  const int64_t P = p.points;
+  const int64_t G = p.group;
+  const int64_t centre_i = p.kernel_w / 2;
+  const int64_t centre_j = p.kernel_h / 2;
+
+  // One task per (n, g): disjoint grad_value slices, hence race-free and deterministic.
+  at::parallel_for(0, p.batch * G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / G;
+      const int64_t g = task % G;
+      const scalar_t* value_group = value + n * p.height * p.width * C + g * Cg;
+      grad_t* grad_value_group = grad_value + n * p.height * p.width * C + g * Cg;
+      for (int64_t local = 0; local < out_hw; ++local) {
+        const int64_t pix = n * out_hw + local;
+        const int64_t ho = local / p.out_w;
+        const int64_t wo = local % p.out_w;
+        const TapGrid<acc_t> grid = tap_grid<acc_t>(ho, wo, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h,
+                                                    p.pad_w, p.dilation_h, p.dilation_w, p.offset_scale);
+        const scalar_t* go = grad_output + pix * C + g * Cg;
+        const scalar_t* off = offset + pix * G * P * 2;
+        const scalar_t* msk = mask + pix * G * P;
+        scalar_t* goff = grad_offset + pix * G * P * 2;
+        scalar_t* gmsk = grad_mask + pix * G * P;
+        int64_t point = 0;
+        for (int64_t i = 0; i < p.kernel_w; ++i) {
+          for (int64_t j = 0; j < p.kernel_h; ++j) {
+            if (p.remove_center && i == centre_i && j == centre_j) continue;
+            const int64_t q = g * P + point;
+            ++point;
+            const acc_t x = grid.base_x + grid.scale * (acc_t(i * p.dilation_w) - grid.centre_x + acc_t(off[2 * q]));
+            const acc_t y = grid.base_y + grid.scale * (acc_t(j * p.dilation_h) - grid.centre_y + acc_t(off[2 * q + 1]));
+            Bilinear<acc_t> b;
+            if (!bilinear_at<acc_t>(y, x, p.height, p.width, b)) {
+              goff[2 * q] = scalar_t(0);
+              goff[2 * q + 1] = scalar_t(0);
+              gmsk[q] = scalar_t(0);
+              continue;
+            }
+            const acc_t m = acc_t(msk[q]);
+            acc_t dots[4];
+            const bool interior = b.valid[0] && b.valid[1] && b.valid[2] && b.valid[3];
+            if (interior) {
+              interior_backward<scalar_t, acc_t, grad_t>(grad_value_group, go, value_group, b, m, C, Cg, dots);
+            } else {
+              corner_dots<scalar_t, acc_t>(go, value_group, b, C, Cg, dots);
+              scatter_sample<scalar_t, acc_t, grad_t>(grad_value_group, go, b, m, C, Cg);
+            }
+            acc_t sampled = acc_t(0);
+            acc_t dx = acc_t(0);
+            acc_t dy = acc_t(0);
+            for (int k = 0; k < 4; ++k) {
+              sampled += b.weight[k] * dots[k];
+              dx += b.dweight_dx[k] * dots[k];
+              dy += b.dweight_dy[k] * dots[k];
+            }
+            // d location / d offset = offset_scale; d out / d mask = the bilinear sample itself.
+            gmsk[q] = static_cast<scalar_t>(sampled);
+            goff[2 * q] = static_cast<scalar_t>(m * grid.scale * dx);
+            goff[2 * q + 1] = static_cast<scalar_t>(m * grid.scale * dy);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace DCNV3_CPU_ISA
+}  // namespace dcnv3

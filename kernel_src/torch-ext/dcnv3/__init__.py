@@ -1,0 +1,12 @@
+"""DCNv3 (InternImage deformable convolution v3) sampling core as a Hugging Face hub kernel.
+
+``dcnv3(value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+group, group_channels, offset_scale, remove_center)`` computes, for NHWC ``value`` (N, H, W, G*Cg), pixel
+``offset`` (N, Ho, Wo, G*P*2) and ``mask`` (N, Ho, Wo, G*P), the output (N, Ho, Wo, G*Cg). ``layers.DCNv3Core``
+is the module used by ``kernels.kernelize``.
+"""
+
+from . import layers
+from ._core import dcnv3, dcnv3_backward, dcnv3_forward
+
+__all__ = ["dcnv3", "dcnv3_backward", "dcnv3_forward", "layers"]

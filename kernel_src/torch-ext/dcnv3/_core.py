@@ -1,0 +1,129 @@
+"""Differentiable, torch.compile-friendly wrappers around the compiled DCNv3 ops.
+
+The ops are defined in C++ (``torch_binding.cpp``); here they get fake (meta) implementations, so that
+``torch.compile(fullgraph=True)`` traces them without graph breaks, and an autograd formula that calls the
+compiled backward op. Op names always go through ``add_op_namespace_prefix``: every build has its own
+namespace.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._ops import add_op_namespace_prefix, ops
+
+_FORWARD = add_op_namespace_prefix("dcnv3_forward")
+_BACKWARD = add_op_namespace_prefix("dcnv3_backward")
+
+
+def _register_python_side() -> None:
+    """Fake impls + autograd, once per op namespace.
+
+    A kernel variant imported a second time from another path (e.g. a local build and its hub-cache copy)
+    reuses the already-loaded library and namespace; registering again would raise.
+    """
+    packet = ops.dcnv3_forward
+    if getattr(packet, "_dcnv3_python_registered", False):
+        return
+
+    @torch.library.register_fake(_FORWARD)
+    def _forward_fake(value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                      dilation_w, group, group_channels, offset_scale, remove_center):  # fmt: skip
+        _check_meta(value, offset, mask)
+        # Output (N, H_out, W_out, G * Cg): batch and output size from offset, channels from value.
+        return value.new_empty((offset.shape[0], offset.shape[1], offset.shape[2], value.shape[3]))
+
+    @torch.library.register_fake(_BACKWARD)
+    def _backward_fake(grad_output, value, offset, mask, *args):
+        _check_meta(value, offset, mask, grad_output)
+        # The real op returns contiguous gradients shaped like its inputs.
+        return value.new_empty(value.shape), offset.new_empty(offset.shape), mask.new_empty(mask.shape)
+
+    torch.library.register_autograd(_FORWARD, _backward, setup_context=_setup_context)
+    packet._dcnv3_python_registered = True
+
+
+def _check_meta(value, offset, mask, *others) -> None:
+    """Rank / dtype / device checks of the C++ op, repeated for fake tensors (full checks run in C++)."""
+    for name, tensor in (("offset", offset), ("mask", mask), *(("grad_output", t) for t in others)):
+        torch._check(tensor.dim() == 4, lambda n=name, t=tensor: f"dcnv3: `{n}` must be 4-D, got {tuple(t.shape)}")
+        torch._check(
+            tensor.device == value.device,
+            lambda n=name, t=tensor: f"dcnv3: `{n}` is on {t.device} but `value` is on {value.device}",
+        )
+        torch._check(
+            tensor.dtype == value.dtype,
+            lambda n=name, t=tensor: f"dcnv3: `{n}` has dtype {t.dtype} but `value` has dtype {value.dtype}",
+        )
+    torch._check(value.dim() == 4, lambda: f"dcnv3: `value` must be 4-D, got {tuple(value.shape)}")
+
+
+def _setup_context(ctx, inputs, output):
+    value, offset, mask = inputs[:3]
+    ctx.save_for_backward(value, offset, mask)
+    ctx.params = inputs[3:]
+
+
+def _backward(ctx, grad_output):
+    value, offset, mask = ctx.saved_tensors
+    grad_value, grad_offset, grad_mask = ops.dcnv3_backward(grad_output, value, offset, mask, *ctx.params)
+    return (grad_value, grad_offset, grad_mask) + (None,) * len(ctx.params)
+
+
+_register_python_side()
+
+
+def dcnv3_forward(value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                  group, group_channels, offset_scale, remove_center) -> torch.Tensor:  # fmt: skip
+    """Raw forward op (differentiable). value (N,H,W,G*Cg), offset (N,Ho,Wo,G*P*2), mask (N,Ho,Wo,G*P)."""
+    return ops.dcnv3_forward(value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                             dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)  # fmt: skip
+
+
+def dcnv3_backward(grad_output, value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                   dilation_h, dilation_w, group, group_channels, offset_scale, remove_center):  # fmt: skip
+    """Raw backward op: (grad_value, grad_offset, grad_mask) for grad_output (N,Ho,Wo,G*Cg)."""
+    return ops.dcnv3_backward(grad_output, value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                              dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)  # fmt: skip
+
+
+def dcnv3(
+    value: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    group: int,
+    group_channels: int,
+    offset_scale: float,
+    remove_center: bool = False,
+) -> torch.Tensor:
+    """DCNv3 sampling core, differentiable in value, offset and mask.
+
+    Args:
+        value: ``(N, H, W, G * Cg)`` channels-last input.
+        offset: ``(N, Ho, Wo, G * P * 2)`` pixel offsets, channel ``(g * P + p) * 2 + {0: dx, 1: dy}``.
+        mask: ``(N, Ho, Wo, G * P)`` per-point weights (already softmax-normalised).
+        kernel_h ... offset_scale, remove_center: as in InternImage's DCNv3 (points ``p = i * kernel_h + j``,
+            x-major; ``remove_center`` skips the centre tap, so ``P = kernel_h * kernel_w - 1``).
+
+    Offset and mask are cast to ``value.dtype`` (as the official module does for the mask), so autocast
+    outputs of different precision can be mixed. Half-precision inputs accumulate in float32.
+
+    Returns:
+        ``(N, Ho, Wo, G * Cg)`` in ``value.dtype``.
+    """
+    if offset.dtype != value.dtype:
+        offset = offset.to(value.dtype)
+    if mask.dtype != value.dtype:
+        mask = mask.to(value.dtype)
+    return ops.dcnv3_forward(
+        value, offset, mask, int(kernel_h), int(kernel_w), int(stride_h), int(stride_w), int(pad_h), int(pad_w),
+        int(dilation_h), int(dilation_w), int(group), int(group_channels), float(offset_scale), bool(remove_center),
+    )  # fmt: skip

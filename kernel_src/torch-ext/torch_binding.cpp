@@ -1,0 +1,165 @@
+// Op registration and input validation for the DCNv3 kernel.
+//
+// The CPU implementation is registered in every build variant (a CUDA build also serves CPU tensors,
+// which matters because the `kernels` resolver picks the CUDA variant whenever torch is a CUDA build);
+// the CUDA implementation only where CUDA_KERNEL is defined.
+#include <torch/library.h>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <tuple>
+
+#include "registration.h"
+#include "torch_binding.h"
+
+namespace {
+
+const char* const kForwardSchema =
+    "dcnv3_forward(Tensor value, Tensor offset, Tensor mask, int kernel_h, int kernel_w, int stride_h, "
+    "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, int group_channels, "
+    "float offset_scale, bool remove_center) -> Tensor";
+
+const char* const kBackwardSchema =
+    "dcnv3_backward(Tensor grad_output, Tensor value, Tensor offset, Tensor mask, int kernel_h, int kernel_w, "
+    "int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, "
+    "int group_channels, float offset_scale, bool remove_center) -> (Tensor, Tensor, Tensor)";
+
+bool supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& value) {
+  TORCH_CHECK(t.defined(), "dcnv3: `", name, "` is undefined");
+  TORCH_CHECK(t.dim() == 4, "dcnv3: `", name, "` must be a 4-D (N, H, W, C) tensor, got ", t.dim(), "-D shape ",
+              t.sizes());
+  TORCH_CHECK(t.device() == value.device(), "dcnv3: `", name, "` is on ", t.device(), " but `value` is on ",
+              value.device());
+  TORCH_CHECK(t.scalar_type() == value.scalar_type(), "dcnv3: `", name, "` has dtype ", t.scalar_type(),
+              " but `value` has dtype ", value.scalar_type(), "; cast offset and mask to value's dtype");
+}
+
+int64_t out_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  const int64_t out = (size + 2 * pad - (dilation * (kernel - 1) + 1)) / stride + 1;
+  return out > 0 ? out : 0;
+}
+
+// Validates every argument and returns the call's Params. Messages name the offending argument.
+dcnv3::Params make_params(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, int64_t kernel_h,
+                          int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                          int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels,
+                          double offset_scale, bool remove_center) {
+  TORCH_CHECK(value.defined(), "dcnv3: `value` is undefined");
+  TORCH_CHECK(value.dim() == 4, "dcnv3: `value` must be a 4-D (N, H, W, C) tensor, got ", value.dim(),
+              "-D shape ", value.sizes());
+  TORCH_CHECK(supported_dtype(value.scalar_type()),
+              "dcnv3: `value` must be float32, float64, float16 or bfloat16, got ", value.scalar_type());
+  check_tensor(offset, "offset", value);
+  check_tensor(mask, "mask", value);
+  TORCH_CHECK(kernel_h >= 1 && kernel_w >= 1, "dcnv3: kernel size must be positive, got (", kernel_h, ", ",
+              kernel_w, ")");
+  TORCH_CHECK(stride_h >= 1 && stride_w >= 1, "dcnv3: stride must be positive, got (", stride_h, ", ", stride_w,
+              ")");
+  TORCH_CHECK(dilation_h >= 1 && dilation_w >= 1, "dcnv3: dilation must be positive, got (", dilation_h, ", ",
+              dilation_w, ")");
+  TORCH_CHECK(pad_h >= 0 && pad_w >= 0, "dcnv3: padding must be non-negative, got (", pad_h, ", ", pad_w, ")");
+  TORCH_CHECK(group >= 1 && group_channels >= 1, "dcnv3: group (", group, ") and group_channels (",
+              group_channels, ") must be positive");
+  TORCH_CHECK(!remove_center || (kernel_h % 2 == 1 && kernel_w % 2 == 1),
+              "dcnv3: remove_center needs odd kernel_h and kernel_w, got (", kernel_h, ", ", kernel_w, ")");
+  TORCH_CHECK(value.size(3) == group * group_channels, "dcnv3: `value` has ", value.size(3),
+              " channels but group * group_channels = ", group, " * ", group_channels, " = ", group * group_channels);
+
+  dcnv3::Params p{};
+  p.batch = value.size(0);
+  p.height = value.size(1);
+  p.width = value.size(2);
+  p.channels = value.size(3);
+  p.out_h = out_size(p.height, kernel_h, stride_h, pad_h, dilation_h);
+  p.out_w = out_size(p.width, kernel_w, stride_w, pad_w, dilation_w);
+  p.kernel_h = kernel_h;
+  p.kernel_w = kernel_w;
+  p.stride_h = stride_h;
+  p.stride_w = stride_w;
+  p.pad_h = pad_h;
+  p.pad_w = pad_w;
+  p.dilation_h = dilation_h;
+  p.dilation_w = dilation_w;
+  p.group = group;
+  p.group_channels = group_channels;
+  p.points = kernel_h * kernel_w - (remove_center ? 1 : 0);
+  p.offset_scale = offset_scale;
+  p.remove_center = remove_center;
+
+  TORCH_CHECK(offset.size(0) == p.batch && offset.size(1) == p.out_h && offset.size(2) == p.out_w,
+              "dcnv3: `offset` has shape ", offset.sizes(), " but (N, H_out, W_out) must be (", p.batch, ", ", p.out_h,
+              ", ", p.out_w, ") for a ", kernel_h, "x", kernel_w, " kernel with stride (", stride_h, ", ", stride_w,
+              "), pad (", pad_h, ", ", pad_w, "), dilation (", dilation_h, ", ", dilation_w, ") on a ", p.height, "x",
+              p.width, " input");
+  TORCH_CHECK(offset.size(3) == group * p.points * 2, "dcnv3: `offset` must have group * points * 2 = ", group, " * ",
+              p.points, " * 2 = ", group * p.points * 2, " channels, got ", offset.size(3));
+  TORCH_CHECK(mask.size(0) == p.batch && mask.size(1) == p.out_h && mask.size(2) == p.out_w, "dcnv3: `mask` has shape ",
+              mask.sizes(), " but (N, H_out, W_out) must be (", p.batch, ", ", p.out_h, ", ", p.out_w, ")");
+  TORCH_CHECK(mask.size(3) == group * p.points, "dcnv3: `mask` must have group * points = ", group, " * ", p.points,
+              " = ", group * p.points, " channels, got ", mask.size(3));
+  return p;
+}
+
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value, const dcnv3::Params& p) {
+  check_tensor(grad_output, "grad_output", value);
+  TORCH_CHECK(grad_output.size(0) == p.batch && grad_output.size(1) == p.out_h && grad_output.size(2) == p.out_w &&
+                  grad_output.size(3) == p.channels,
+              "dcnv3: `grad_output` has shape ", grad_output.sizes(), " but the output shape is (", p.batch, ", ",
+              p.out_h, ", ", p.out_w, ", ", p.channels, ")");
+}
+
+}  // namespace
+
+at::Tensor dcnv3_forward(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, int64_t kernel_h,
+                         int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                         int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels,
+                         double offset_scale, bool remove_center) {
+  const dcnv3::Params p = make_params(value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                      dilation_h, dilation_w, group, group_channels, offset_scale, remove_center);
+  // The kernels index NHWC memory directly; channels-last-strided or sliced inputs are copied once here.
+  const at::Tensor v = value.contiguous();
+  const at::Tensor o = offset.contiguous();
+  const at::Tensor m = mask.contiguous();
+#if defined(CUDA_KERNEL)
+  if (v.is_cuda()) return dcnv3::forward_cuda(v, o, m, p);
+#endif
+  TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
+  return dcnv3::forward_cpu(v, o, m, p);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
+    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask,
+    int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels, double offset_scale,
+    bool remove_center) {
+  const dcnv3::Params p = make_params(value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                      dilation_h, dilation_w, group, group_channels, offset_scale, remove_center);
+  check_grad_output(grad_output, value, p);
+  const at::Tensor g = grad_output.contiguous();
+  const at::Tensor v = value.contiguous();
+  const at::Tensor o = offset.contiguous();
+  const at::Tensor m = mask.contiguous();
+#if defined(CUDA_KERNEL)
+  if (v.is_cuda()) return dcnv3::backward_cuda(g, v, o, m, p);
+#endif
+  TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
+  return dcnv3::backward_cpu(g, v, o, m, p);
+}
+
+TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
+  ops.def(kForwardSchema);
+  ops.def(kBackwardSchema);
+  ops.impl("dcnv3_forward", c10::DeviceType::CPU, &dcnv3_forward);
+  ops.impl("dcnv3_backward", c10::DeviceType::CPU, &dcnv3_backward);
+#if defined(CUDA_KERNEL)
+  ops.impl("dcnv3_forward", c10::DeviceType::CUDA, &dcnv3_forward);
+  ops.impl("dcnv3_backward", c10::DeviceType::CUDA, &dcnv3_backward);
+#endif
+}
+
+REGISTER_EXTENSION(TORCH_EXTENSION_NAME)

@@ -1,0 +1,38 @@
+// Declarations shared by the op registration (torch_binding.cpp) and the backend implementations.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+#include "dcnv3_common/dcnv3_params.h"
+
+namespace dcnv3 {
+
+// Backend implementations. Inputs are already validated, contiguous NHWC and of one dtype and device.
+at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, const Params& p);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_output, const at::Tensor& value,
+                                                            const at::Tensor& offset, const at::Tensor& mask,
+                                                            const Params& p);
+
+#if defined(CUDA_KERNEL)
+at::Tensor forward_cuda(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, const Params& p);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_output, const at::Tensor& value,
+                                                             const at::Tensor& offset, const at::Tensor& mask,
+                                                             const Params& p);
+#endif
+
+}  // namespace dcnv3
+
+// Op entry points (schema types: int -> int64_t, float -> double). They validate, make the inputs
+// contiguous and dispatch to the backend matching the inputs' device.
+at::Tensor dcnv3_forward(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, int64_t kernel_h,
+                         int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                         int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels,
+                         double offset_scale, bool remove_center);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
+    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask,
+    int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels, double offset_scale,
+    bool remove_center);

@@ -1,0 +1,140 @@
+"""Model-level benchmark: InternImage-T forward (PyTorch DCNv3 core and DCNv3 kernel) against ConvNeXt-T.
+
+All models are built and timed in this one process, so the printed ratios compare like with like.
+
+    python scripts/benchmark.py                          # CPU, batch 1 and 8, builds the CPU kernel if needed
+    python scripts/benchmark.py --kernel-dir KERNEL_DIR  # use an existing kernel build tree
+    python scripts/benchmark.py --device cuda --dtype bfloat16 --batch 1 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import ConvNextConfig, ConvNextForImageClassification
+
+from internimage_hf import InternImageConfig, InternImageForImageClassification, kernelize
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--kernel-dir", type=Path, help="kernel build tree (default: build the kernel for this torch)")
+    parser.add_argument("--no-kernel", action="store_true", help="skip the kernel path")
+    return parser.parse_args(argv)
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class PeakMemory:
+    """Peak memory above the starting point while the block runs: CUDA allocator stats, or the CPU process RSS
+    high-water mark (Linux `VmHWM`, reset through /proc/self/clear_refs)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak_bytes = float("nan")
+
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+                self._start = self._status_kib("VmRSS") * 1024
+            except (OSError, KeyError):
+                self._start = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.startswith("cuda"):
+            self.peak_bytes = torch.cuda.max_memory_allocated() - self._start
+        elif self._start is not None:
+            self.peak_bytes = self._status_kib("VmHWM") * 1024 - self._start
+
+
+@torch.no_grad()
+def measure(model: torch.nn.Module, pixels: torch.Tensor, iters: int, warmup: int) -> tuple[float, float]:
+    """Mean forward seconds and peak extra memory (bytes) of one forward."""
+    device = pixels.device.type
+    for _ in range(warmup):
+        model(pixel_values=pixels)
+    synchronize(device)
+    with PeakMemory(device) as memory:
+        model(pixel_values=pixels)
+        synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        model(pixel_values=pixels)
+    synchronize(device)
+    return (time.perf_counter() - start) / iters, memory.peak_bytes
+
+
+def kernel_tree(args: argparse.Namespace) -> Path:
+    if args.kernel_dir is not None:
+        return args.kernel_dir
+    from internimage_hf.kernel_build import build_kernel
+
+    out = Path(tempfile.mkdtemp(prefix="dcnv3-kernel-"))
+    backend = "cuda" if args.device.startswith("cuda") else "cpu"
+    print(f"building the {backend} kernel into {out} ...", flush=True)
+    build_kernel(out_dir=out, backend=backend)
+    return out
+
+
+def build_models(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    internimage = InternImageForImageClassification(InternImageConfig.from_preset("t", num_labels=1000))
+    internimage = internimage.to(args.device, dtype).eval()
+    models = {"convnext_t": ConvNextForImageClassification(ConvNextConfig()).to(args.device, dtype).eval()}
+    models["internimage_t_pytorch"] = internimage
+    if not args.no_kernel:
+        kernel_model = kernelize(copy.deepcopy(internimage), mode="inference", local_path=kernel_tree(args))
+        print(f"kernel path runs: {kernel_model.dcnv3_backend}")
+        models["internimage_t_kernel"] = kernel_model
+    return models
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    models = build_models(args)
+    print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}")
+    for batch in args.batch:
+        pixels = torch.randn(
+            batch, 3, args.image_size, args.image_size, device=args.device, dtype=getattr(torch, args.dtype)
+        )
+        results = {name: measure(model, pixels, args.iters, args.warmup) for name, model in models.items()}
+        baseline = results["convnext_t"][0]
+        print(f"\nbatch {batch} at {args.image_size}px")
+        print(f"{'model':<24}{'ms/forward':>12}{'img/s':>10}{'x ConvNeXt-T':>14}{'peak MiB':>11}")
+        for name, (seconds, peak) in results.items():
+            ratio = seconds / baseline
+            print(f"{name:<24}{seconds * 1e3:>12.1f}{batch / seconds:>10.1f}{ratio:>14.2f}{peak / 2**20:>11.1f}")
+        if "internimage_t_kernel" in results:
+            speedup = results["internimage_t_pytorch"][0] / results["internimage_t_kernel"][0]
+            print(f"kernel speed-up over the PyTorch DCNv3 core (whole model): {speedup:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

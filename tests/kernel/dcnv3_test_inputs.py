@@ -1,0 +1,36 @@
+"""Random DCNv3 inputs shared by the kernel tests."""
+
+from __future__ import annotations
+
+import torch
+
+from internimage_hf.dcnv3 import dcnv3_output_size
+
+
+def dcnv3_params(group=2, group_channels=4, kernel=3, stride=1, pad=None, dilation=1, offset_scale=1.0,
+                 remove_center=False, kernel_w=None) -> dict:  # fmt: skip
+    """Keyword arguments of a DCNv3 call (same names as `internimage_hf.dcnv3.dcnv3_core`)."""
+    kernel_w = kernel if kernel_w is None else kernel_w
+    if pad is None:
+        pad = dilation * (kernel - 1) // 2
+    return dict(
+        kernel_h=kernel, kernel_w=kernel_w, stride_h=stride, stride_w=stride, pad_h=pad, pad_w=pad,
+        dilation_h=dilation, dilation_w=dilation, group=group, group_channels=group_channels,
+        offset_scale=offset_scale, remove_center=remove_center,
+    )  # fmt: skip
+
+
+def make_inputs(params: dict, batch=2, height=7, width=6, dtype=torch.float32, offset_range=2.0, seed=0,
+                device="cpu"):  # fmt: skip
+    """value (N,H,W,G*Cg), offset (N,Ho,Wo,G*P*2) uniform in +-offset_range px, mask softmaxed per group."""
+    gen = torch.Generator().manual_seed(seed)
+    group, cg = params["group"], params["group_channels"]
+    points = params["kernel_h"] * params["kernel_w"] - int(bool(params["remove_center"]))
+    out_h = dcnv3_output_size(height, params["kernel_h"], params["stride_h"], params["pad_h"], params["dilation_h"])
+    out_w = dcnv3_output_size(width, params["kernel_w"], params["stride_w"], params["pad_w"], params["dilation_w"])
+    value = torch.randn(batch, height, width, group * cg, generator=gen, dtype=torch.float64)
+    offset = torch.rand(batch, out_h, out_w, group * points * 2, generator=gen, dtype=torch.float64) * 2 - 1
+    offset = offset * offset_range
+    logits = torch.randn(batch, out_h, out_w, group, points, generator=gen, dtype=torch.float64)
+    mask = logits.softmax(-1).reshape(batch, out_h, out_w, group * points)
+    return tuple(t.to(device=device, dtype=dtype) for t in (value, offset, mask))

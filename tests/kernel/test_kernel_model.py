@@ -1,0 +1,100 @@
+"""InternImage models running their DCNv3 cores on the built kernel (CPU build)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from internimage_hf import (
+    InternImageConfig,
+    InternImageForImageClassification,
+    convert_official_state_dict,
+    hub_kernels,
+)
+
+LOGIT_ATOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _kernels_and_clean_env(monkeypatch):
+    pytest.importorskip("kernels", reason="the `kernels` package is not installed")
+    monkeypatch.delenv(hub_kernels.KERNEL_ENV, raising=False)
+    monkeypatch.delenv(hub_kernels.REVISION_ENV, raising=False)
+
+
+def golden_model(golden) -> InternImageForImageClassification:
+    model = InternImageForImageClassification(InternImageConfig(**golden.model_kwargs)).eval()
+    model.load_state_dict(convert_official_state_dict(golden.state_dict), strict=True)
+    return model
+
+
+def tiny_model() -> InternImageForImageClassification:
+    config = InternImageConfig(channels=16, depths=(1, 1, 2, 1), groups=(2, 2, 4, 4), num_labels=3, drop_path_rate=0.0)
+    torch.manual_seed(0)
+    return InternImageForImageClassification(config).eval()
+
+
+@torch.no_grad()
+def test_golden_logits_through_kernel(golden, cpu_kernel_build):
+    model = hub_kernels.kernelize(golden_model(golden), local_path=cpu_kernel_build.variant_dir)
+    assert hub_kernels.dcnv3_backend(model) == f"local:{cpu_kernel_build.variant_dir}"
+    assert model.dcnv3_backend == hub_kernels.dcnv3_backend(model)
+    outputs = model(golden.input, output_hidden_states=True)
+    torch.testing.assert_close(outputs.logits, golden.logits, atol=LOGIT_ATOL, rtol=0)
+    for produced, expected in zip(outputs.hidden_states[1:], golden.stage_outputs, strict=True):
+        torch.testing.assert_close(produced, expected, atol=LOGIT_ATOL, rtol=0)
+
+
+def test_training_step_through_kernel_matches_pytorch(cpu_kernel_build):
+    reference, kernelized = tiny_model().train(), tiny_model().train()
+    hub_kernels.kernelize(kernelized, local_path=cpu_kernel_build.variant_dir)
+    assert hub_kernels.dcnv3_backend(kernelized).startswith("local:")
+    pixels = torch.randn(2, 3, 64, 64)
+    labels = torch.tensor([0, 2])
+    losses = []
+    for model in (reference, kernelized):
+        loss = model(pixels, labels=labels).loss
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=0)
+    for (name, p_ref), (_, p_ker) in zip(reference.named_parameters(), kernelized.named_parameters(), strict=True):
+        if p_ref.grad is not None:
+            torch.testing.assert_close(p_ker.grad, p_ref.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_torch_compile_fullgraph_tiny_model(cpu_kernel_build):
+    import kernels
+
+    model = tiny_model()
+    mode = kernels.Mode.INFERENCE | kernels.Mode.TORCH_COMPILE
+    hub_kernels.kernelize(model, mode=mode, local_path=cpu_kernel_build.variant_dir)
+    assert hub_kernels.dcnv3_backend(model).startswith("local:")
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        eager = model(pixels).logits
+        torch._dynamo.reset()
+        # aot_eager runs dynamo + AOTAutograd with the fake kernels; a graph break would raise (fullgraph)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(pixels).logits, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_from_pretrained_use_kernels(tmp_path, cpu_kernel_build):
+    """transformers' own kernel path: works with 5.20-5.22 + kernels 0.17.x, a clear refusal elsewhere."""
+    from kernels.layer.globals import _KERNEL_MAPPING
+    from transformers.utils.import_utils import is_kernels_available
+
+    tiny_model().save_pretrained(tmp_path / "model")
+    token = _KERNEL_MAPPING.set(dict(_KERNEL_MAPPING.get()))
+    try:
+        hub_kernels.register_dcnv3_kernel_mapping(local_path=cpu_kernel_build.variant_dir)
+        if not is_kernels_available():
+            with pytest.raises(ValueError, match="[Kk]ernels"):
+                InternImageForImageClassification.from_pretrained(tmp_path / "model", use_kernels=True)
+            return
+        model = InternImageForImageClassification.from_pretrained(tmp_path / "model", use_kernels=True).eval()
+        assert hub_kernels.dcnv3_backend(model).startswith("kernel:" + cpu_kernel_build.ops_name)
+        pixels = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(model(pixels).logits, tiny_model()(pixels).logits, atol=1e-5, rtol=0)
+    finally:
+        _KERNEL_MAPPING.reset(token)
