@@ -19,6 +19,7 @@ import torch
 from transformers import ConvNextConfig, ConvNextForImageClassification
 
 from internimage_hf import InternImageConfig, InternImageForImageClassification, kernelize
+from internimage_hf.profiling import peak_memory_bytes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,40 +40,6 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-class PeakMemory:
-    """Peak memory above the starting point while the block runs: CUDA allocator stats, or the CPU process RSS
-    high-water mark (Linux `VmHWM`, reset through /proc/self/clear_refs)."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.peak_bytes = float("nan")
-
-    @staticmethod
-    def _status_kib(field: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise KeyError(field)
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-            self._start = torch.cuda.memory_allocated()
-        else:
-            try:
-                Path("/proc/self/clear_refs").write_text("5")
-                self._start = self._status_kib("VmRSS") * 1024
-            except (OSError, KeyError):
-                self._start = None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.startswith("cuda"):
-            self.peak_bytes = torch.cuda.max_memory_allocated() - self._start
-        elif self._start is not None:
-            self.peak_bytes = self._status_kib("VmHWM") * 1024 - self._start
-
-
 @torch.no_grad()
 def measure(model: torch.nn.Module, pixels: torch.Tensor, iters: int, warmup: int) -> tuple[float, float]:
     """Mean forward seconds and peak extra memory (bytes) of one forward."""
@@ -80,14 +47,11 @@ def measure(model: torch.nn.Module, pixels: torch.Tensor, iters: int, warmup: in
     for _ in range(warmup):
         model(pixel_values=pixels)
     synchronize(device)
-    with PeakMemory(device) as memory:
-        model(pixel_values=pixels)
-        synchronize(device)
     start = time.perf_counter()
     for _ in range(iters):
         model(pixel_values=pixels)
     synchronize(device)
-    return (time.perf_counter() - start) / iters, memory.peak_bytes
+    return (time.perf_counter() - start) / iters, peak_memory_bytes(lambda: model(pixel_values=pixels), device)
 
 
 def kernel_tree(args: argparse.Namespace) -> Path:

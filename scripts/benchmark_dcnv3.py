@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from internimage_hf.dcnv3 import dcnv3_core  # noqa: E402
+from internimage_hf.dcnv3 import dcnv3_core
+from internimage_hf.profiling import peak_memory_bytes
 
 STAGES = [(64, 4, 56), (128, 8, 28), (256, 16, 14), (512, 32, 7)]  # (channels, groups, spatial) of T @ 224
 PEAK_GBPS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0, "L4": 300.0, "A10": 600.0}
@@ -58,38 +57,16 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def cpu_peak_mib(fn) -> float:
-    """Peak bytes allocated by torch during one call of fn (profiler memory events replayed in order)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    current = peak = 0
-    for event in events:
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak / 2**20
-
-
 def timed(fn, device: str, iters: int) -> tuple[float, float]:
     """(seconds per call, peak memory allocated by one call in MiB), after one warm-up call."""
     fn()
     synchronize(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
     start = time.perf_counter()
     for _ in range(iters):
         fn()
     synchronize(device)
     seconds = (time.perf_counter() - start) / iters
-    if device == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = cpu_peak_mib(fn)
-    return seconds, peak
+    return seconds, peak_memory_bytes(fn, device) / 2**20
 
 
 def bench_stage(kernel, stage, batch, dtype, device, iters) -> dict:
@@ -154,7 +131,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--iters", type=int, default=None, help="default: 3 on CPU, 50 on CUDA")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--peak-gbps", type=float, default=None, help="device memory bandwidth for the % column")
+    parser.add_argument(
+        "--peak-gbps", type=float, default=None, help="device memory bandwidth (GB/s) for the %%-of-peak column"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

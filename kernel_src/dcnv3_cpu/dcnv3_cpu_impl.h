@@ -9,9 +9,11 @@ namespace dcnv3 {
 namespace DCNV3_CPU_ISA {
 
 // Bilinear sample of one tap, mask folded into the weights: acc[c] += sum_k w_k * v_k[c].
-template <typename scalar_t, typename acc_t>
+// kCg > 0 fixes the group width at compile time (the channel loops then unroll into whole vector registers).
+template <typename scalar_t, typename acc_t, int kCg>
 inline void accumulate_sample(acc_t* __restrict__ acc, const scalar_t* __restrict__ value_group,
-                              const Bilinear<acc_t>& b, acc_t mask, int64_t channels, int64_t group_channels) {
+                              const Bilinear<acc_t>& b, acc_t mask, int64_t channels, int64_t runtime_cg) {
+  const int64_t group_channels = kCg > 0 ? kCg : runtime_cg;
   const acc_t w0 = b.weight[0] * mask;
   const acc_t w1 = b.weight[1] * mask;
   const acc_t w2 = b.weight[2] * mask;
@@ -39,14 +41,14 @@ inline void accumulate_sample(acc_t* __restrict__ acc, const scalar_t* __restric
   }
 }
 
-template <typename scalar_t>
-void forward_typed(const scalar_t* value, const scalar_t* offset, const scalar_t* mask, scalar_t* out,
+template <typename scalar_t, int kCg>
+void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t* mask, scalar_t* out,
                    const Params& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t out_hw = p.out_h * p.out_w;
   const int64_t pixels = p.batch * out_hw;
   const int64_t C = p.channels;
-  const int64_t Cg = p.group_channels;
+  const int64_t Cg = kCg > 0 ? kCg : p.group_channels;
   const int64_t P = p.points;
   const int64_t G = p.group;
   // ~32k multiply-adds per grain keeps the OpenMP overhead negligible even for 7x7 maps.
@@ -77,7 +79,7 @@ void forward_typed(const scalar_t* value, const scalar_t* offset, const scalar_t
             const acc_t y = grid.base_y + grid.scale * (acc_t(j * p.dilation_h) - grid.centre_y + acc_t(off[2 * q + 1]));
             Bilinear<acc_t> b;
             if (!bilinear_at<acc_t>(y, x, p.height, p.width, b)) continue;
-            accumulate_sample<scalar_t, acc_t>(acc.data() + g * Cg, value_n + g * Cg, b, acc_t(msk[q]), C, Cg);
+            accumulate_sample<scalar_t, acc_t, kCg>(acc.data() + g * Cg, value_n + g * Cg, b, acc_t(msk[q]), C, Cg);
           }
         }
       }
@@ -87,6 +89,20 @@ void forward_typed(const scalar_t* value, const scalar_t* offset, const scalar_t
       }
     }
   });
+}
+
+template <typename scalar_t>
+void forward_typed(const scalar_t* value, const scalar_t* offset, const scalar_t* mask, scalar_t* out,
+                   const Params& p) {
+  // Every official model uses 16 (T..XL) or 32 (H/G) channels per group.
+  switch (p.group_channels) {
+    case 16:
+      return forward_loops<scalar_t, 16>(value, offset, mask, out, p);
+    case 32:
+      return forward_loops<scalar_t, 32>(value, offset, mask, out, p);
+    default:
+      return forward_loops<scalar_t, 0>(value, offset, mask, out, p);
+  }
 }
 
 // Dot products of grad_out with the four corner rows of one sample, over the group's channels.
