@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--kernel-dir", type=Path, help="kernel build tree (default: build the kernel for this torch)")
     parser.add_argument("--no-kernel", action="store_true", help="skip the kernel path")
@@ -40,18 +41,31 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-@torch.no_grad()
-def measure(model: torch.nn.Module, pixels: torch.Tensor, iters: int, warmup: int) -> tuple[float, float]:
-    """Mean forward seconds and peak extra memory (bytes) of one forward."""
-    device = pixels.device.type
-    for _ in range(warmup):
-        model(pixel_values=pixels)
-    synchronize(device)
+def time_forward(model: torch.nn.Module, pixels: torch.Tensor) -> float:
     start = time.perf_counter()
+    model(pixel_values=pixels)
+    synchronize(pixels.device.type)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def measure_all(models: dict, pixels: torch.Tensor, iters: int, warmup: int) -> dict[str, tuple[float, float]]:
+    """Median forward seconds and peak extra memory (bytes) of each model.
+
+    The models take turns forward by forward, so drifts in machine load (shared VMs) hit them alike.
+    """
+    for _ in range(warmup):
+        for model in models.values():
+            model(pixel_values=pixels)
+    times = {name: [] for name in models}
     for _ in range(iters):
-        model(pixel_values=pixels)
-    synchronize(device)
-    return (time.perf_counter() - start) / iters, peak_memory_bytes(lambda: model(pixel_values=pixels), device)
+        for name, model in models.items():
+            times[name].append(time_forward(model, pixels))
+    device = pixels.device.type
+    return {
+        name: (statistics.median(times[name]), peak_memory_bytes(lambda m=model: m(pixel_values=pixels), device))
+        for name, model in models.items()
+    }
 
 
 def kernel_tree(args: argparse.Namespace) -> Path:
@@ -88,7 +102,7 @@ def main(argv=None) -> None:
         pixels = torch.randn(
             batch, 3, args.image_size, args.image_size, device=args.device, dtype=getattr(torch, args.dtype)
         )
-        results = {name: measure(model, pixels, args.iters, args.warmup) for name, model in models.items()}
+        results = measure_all(models, pixels, args.iters, args.warmup)
         baseline = results["convnext_t"][0]
         print(f"\nbatch {batch} at {args.image_size}px")
         print(f"{'model':<24}{'ms/forward':>12}{'img/s':>10}{'x ConvNeXt-T':>14}{'peak MiB':>11}")
