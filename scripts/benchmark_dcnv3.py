@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -58,15 +59,19 @@ def synchronize(device: str) -> None:
 
 
 def timed(fn, device: str, iters: int) -> tuple[float, float]:
-    """(seconds per call, peak memory allocated by one call in MiB), after one warm-up call."""
+    """(median seconds per call, peak memory allocated by one call in MiB), after one warm-up call.
+
+    The median of single calls, not the mean: on shared machines a few slow calls would otherwise decide.
+    """
     fn()
     synchronize(device)
-    start = time.perf_counter()
+    times = []
     for _ in range(iters):
+        start = time.perf_counter()
         fn()
-    synchronize(device)
-    seconds = (time.perf_counter() - start) / iters
-    return seconds, peak_memory_bytes(fn, device) / 2**20
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), peak_memory_bytes(fn, device) / 2**20
 
 
 def bench_stage(kernel, stage, batch, dtype, device, iters) -> dict:

@@ -8,36 +8,34 @@
 namespace dcnv3 {
 namespace DCNV3_CPU_ISA {
 
-// Bilinear sample of one tap, mask folded into the weights: acc[c] += sum_k w_k * v_k[c].
-// kCg > 0 fixes the group width at compile time (the channel loops then unroll into whole vector registers).
+// Forward bilinear sample of one tap at (y, x), mask folded into the weights: acc[c] += sum_k w_k * v_k[c].
+// Branch-free: a corner in the zero padding gets weight 0 and its index is clamped onto the image, so border
+// samples take the same vectorised pass over the channels as interior ones. (Only an inf/NaN in the image
+// can tell the difference: the clamped read then turns an inf result into NaN.)
+// kCg > 0 fixes the group width at compile time (the channel loop then unrolls into whole vector registers).
 template <typename scalar_t, typename acc_t, int kCg>
-inline void accumulate_sample(acc_t* __restrict__ acc, const scalar_t* __restrict__ value_group,
-                              const Bilinear<acc_t>& b, acc_t mask, int64_t channels, int64_t runtime_cg) {
+inline void accumulate_sample(acc_t* __restrict__ acc, const scalar_t* __restrict__ value_group, acc_t y, acc_t x,
+                              acc_t mask, int64_t height, int64_t width, int64_t channels, int64_t runtime_cg) {
   const int64_t group_channels = kCg > 0 ? kCg : runtime_cg;
-  const acc_t w0 = b.weight[0] * mask;
-  const acc_t w1 = b.weight[1] * mask;
-  const acc_t w2 = b.weight[2] * mask;
-  const acc_t w3 = b.weight[3] * mask;
-  if (b.valid[0] && b.valid[1] && b.valid[2] && b.valid[3]) {
-    // Interior sample (the common case): one fused pass over the channels.
-    const scalar_t* __restrict__ v0 = value_group + b.index[0] * channels;
-    const scalar_t* __restrict__ v1 = value_group + b.index[1] * channels;
-    const scalar_t* __restrict__ v2 = value_group + b.index[2] * channels;
-    const scalar_t* __restrict__ v3 = value_group + b.index[3] * channels;
-    for (int64_t c = 0; c < group_channels; ++c) {
-      acc[c] += w0 * acc_t(v0[c]) + w1 * acc_t(v1[c]) + w2 * acc_t(v2[c]) + w3 * acc_t(v3[c]);
-    }
-    return;
-  }
-  // Border sample: skip the corners in the zero padding (never read them, so inf/NaN there cannot leak).
-  const acc_t w[4] = {w0, w1, w2, w3};
-  for (int k = 0; k < 4; ++k) {
-    if (!b.valid[k]) continue;
-    const scalar_t* __restrict__ v = value_group + b.index[k] * channels;
-    const acc_t wk = w[k];
-    for (int64_t c = 0; c < group_channels; ++c) {
-      acc[c] += wk * acc_t(v[c]);
-    }
+  const acc_t yf = std::floor(y);
+  const acc_t xf = std::floor(x);
+  const int64_t y0 = static_cast<int64_t>(yf);
+  const int64_t x0 = static_cast<int64_t>(xf);
+  const acc_t ly = y - yf;
+  const acc_t lx = x - xf;
+  const acc_t row0 = y0 >= 0 ? (acc_t(1) - ly) * mask : acc_t(0);
+  const acc_t row1 = y0 + 1 < height ? ly * mask : acc_t(0);
+  const acc_t col0 = x0 >= 0 ? acc_t(1) - lx : acc_t(0);
+  const acc_t col1 = x0 + 1 < width ? lx : acc_t(0);
+  const int64_t ya = std::max<int64_t>(y0, 0), yb = std::min<int64_t>(y0 + 1, height - 1);
+  const int64_t xa = std::max<int64_t>(x0, 0), xb = std::min<int64_t>(x0 + 1, width - 1);
+  const scalar_t* __restrict__ v0 = value_group + (ya * width + xa) * channels;
+  const scalar_t* __restrict__ v1 = value_group + (ya * width + xb) * channels;
+  const scalar_t* __restrict__ v2 = value_group + (yb * width + xa) * channels;
+  const scalar_t* __restrict__ v3 = value_group + (yb * width + xb) * channels;
+  const acc_t w0 = row0 * col0, w1 = row0 * col1, w2 = row1 * col0, w3 = row1 * col1;
+  for (int64_t c = 0; c < group_channels; ++c) {
+    acc[c] += w0 * acc_t(v0[c]) + w1 * acc_t(v1[c]) + w2 * acc_t(v2[c]) + w3 * acc_t(v3[c]);
   }
 }
 
@@ -77,9 +75,10 @@ void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t
             ++point;
             const acc_t x = grid.base_x + grid.scale * (acc_t(i * p.dilation_w) - grid.centre_x + acc_t(off[2 * q]));
             const acc_t y = grid.base_y + grid.scale * (acc_t(j * p.dilation_h) - grid.centre_y + acc_t(off[2 * q + 1]));
-            Bilinear<acc_t> b;
-            if (!bilinear_at<acc_t>(y, x, p.height, p.width, b)) continue;
-            accumulate_sample<scalar_t, acc_t, kCg>(acc.data() + g * Cg, value_n + g * Cg, b, acc_t(msk[q]), C, Cg);
+            // Entirely outside (written as a positive test so that NaN locations are skipped too).
+            if (!(y > acc_t(-1) && x > acc_t(-1) && y < acc_t(p.height) && x < acc_t(p.width))) continue;
+            accumulate_sample<scalar_t, acc_t, kCg>(acc.data() + g * Cg, value_n + g * Cg, y, x, acc_t(msk[q]),
+                                                    p.height, p.width, C, Cg);
           }
         }
       }
