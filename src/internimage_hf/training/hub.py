@@ -1,4 +1,4 @@
-"""Model card and upload for `--push_to_hub` (needs network and a token; never run in tests)."""
+"""Model card and upload for `--push_to_hub` (needs network and a token; tests replace `HfApi`)."""
 
 from __future__ import annotations
 
@@ -52,10 +52,10 @@ def push_to_hub(output_dir: Path, options, results: dict) -> str:
     """Write README.md (model card) into `output_dir` and upload the folder; returns the repo id."""
     from huggingface_hub import HfApi, ModelCard
 
-    repo_id = options.hub_model_id or Path(options.output_dir).name
+    api = HfApi()
+    # create_repo resolves the namespace ("name" -> "user/name"); the card's usage snippet needs the full id.
+    repo_id = api.create_repo(options.hub_model_id or Path(options.output_dir).name, exist_ok=True).repo_id
     image_size = results.get("image_size") or options.image_size or 0
     ModelCard(model_card_text(options, results, repo_id, image_size)).save(output_dir / "README.md")
-    api = HfApi()
-    repo_id = api.create_repo(repo_id, exist_ok=True).repo_id
     api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), ignore_patterns=["checkpoints/*"])
     return repo_id

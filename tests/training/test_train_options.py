@@ -1,0 +1,62 @@
+"""Training options that reach outside the loop: `--push_to_hub` (HfApi mocked) and `--torch_compile`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import requires_accelerate, run_args
+
+pytestmark = requires_accelerate
+
+
+class RecordingHfApi:
+    """Stands in for `huggingface_hub.HfApi`: records the calls instead of uploading."""
+
+    calls: list[tuple[str, dict]] = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+        class RepoUrl:
+            pass
+
+        url = RepoUrl()
+        url.repo_id = f"someone/{repo_id}"
+        return url
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+
+
+def test_push_to_hub_uploads_model_processor_and_card(imagefolder, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from internimage_hf.training.arguments import parse_options
+    from internimage_hf.training.loop import Trainer
+
+    RecordingHfApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
+    output_dir = tmp_path / "digits-model"
+    Trainer(parse_options(run_args(imagefolder, output_dir, "--max_steps", "2", "--push_to_hub"))).run()
+
+    names = [name for name, _ in RecordingHfApi.calls]
+    assert names == ["create_repo", "upload_folder"]
+    assert RecordingHfApi.calls[0][1]["repo_id"] == "digits-model"
+    upload = RecordingHfApi.calls[1][1]
+    assert upload["repo_id"] == "someone/digits-model" and upload["folder_path"] == str(output_dir)
+    for name in ("README.md", "config.json", "model.safetensors", "preprocessor_config.json"):
+        assert (output_dir / name).exists(), name
+    card = (output_dir / "README.md").read_text()
+    assert "eval_accuracy" in card and 'pipeline("image-classification", model="someone/digits-model")' in card
+
+
+@pytest.mark.slow
+def test_torch_compile_training_runs(imagefolder, tmp_path):
+    pytest.importorskip("torch._inductor")
+    from internimage_hf.training.arguments import parse_options
+    from internimage_hf.training.loop import Trainer
+
+    results = Trainer(parse_options(run_args(imagefolder, tmp_path, "--max_steps", "2", "--torch_compile"))).run()
+    assert results["global_step"] == 2
+    assert math.isfinite(results["eval_loss"]) and math.isfinite(results["train_loss"])
