@@ -29,8 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5, help="timed forwards per model and round (3 rounds)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed forwards per model and round")
     parser.add_argument("--kernel-dir", type=Path, help="kernel build tree (default: build the kernel for this torch)")
     parser.add_argument("--no-kernel", action="store_true", help="skip the kernel path")
     return parser.parse_args(argv)
@@ -49,18 +49,20 @@ def time_forward(model: torch.nn.Module, pixels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measure_all(models: dict, pixels: torch.Tensor, iters: int, warmup: int) -> dict[str, tuple[float, float]]:
+def measure_all(
+    models: dict, pixels: torch.Tensor, iters: int, warmup: int, rounds: int = 3
+) -> dict[str, tuple[float, float]]:
     """Median forward seconds and peak extra memory (bytes) of each model.
 
-    The models take turns forward by forward, so drifts in machine load (shared VMs) hit them alike.
+    Each model runs `iters` forwards back to back (its steady state); the models take turns over `rounds`, so
+    drifts in machine load (shared VMs) hit them alike.
     """
-    for _ in range(warmup):
-        for model in models.values():
-            model(pixel_values=pixels)
     times = {name: [] for name in models}
-    for _ in range(iters):
+    for _ in range(rounds):
         for name, model in models.items():
-            times[name].append(time_forward(model, pixels))
+            for _ in range(warmup):
+                model(pixel_values=pixels)
+            times[name] += [time_forward(model, pixels) for _ in range(iters)]
     device = pixels.device.type
     return {
         name: (statistics.median(times[name]), peak_memory_bytes(lambda m=model: m(pixel_values=pixels), device))
