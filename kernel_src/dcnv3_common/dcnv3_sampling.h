@@ -86,7 +86,20 @@ struct TapGrid {
   acc_t scale;
   acc_t centre_x;
   acc_t centre_y;
+  int64_t dilation_w;
+  int64_t dilation_h;
 };
+
+// Sampling location of tap (i, j) (i along x, j along y) with its learned offset (dx, dy), in input pixels.
+template <typename acc_t>
+DCNV3_HOST_DEVICE acc_t sample_x(const TapGrid<acc_t>& grid, int64_t i, acc_t dx) {
+  return grid.base_x + grid.scale * (acc_t(i * grid.dilation_w) - grid.centre_x + dx);
+}
+
+template <typename acc_t>
+DCNV3_HOST_DEVICE acc_t sample_y(const TapGrid<acc_t>& grid, int64_t j, acc_t dy) {
+  return grid.base_y + grid.scale * (acc_t(j * grid.dilation_h) - grid.centre_y + dy);
+}
 
 template <typename acc_t>
 DCNV3_HOST_DEVICE TapGrid<acc_t> tap_grid(int64_t ho, int64_t wo, const int64_t kernel_h, const int64_t kernel_w,
@@ -101,6 +114,8 @@ DCNV3_HOST_DEVICE TapGrid<acc_t> tap_grid(int64_t ho, int64_t wo, const int64_t 
   t.scale = acc_t(offset_scale);
   t.centre_x = acc_t(cw);
   t.centre_y = acc_t(ch);
+  t.dilation_w = dilation_w;
+  t.dilation_h = dilation_h;
   return t;
 }
 

@@ -73,8 +73,8 @@ void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t
             if (p.remove_center && i == centre_i && j == centre_j) continue;
             const int64_t q = g * P + point;
             ++point;
-            const acc_t x = grid.base_x + grid.scale * (acc_t(i * p.dilation_w) - grid.centre_x + acc_t(off[2 * q]));
-            const acc_t y = grid.base_y + grid.scale * (acc_t(j * p.dilation_h) - grid.centre_y + acc_t(off[2 * q + 1]));
+            const acc_t x = sample_x(grid, i, acc_t(off[2 * q]));
+            const acc_t y = sample_y(grid, j, acc_t(off[2 * q + 1]));
             // Entirely outside (written as a positive test so that NaN locations are skipped too).
             if (!(y > acc_t(-1) && x > acc_t(-1) && y < acc_t(p.height) && x < acc_t(p.width))) continue;
             accumulate_sample<scalar_t, acc_t, kCg>(acc.data() + g * Cg, value_n + g * Cg, y, x, acc_t(msk[q]),
@@ -206,8 +206,8 @@ void backward_typed(const scalar_t* grad_output, const scalar_t* value, const sc
             if (p.remove_center && i == centre_i && j == centre_j) continue;
             const int64_t q = g * P + point;
             ++point;
-            const acc_t x = grid.base_x + grid.scale * (acc_t(i * p.dilation_w) - grid.centre_x + acc_t(off[2 * q]));
-            const acc_t y = grid.base_y + grid.scale * (acc_t(j * p.dilation_h) - grid.centre_y + acc_t(off[2 * q + 1]));
+            const acc_t x = sample_x(grid, i, acc_t(off[2 * q]));
+            const acc_t y = sample_y(grid, j, acc_t(off[2 * q + 1]));
             Bilinear<acc_t> b;
             if (!bilinear_at<acc_t>(y, x, p.height, p.width, b)) {
               goff[2 * q] = scalar_t(0);

@@ -75,9 +75,8 @@ __device__ __forceinline__ void store_pack(T* ptr, const A (&in)[VEC]) {
 template <typename T, typename A>
 __device__ __forceinline__ bool locate(const Params& p, const TapGrid<A>& grid, const T* off, int64_t q, int64_t i,
                                        int64_t j, Bilinear<A>& b) {
-  const A x = grid.base_x + grid.scale * (A(i * p.dilation_w) - grid.centre_x + to_acc(off[2 * q]));
-  const A y = grid.base_y + grid.scale * (A(j * p.dilation_h) - grid.centre_y + to_acc(off[2 * q + 1]));
-  return bilinear_at<A>(y, x, p.height, p.width, b);
+  return bilinear_at<A>(sample_y(grid, j, to_acc(off[2 * q + 1])), sample_x(grid, i, to_acc(off[2 * q])), p.height,
+                        p.width, b);
 }
 
 template <typename T, int VEC>
