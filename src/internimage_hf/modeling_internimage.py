@@ -386,12 +386,14 @@ class InternImagePreTrainedModel(PreTrainedModel):
             raise ValueError(
                 f"`pixel_values` is {height}x{width}; InternImage needs at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}"
             )
-        weight = self.get_input_embeddings_weight()
-        if pixel_values.device != weight.device:
+        weight = self._stem_weight()
+        # Offloaded weights (accelerate) sit on "meta" until their hook loads them: nothing to compare then.
+        if weight.device.type != "meta" and pixel_values.device != weight.device:
             raise ValueError(f"`pixel_values` is on {pixel_values.device} but the model is on {weight.device}")
         return pixel_values.to(weight.dtype)
 
-    def get_input_embeddings_weight(self) -> torch.Tensor:
+    def _stem_weight(self) -> torch.Tensor:
+        """First weight the input meets: its device and dtype are the model's."""
         return self.base_model.embeddings.conv1.weight
 
     @property
