@@ -39,6 +39,19 @@ inline void accumulate_sample(acc_t* __restrict__ acc, const scalar_t* __restric
   }
 }
 
+// Calls fn(i, j, point) for every sampling tap in point order: x-major (i over kernel_w, j over kernel_h), the
+// centre tap skipped with remove_center.
+template <typename Fn>
+inline void for_each_tap(const Params& p, Fn&& fn) {
+  int64_t point = 0;
+  for (int64_t i = 0; i < p.kernel_w; ++i) {
+    for (int64_t j = 0; j < p.kernel_h; ++j) {
+      if (p.remove_center && i == p.kernel_w / 2 && j == p.kernel_h / 2) continue;
+      fn(i, j, point++);
+    }
+  }
+}
+
 template <typename scalar_t, int kCg>
 void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t* mask, scalar_t* out,
                    const Params& p) {
@@ -51,8 +64,6 @@ void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t
   const int64_t G = p.group;
   // ~32k multiply-adds per grain keeps the OpenMP overhead negligible even for 7x7 maps.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 4 * C * P));
-  const int64_t centre_i = p.kernel_w / 2;
-  const int64_t centre_j = p.kernel_h / 2;
 
   at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(C);
@@ -67,20 +78,15 @@ void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t
       const scalar_t* value_n = value + n * p.height * p.width * C;
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t g = 0; g < G; ++g) {
-        int64_t point = 0;
-        for (int64_t i = 0; i < p.kernel_w; ++i) {
-          for (int64_t j = 0; j < p.kernel_h; ++j) {
-            if (p.remove_center && i == centre_i && j == centre_j) continue;
-            const int64_t q = g * P + point;
-            ++point;
-            const acc_t x = sample_x(grid, i, acc_t(off[2 * q]));
-            const acc_t y = sample_y(grid, j, acc_t(off[2 * q + 1]));
-            // Entirely outside (written as a positive test so that NaN locations are skipped too).
-            if (!(y > acc_t(-1) && x > acc_t(-1) && y < acc_t(p.height) && x < acc_t(p.width))) continue;
-            accumulate_sample<scalar_t, acc_t, kCg>(acc.data() + g * Cg, value_n + g * Cg, y, x, acc_t(msk[q]),
-                                                    p.height, p.width, C, Cg);
-          }
-        }
+        for_each_tap(p, [&](int64_t i, int64_t j, int64_t point) {
+          const int64_t q = g * P + point;
+          const acc_t x = sample_x(grid, i, acc_t(off[2 * q]));
+          const acc_t y = sample_y(grid, j, acc_t(off[2 * q + 1]));
+          // Entirely outside (written as a positive test so that NaN locations are skipped too).
+          if (!(y > acc_t(-1) && x > acc_t(-1) && y < acc_t(p.height) && x < acc_t(p.width))) return;
+          accumulate_sample<scalar_t, acc_t, kCg>(acc.data() + g * Cg, value_n + g * Cg, y, x, acc_t(msk[q]),
+                                                  p.height, p.width, C, Cg);
+        });
       }
       scalar_t* o = out + pix * C;
       for (int64_t c = 0; c < C; ++c) {
@@ -179,8 +185,6 @@ void backward_typed(const scalar_t* grad_output, const scalar_t* value, const sc
   const int64_t Cg = p.group_channels;
   const int64_t P = p.points;
   const int64_t G = p.group;
-  const int64_t centre_i = p.kernel_w / 2;
-  const int64_t centre_j = p.kernel_h / 2;
 
   // One task per (n, g): disjoint grad_value slices, hence race-free and deterministic.
   at::parallel_for(0, p.batch * G, 1, [&](int64_t begin, int64_t end) {
@@ -200,44 +204,39 @@ void backward_typed(const scalar_t* grad_output, const scalar_t* value, const sc
         const scalar_t* msk = mask + pix * G * P;
         scalar_t* goff = grad_offset + pix * G * P * 2;
         scalar_t* gmsk = grad_mask + pix * G * P;
-        int64_t point = 0;
-        for (int64_t i = 0; i < p.kernel_w; ++i) {
-          for (int64_t j = 0; j < p.kernel_h; ++j) {
-            if (p.remove_center && i == centre_i && j == centre_j) continue;
-            const int64_t q = g * P + point;
-            ++point;
-            const acc_t x = sample_x(grid, i, acc_t(off[2 * q]));
-            const acc_t y = sample_y(grid, j, acc_t(off[2 * q + 1]));
-            Bilinear<acc_t> b;
-            if (!bilinear_at<acc_t>(y, x, p.height, p.width, b)) {
-              goff[2 * q] = scalar_t(0);
-              goff[2 * q + 1] = scalar_t(0);
-              gmsk[q] = scalar_t(0);
-              continue;
-            }
-            const acc_t m = acc_t(msk[q]);
-            acc_t dots[4];
-            const bool interior = b.valid[0] && b.valid[1] && b.valid[2] && b.valid[3];
-            if (interior) {
-              interior_backward<scalar_t, acc_t, grad_t>(grad_value_group, go, value_group, b, m, C, Cg, dots);
-            } else {
-              corner_dots<scalar_t, acc_t>(go, value_group, b, C, Cg, dots);
-              scatter_sample<scalar_t, acc_t, grad_t>(grad_value_group, go, b, m, C, Cg);
-            }
-            acc_t sampled = acc_t(0);
-            acc_t dx = acc_t(0);
-            acc_t dy = acc_t(0);
-            for (int k = 0; k < 4; ++k) {
-              sampled += b.weight[k] * dots[k];
-              dx += b.dweight_dx[k] * dots[k];
-              dy += b.dweight_dy[k] * dots[k];
-            }
-            // d location / d offset = offset_scale; d out / d mask = the bilinear sample itself.
-            gmsk[q] = static_cast<scalar_t>(sampled);
-            goff[2 * q] = static_cast<scalar_t>(m * grid.scale * dx);
-            goff[2 * q + 1] = static_cast<scalar_t>(m * grid.scale * dy);
+        for_each_tap(p, [&](int64_t i, int64_t j, int64_t point) {
+          const int64_t q = g * P + point;
+          const acc_t x = sample_x(grid, i, acc_t(off[2 * q]));
+          const acc_t y = sample_y(grid, j, acc_t(off[2 * q + 1]));
+          Bilinear<acc_t> b;
+          if (!bilinear_at<acc_t>(y, x, p.height, p.width, b)) {
+            goff[2 * q] = scalar_t(0);
+            goff[2 * q + 1] = scalar_t(0);
+            gmsk[q] = scalar_t(0);
+            return;
           }
-        }
+          const acc_t m = acc_t(msk[q]);
+          acc_t dots[4];
+          const bool interior = b.valid[0] && b.valid[1] && b.valid[2] && b.valid[3];
+          if (interior) {
+            interior_backward<scalar_t, acc_t, grad_t>(grad_value_group, go, value_group, b, m, C, Cg, dots);
+          } else {
+            corner_dots<scalar_t, acc_t>(go, value_group, b, C, Cg, dots);
+            scatter_sample<scalar_t, acc_t, grad_t>(grad_value_group, go, b, m, C, Cg);
+          }
+          acc_t sampled = acc_t(0);
+          acc_t dx = acc_t(0);
+          acc_t dy = acc_t(0);
+          for (int k = 0; k < 4; ++k) {
+            sampled += b.weight[k] * dots[k];
+            dx += b.dweight_dx[k] * dots[k];
+            dy += b.dweight_dy[k] * dots[k];
+          }
+          // d location / d offset = offset_scale; d out / d mask = the bilinear sample itself.
+          gmsk[q] = static_cast<scalar_t>(sampled);
+          goff[2 * q] = static_cast<scalar_t>(m * grid.scale * dx);
+          goff[2 * q + 1] = static_cast<scalar_t>(m * grid.scale * dy);
+        });
       }
     }
   });
