@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from internimage_hf import InternImageConfig, dcnv3_core
-from internimage_hf.dcnv3 import dcnv3_output_size
+from internimage_hf.dcnv3 import DCNv3Core, dcnv3_output_size, softmax_over_points
 from internimage_hf.modeling_internimage import InternImageDCNv3
 
 
@@ -131,3 +131,25 @@ def test_operator_module_starts_on_the_regular_grid():
     box = torch.nn.functional.avg_pool2d(value, 3, stride=1, padding=1, count_include_pad=True)
     expected = module.output_proj(box.permute(0, 2, 3, 1))
     torch.testing.assert_close(module(hidden), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "meta"])
+def test_softmax_over_points_is_a_grouped_softmax(device_type):
+    logits = (torch.randn(2, 3, 4, 4 * 9, dtype=torch.float64) * 5).requires_grad_()
+    expected = logits.unflatten(-1, (4, 9)).softmax(-1).flatten(-2)
+    if device_type == "meta":  # the non-CPU branch (torch.softmax), checked for shape only
+        assert softmax_over_points(logits.detach().to("meta"), 4).shape == expected.shape
+        return
+    weights = softmax_over_points(logits, 4)
+    torch.testing.assert_close(weights, expected)
+    grad = torch.randn_like(weights)
+    (got,) = torch.autograd.grad(weights, logits, grad)
+    (want,) = torch.autograd.grad(expected, logits, grad)
+    torch.testing.assert_close(got, want)
+
+
+def test_core_module_normalises_mask_logits():
+    value, offset, mask, params = make_inputs(2, 6, 5, 3, 4)
+    logits = torch.randn(mask.shape) * 3
+    expected = dcnv3_core(value, offset, logits.unflatten(-1, (3, 9)).softmax(-1).flatten(-2), **params)
+    torch.testing.assert_close(DCNv3Core()(value, offset, logits, *params.values()), expected)

@@ -1,6 +1,7 @@
 // DCNv3 sampling core on the CPU: forward and backward, NHWC, float32/float64/float16/bfloat16.
 //
-// Forward parallelises over output pixels (N * Ho * Wo). For each (pixel, group, point) the sampling
+// Forward parallelises over output pixels (N * Ho * Wo); it optionally applies the softmax over each
+// group's points to the mask itself (`mask_logits`). For each (pixel, group, point) the sampling
 // location and the four bilinear weights are computed once and then applied to the group's
 // contiguous channels, so the inner loop is a plain (vectorisable) axpy over channels and nothing of
 // size P * activation is ever materialised.
@@ -17,6 +18,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -55,11 +57,11 @@ bool use_avx2() {
 
 template <typename scalar_t>
 void forward_dispatch(const scalar_t* value, const scalar_t* offset, const scalar_t* mask, scalar_t* out,
-                      const Params& p) {
+                      const Params& p, bool mask_logits) {
 #if defined(DCNV3_HAVE_AVX2_PATH)
-  if (use_avx2()) return avx2::forward_typed<scalar_t>(value, offset, mask, out, p);
+  if (use_avx2()) return avx2::forward_typed<scalar_t>(value, offset, mask, out, p, mask_logits);
 #endif
-  baseline::forward_typed<scalar_t>(value, offset, mask, out, p);
+  baseline::forward_typed<scalar_t>(value, offset, mask, out, p, mask_logits);
 }
 
 template <typename scalar_t, typename grad_t>
@@ -79,12 +81,13 @@ void backward_dispatch(const scalar_t* grad_output, const scalar_t* value, const
 }  // namespace
 
 
-at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, const Params& p) {
+at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, const Params& p,
+                       bool mask_logits) {
   at::Tensor output = at::empty({p.batch, p.out_h, p.out_w, p.channels}, value.options());
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "dcnv3_forward_cpu", [&] {
     forward_dispatch<scalar_t>(value.const_data_ptr<scalar_t>(), offset.const_data_ptr<scalar_t>(),
-                            mask.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), p);
+                            mask.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), p, mask_logits);
   });
   return output;
 }

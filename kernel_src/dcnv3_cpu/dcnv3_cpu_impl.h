@@ -52,9 +52,33 @@ inline void for_each_tap(const Params& p, Fn&& fn) {
   }
 }
 
+// The P point weights of one (pixel, group) in acc_t: the mask as given, or its softmax when `mask_logits`
+// (the InternImage normalisation, fused here because a separate softmax over 9-wide rows is slow on CPU).
+template <typename scalar_t, typename acc_t>
+inline void point_weights(const scalar_t* __restrict__ mask, int64_t points, bool mask_logits,
+                          acc_t* __restrict__ weights) {
+  for (int64_t k = 0; k < points; ++k) {
+    weights[k] = acc_t(mask[k]);
+  }
+  if (!mask_logits) return;
+  acc_t largest = weights[0];
+  for (int64_t k = 1; k < points; ++k) {
+    largest = std::max(largest, weights[k]);
+  }
+  acc_t total = acc_t(0);
+  for (int64_t k = 0; k < points; ++k) {
+    weights[k] = std::exp(weights[k] - largest);
+    total += weights[k];
+  }
+  const acc_t inverse = acc_t(1) / total;
+  for (int64_t k = 0; k < points; ++k) {
+    weights[k] *= inverse;
+  }
+}
+
 template <typename scalar_t, int kCg>
 void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t* mask, scalar_t* out,
-                   const Params& p) {
+                   const Params& p, bool mask_logits) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t out_hw = p.out_h * p.out_w;
   const int64_t pixels = p.batch * out_hw;
@@ -67,6 +91,7 @@ void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t
 
   at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(C);
+    std::vector<acc_t> weights(P);
     for (int64_t pix = begin; pix < end; ++pix) {
       const int64_t n = pix / out_hw;
       const int64_t ho = (pix % out_hw) / p.out_w;
@@ -78,13 +103,14 @@ void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t
       const scalar_t* value_n = value + n * p.height * p.width * C;
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t g = 0; g < G; ++g) {
+        point_weights<scalar_t, acc_t>(msk + g * P, P, mask_logits, weights.data());
         for_each_tap(p, [&](int64_t i, int64_t j, int64_t point) {
           const int64_t q = g * P + point;
           const acc_t x = sample_x(grid, i, acc_t(off[2 * q]));
           const acc_t y = sample_y(grid, j, acc_t(off[2 * q + 1]));
           // Entirely outside (written as a positive test so that NaN locations are skipped too).
           if (!(y > acc_t(-1) && x > acc_t(-1) && y < acc_t(p.height) && x < acc_t(p.width))) return;
-          accumulate_sample<scalar_t, acc_t, kCg>(acc.data() + g * Cg, value_n + g * Cg, y, x, acc_t(msk[q]),
+          accumulate_sample<scalar_t, acc_t, kCg>(acc.data() + g * Cg, value_n + g * Cg, y, x, weights[point],
                                                   p.height, p.width, C, Cg);
         });
       }
@@ -98,15 +124,15 @@ void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t
 
 template <typename scalar_t>
 void forward_typed(const scalar_t* value, const scalar_t* offset, const scalar_t* mask, scalar_t* out,
-                   const Params& p) {
+                   const Params& p, bool mask_logits) {
   // Every official model uses 16 (T..XL) or 32 (H/G) channels per group.
   switch (p.group_channels) {
     case 16:
-      return forward_loops<scalar_t, 16>(value, offset, mask, out, p);
+      return forward_loops<scalar_t, 16>(value, offset, mask, out, p, mask_logits);
     case 32:
-      return forward_loops<scalar_t, 32>(value, offset, mask, out, p);
+      return forward_loops<scalar_t, 32>(value, offset, mask, out, p, mask_logits);
     default:
-      return forward_loops<scalar_t, 0>(value, offset, mask, out, p);
+      return forward_loops<scalar_t, 0>(value, offset, mask, out, p, mask_logits);
   }
 }
 

@@ -20,6 +20,11 @@ const char* const kForwardSchema =
     "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, int group_channels, "
     "float offset_scale, bool remove_center) -> Tensor";
 
+const char* const kSoftmaxForwardSchema =
+    "dcnv3_softmax_forward(Tensor value, Tensor offset, Tensor mask_logits, int kernel_h, int kernel_w, "
+    "int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, "
+    "int group_channels, float offset_scale, bool remove_center) -> Tensor";
+
 const char* const kBackwardSchema =
     "dcnv3_backward(Tensor grad_output, Tensor value, Tensor offset, Tensor mask, int kernel_h, int kernel_w, "
     "int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, "
@@ -129,7 +134,19 @@ at::Tensor dcnv3_forward(const at::Tensor& value, const at::Tensor& offset, cons
   if (v.is_cuda()) return dcnv3::forward_cuda(v, o, m, p);
 #endif
   TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
-  return dcnv3::forward_cpu(v, o, m, p);
+  return dcnv3::forward_cpu(v, o, m, p, /*mask_logits=*/false);
+}
+
+at::Tensor dcnv3_softmax_forward(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask_logits,
+                                 int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                                 int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t group,
+                                 int64_t group_channels, double offset_scale, bool remove_center) {
+  const dcnv3::Params p = make_params(value, offset, mask_logits, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                      dilation_h, dilation_w, group, group_channels, offset_scale, remove_center);
+  TORCH_CHECK(value.is_cpu(), "dcnv3_softmax_forward: CPU only, got tensors on ", value.device(),
+              "; on CUDA apply the softmax over each group's points and call dcnv3_forward");
+  return dcnv3::forward_cpu(value.contiguous(), offset.contiguous(), mask_logits.contiguous(), p,
+                            /*mask_logits=*/true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
@@ -153,11 +170,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
 
 TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.def(kForwardSchema);
+  ops.def(kSoftmaxForwardSchema);
   ops.def(kBackwardSchema);
   ops.impl("dcnv3_forward", c10::DeviceType::CPU, &dcnv3_forward);
+  ops.impl("dcnv3_softmax_forward", c10::DeviceType::CPU, &dcnv3_softmax_forward);
   ops.impl("dcnv3_backward", c10::DeviceType::CPU, &dcnv3_backward);
 #if defined(CUDA_KERNEL)
   ops.impl("dcnv3_forward", c10::DeviceType::CUDA, &dcnv3_forward);
+  ops.impl("dcnv3_softmax_forward", c10::DeviceType::CUDA, &dcnv3_softmax_forward);  // raises a clear error
   ops.impl("dcnv3_backward", c10::DeviceType::CUDA, &dcnv3_backward);
 #endif
 }

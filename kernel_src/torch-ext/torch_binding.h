@@ -10,7 +10,9 @@
 namespace dcnv3 {
 
 // Backend implementations. Inputs are already validated, contiguous NHWC and of one dtype and device.
-at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, const Params& p);
+// mask_logits: `mask` holds logits; the softmax over each group's points is applied inside the loops.
+at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, const Params& p,
+                       bool mask_logits);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_output, const at::Tensor& value,
                                                             const at::Tensor& offset, const at::Tensor& mask,
                                                             const Params& p);
@@ -30,6 +32,13 @@ at::Tensor dcnv3_forward(const at::Tensor& value, const at::Tensor& offset, cons
                          int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
                          int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels,
                          double offset_scale, bool remove_center);
+
+// dcnv3_forward with `mask_logits` normalised by a softmax over each group's points inside the op (CPU only:
+// on CUDA a separate softmax is cheap).
+at::Tensor dcnv3_softmax_forward(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask_logits,
+                                 int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                                 int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t group,
+                                 int64_t group_channels, double offset_scale, bool remove_center);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
     const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask,

@@ -1,8 +1,10 @@
 """Swap the PyTorch DCNv3 core for the compiled hub kernel (``internimage-hf/dcnv3``) with ``kernels``.
 
 The model's `internimage_hf.dcnv3.DCNv3Core` modules are tagged for the ``kernels`` library
-(``use_kernel_forward_from_hub("DCNv3Core")``). `kernelize` replaces their forward with the kernel's
-``layers.DCNv3Core`` when the kernel can be loaded, and otherwise keeps the portable PyTorch path:
+(``use_kernel_forward_from_hub("DCNv3Core")``), and so are its MLPs (``"InternImageMLP"``). `kernelize`
+replaces their forward with the kernel's ``layers.DCNv3Core`` (cuda and cpu) and ``layers.InternImageMLP``
+(cpu only: oneDNN linears with fused bias and activation for float32 inference) when the kernel can be
+loaded, and otherwise keeps the portable PyTorch path:
 
 - importing this module imports neither ``kernels`` nor anything that touches the network;
 - the network is only contacted by `kernelize` (or by `from_pretrained(..., use_kernels=True)` after
@@ -36,12 +38,15 @@ logger = logging.getLogger(__name__)
 DCNV3_KERNEL_REPO_ID = "internimage-hf/dcnv3"
 DCNV3_KERNEL_VERSION = 1
 DCNV3_LAYER_NAME = "DCNv3Core"
+MLP_LAYER_NAME = "InternImageMLP"
+# Devices each kernel layer is mapped for: the MLP layer only pays off where oneDNN runs the linears.
+LAYER_DEVICES = {DCNV3_LAYER_NAME: ("cuda", "cpu"), MLP_LAYER_NAME: ("cpu",)}
 KERNEL_ENV = "INTERNIMAGE_DCNV3_KERNEL"
 REVISION_ENV = "INTERNIMAGE_DCNV3_KERNEL_REVISION"
 SUPPORTED_DEVICES = ("cuda", "cpu")
 PYTORCH_BACKEND = "pytorch"
 
-# Name of the instance attribute recording which kernel a kernelized DCNv3Core runs.
+# Name of the instance attribute recording which kernel a kernelized module runs.
 _SOURCE_ATTR = "_dcnv3_kernel_source"
 _logged: set[str] = set()
 
@@ -92,20 +97,28 @@ def resolve_kernel_source(
     return KernelSource(repo_id=repo_id, revision=revision, version=version)
 
 
-def _repository(source: KernelSource):
-    """The ``kernels`` mapping target for ``source`` (imports ``kernels``)."""
+def _repository(source: KernelSource, layer_name: str):
+    """The ``kernels`` mapping target of ``layer_name`` for ``source`` (imports ``kernels``)."""
     import kernels
 
     if source.local_path is not None:
-        return kernels.LocalLayerRepository(source.local_path, layer_name=DCNV3_LAYER_NAME)
+        return kernels.LocalLayerRepository(source.local_path, layer_name=layer_name)
     # Our own org is not a "trusted kernel publisher" on the Hub; the repo is chosen explicitly here.
     return kernels.LayerRepository(
         source.repo_id,
-        layer_name=DCNV3_LAYER_NAME,
+        layer_name=layer_name,
         revision=source.revision,
         version=source.version,
         trust_remote_code=True,
     )
+
+
+def _kernel_mapping(source: KernelSource, devices) -> dict:
+    """``{layer name: {device: repository}}`` for the given devices (a layer without them maps to ``{}``)."""
+    return {
+        layer_name: {device: _repository(source, layer_name) for device in devices if device in layer_devices}
+        for layer_name, layer_devices in LAYER_DEVICES.items()
+    }
 
 
 def register_dcnv3_kernel_mapping(
@@ -114,7 +127,7 @@ def register_dcnv3_kernel_mapping(
     version: int | None = None,
     local_path: str | os.PathLike | None = None,
 ) -> KernelSource:
-    """Register the global ``kernels`` mapping ``DCNv3Core -> kernel`` for the cuda and cpu devices.
+    """Register the global ``kernels`` mapping of the kernel layers (`LAYER_DEVICES`).
 
     Needed before ``from_pretrained(..., use_kernels=True)``; `kernelize` does not need it. Nothing is
     downloaded here (``kernels`` resolves lazily on the first kernelize).
@@ -127,13 +140,16 @@ def register_dcnv3_kernel_mapping(
     except ImportError as err:
         raise ImportError("register_dcnv3_kernel_mapping needs the `kernels` package: pip install kernels") from err
     source = resolve_kernel_source(repo_id, revision, version, local_path)
-    repository = _repository(source)
-    kernels.register_kernel_mapping({DCNV3_LAYER_NAME: {device: repository for device in SUPPORTED_DEVICES}})
+    kernels.register_kernel_mapping(_kernel_mapping(source, SUPPORTED_DEVICES))
     return source
 
 
+def _tagged_modules(model: nn.Module, layer_names) -> list[nn.Module]:
+    return [m for m in model.modules() if getattr(type(m), "kernel_layer_name", None) in layer_names]
+
+
 def _dcnv3_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if getattr(type(m), "kernel_layer_name", None) == DCNV3_LAYER_NAME]
+    return _tagged_modules(model, (DCNV3_LAYER_NAME,))
 
 
 def _runs_kernel(module: nn.Module) -> bool:
@@ -174,7 +190,9 @@ def kernelize(
     version: int | None = None,
     local_path: str | os.PathLike | None = None,
 ) -> nn.Module:
-    """Run the model's DCNv3 cores on the hub (or local) kernel when possible, else keep PyTorch.
+    """Run the model's DCNv3 cores (and, on CPU, its MLPs) on the hub (or local) kernel when possible.
+
+    Modules the kernel cannot serve keep their PyTorch forward.
 
     Args:
         model: any module containing `internimage_hf.dcnv3.DCNv3Core` submodules; modified in place.
@@ -186,9 +204,9 @@ def kernelize(
     Returns:
         ``model``. `dcnv3_backend` tells which implementation runs.
     """
-    modules = _dcnv3_modules(model)
-    if not modules:
+    if not _dcnv3_modules(model):
         return model
+    modules = _tagged_modules(model, tuple(LAYER_DEVICES))
     try:
         import kernels
     except ImportError:
@@ -201,7 +219,7 @@ def kernelize(
     source = resolve_kernel_source(repo_id, revision, version, local_path)
     kernel_mode = _to_mode(mode, kernels, model.training)
     try:
-        mapping = {DCNV3_LAYER_NAME: {device: _repository(source)}}
+        mapping = _kernel_mapping(source, (device,))
         with kernels.use_kernel_mapping(mapping, inherit_mapping=False):
             kernels.kernelize(model, mode=kernel_mode, device=device, use_fallback=True)
     except Exception as err:  # network, cache, resolver, import and layer-contract errors: keep PyTorch
@@ -209,7 +227,7 @@ def kernelize(
     kernelized = [m for m in modules if _runs_kernel(m)]
     for module in kernelized:
         module.__dict__[_SOURCE_ATTR] = source.describe()
-    backend = source.describe() if kernelized else PYTORCH_BACKEND
+    backend = source.describe() if any(_runs_kernel(m) for m in _dcnv3_modules(model)) else PYTORCH_BACKEND
     _log_once(logging.INFO, f"DCNv3: running {backend} on {device}")
     return model
 
@@ -255,6 +273,8 @@ __all__ = [
     "DCNV3_KERNEL_REPO_ID",
     "DCNV3_KERNEL_VERSION",
     "DCNV3_LAYER_NAME",
+    "LAYER_DEVICES",
+    "MLP_LAYER_NAME",
     "KernelSource",
     "dcnv3_backend",
     "kernelize",

@@ -24,7 +24,7 @@ from transformers.modeling_outputs import (
 
 from .configuration_internimage import InternImageConfig
 from .conversion import official_hub_key_mapping
-from .dcnv3 import DCNv3Core
+from .dcnv3 import DCNv3Core, use_kernel_forward_from_hub
 
 # Constants of the official CLIP-projector head of InternImage-H/G.
 CLIP_PRETRAIN_EMBED_DIM = 1024
@@ -95,8 +95,13 @@ class InternImageDownsample(nn.Module):
         return self.norm(self.conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
+@use_kernel_forward_from_hub("InternImageMLP")
 class InternImageMLP(nn.Module):
-    """Two-layer feed-forward network on channels-last input ``(..., C)``."""
+    """Two-layer feed-forward network on channels-last input ``(..., C)``.
+
+    Tagged for ``kernels``: on CPU, `internimage_hf.kernelize` swaps in the hub kernel's fused oneDNN version for
+    float32 inference.
+    """
 
     def __init__(self, config: InternImageConfig, channels: int) -> None:
         super().__init__()
@@ -111,25 +116,12 @@ class InternImageMLP(nn.Module):
         return self.dropout(self.fc2(hidden_states))
 
 
-def softmax_over_points(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dimension (the sampling points of one group, 8 or 9 wide).
-
-    On CPU `torch.softmax` over such a narrow innermost dimension is about 4x slower than these elementwise ops
-    (it was the largest cost after the matmuls in InternImage-T with the DCNv3 kernel). Subtracting the detached
-    maximum keeps it stable without changing the gradient.
-    """
-    if logits.device.type != "cpu":
-        return logits.softmax(-1)
-    weights = (logits - logits.detach().amax(-1, keepdim=True)).exp()
-    return weights / weights.sum(-1, keepdim=True)
-
-
 class InternImageDCNv3(nn.Module):
     """DCNv3 operator with its projections: ``(N, H, W, C)`` -> ``(N, H, W, C)``.
 
     A depthwise convolution + LayerNorm + activation of the input predicts, for every pixel and group, the
-    offsets and softmax-normalised weights of `P` sampling points; `core` (a `DCNv3Core`, replaceable by the
-    hub kernel) aggregates the projected input at those points.
+    offsets and weight logits of `P` sampling points; `core` (a `DCNv3Core`, replaceable by the hub kernel)
+    softmax-normalises the weights and aggregates the projected input at those points.
     """
 
     def __init__(self, config: InternImageConfig, channels: int, group: int, kernel_size: int = 3) -> None:
@@ -167,11 +159,11 @@ class InternImageDCNv3(nn.Module):
         query = self.depthwise_conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         query = self.depthwise_act(self.depthwise_norm(query))
         offset = self.offset(query)
-        mask = self.mask(query).reshape(batch, height, width, self.group, self.points)
-        mask = softmax_over_points(mask).reshape(batch, height, width, self.group * self.points)
+        mask_logits = self.mask(query)  # the core normalises them with a softmax over each group's points
         output = self.core(
-            value, offset, mask, self.kernel_size, self.kernel_size, self.stride, self.stride, self.pad, self.pad,
-            self.dilation, self.dilation, self.group, self.group_channels, self.offset_scale, self.remove_center,
+            value, offset, mask_logits, self.kernel_size, self.kernel_size, self.stride, self.stride, self.pad,
+            self.pad, self.dilation, self.dilation, self.group, self.group_channels, self.offset_scale,
+            self.remove_center,
         )  # fmt: skip
         if self.center_feature_scale:
             gate = F.linear(query, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias).sigmoid()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from internimage_hf.dcnv3 import dcnv3_output_size
+from internimage_hf.dcnv3 import dcnv3_core, dcnv3_output_size, softmax_over_points
 
 
 def dcnv3_params(group=2, group_channels=4, kernel=3, stride=1, pad=None, dilation=1, offset_scale=1.0,
@@ -21,8 +21,11 @@ def dcnv3_params(group=2, group_channels=4, kernel=3, stride=1, pad=None, dilati
 
 
 def make_inputs(params: dict, batch=2, height=7, width=6, dtype=torch.float32, offset_range=2.0, seed=0,
-                device="cpu"):  # fmt: skip
-    """value (N,H,W,G*Cg), offset (N,Ho,Wo,G*P*2) uniform in +-offset_range px, mask softmaxed per group."""
+                device="cpu", mask_logits=False):  # fmt: skip
+    """value (N,H,W,G*Cg), offset (N,Ho,Wo,G*P*2) uniform in +-offset_range px, mask softmaxed per group.
+
+    With ``mask_logits`` the third tensor is the mask before the softmax (what `DCNv3Core` takes).
+    """
     gen = torch.Generator().manual_seed(seed)
     group, cg = params["group"], params["group_channels"]
     points = params["kernel_h"] * params["kernel_w"] - int(bool(params["remove_center"]))
@@ -32,5 +35,11 @@ def make_inputs(params: dict, batch=2, height=7, width=6, dtype=torch.float32, o
     offset = torch.rand(batch, out_h, out_w, group * points * 2, generator=gen, dtype=torch.float64) * 2 - 1
     offset = offset * offset_range
     logits = torch.randn(batch, out_h, out_w, group, points, generator=gen, dtype=torch.float64)
-    mask = logits.softmax(-1).reshape(batch, out_h, out_w, group * points)
+    mask = logits if mask_logits else logits.softmax(-1)
+    mask = mask.reshape(batch, out_h, out_w, group * points)
     return tuple(t.to(device=device, dtype=dtype) for t in (value, offset, mask))
+
+
+def reference_core(value, offset, mask_logits, params: dict) -> torch.Tensor:
+    """What `DCNv3Core` computes: softmax over each group's points, then the PyTorch `dcnv3_core`."""
+    return dcnv3_core(value, offset, softmax_over_points(mask_logits, params["group"]), **params)

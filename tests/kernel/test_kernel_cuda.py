@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dcnv3_test_inputs import dcnv3_params, make_inputs
+from dcnv3_test_inputs import dcnv3_params, make_inputs, reference_core
 from dcnv3_test_loader import load_variant
 
 from internimage_hf.dcnv3 import dcnv3_core
@@ -192,4 +192,15 @@ def test_torch_compile_cuda(cuda_kernel):
     value, offset, mask = make_inputs(params, batch=2, height=14, width=14, device="cuda")
     layer = cuda_kernel.layers.DCNv3Core()
     fn = torch.compile(lambda v, o, m: layer(v, o, m, *params.values()) * 2, fullgraph=True)
-    torch.testing.assert_close(fn(value, offset, mask), 2 * cuda_kernel.dcnv3(value, offset, mask, **params))
+    torch.testing.assert_close(fn(value, offset, mask), 2 * cuda_kernel.dcnv3_softmax(value, offset, mask, **params))
+
+
+def test_softmax_variant_on_cuda(cuda_kernel):
+    """`dcnv3_softmax` normalises with a separate softmax on CUDA; the fused raw op is CPU-only."""
+    params = CASES["internimage_t"]
+    value, offset, logits = make_inputs(params, batch=2, height=9, width=9, device="cuda", mask_logits=True)
+    out = cuda_kernel.dcnv3_softmax(value, offset, logits * 3, **params)
+    expected = reference_core(*(t.double().cpu() for t in (value, offset, logits * 3)), params)
+    torch.testing.assert_close(out.double().cpu(), expected, atol=1e-4, rtol=0)
+    with pytest.raises(RuntimeError, match="CPU only"):
+        cuda_kernel._ops.ops.dcnv3_softmax_forward(value, offset, logits, *params.values())

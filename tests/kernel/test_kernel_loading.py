@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from dcnv3_test_inputs import dcnv3_params, make_inputs
+from dcnv3_test_inputs import dcnv3_params, make_inputs, reference_core
 from dcnv3_test_loader import load_variant
 from tiny_dcnv3_module import TinyDCNv3
 
 from internimage_hf import hub_kernels
-from internimage_hf.dcnv3 import dcnv3_core
 
 SRC_DIR = Path(__file__).resolve().parents[2] / "src"
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -72,7 +71,7 @@ _HUB_SCRIPT = textwrap.dedent(
     import torch
     import kernels
     sys.path[:0] = [{src!r}, {tests!r}]
-    from dcnv3_test_inputs import dcnv3_params, make_inputs
+    from dcnv3_test_inputs import dcnv3_params, make_inputs, reference_core
     from tiny_dcnv3_module import TinyDCNv3
     import internimage_hf.hub_kernels as hk
     from internimage_hf.dcnv3 import dcnv3_core
@@ -85,7 +84,9 @@ _HUB_SCRIPT = textwrap.dedent(
     module = TinyDCNv3(params).eval()
     hk.kernelize(module, device="cpu")
     result["backend"] = hk.dcnv3_backend(module)
-    result["kernelized"] = (module(value, offset, mask) - dcnv3_core(value, offset, mask, **params)).abs().max().item()
+    logits = make_inputs(params, mask_logits=True)[2]
+    expected = reference_core(value, offset, logits, params)
+    result["kernelized"] = (module(value, offset, logits) - expected).abs().max().item()
     print(json.dumps(result))
     """
 )
@@ -151,7 +152,7 @@ def test_resolve_kernel_source_rules(clean_env, tmp_path):
 
 def _module_and_inputs():
     params = dcnv3_params(group=2, group_channels=4)
-    return TinyDCNv3(params).eval(), params, make_inputs(params)
+    return TinyDCNv3(params).eval(), params, make_inputs(params, mask_logits=True)
 
 
 def test_kernelize_local_path(kernels_module, clean_env, cpu_kernel_build, caplog):
@@ -163,9 +164,8 @@ def test_kernelize_local_path(kernels_module, clean_env, cpu_kernel_build, caplo
     assert backend == f"local:{cpu_kernel_build.variant_dir}"
     assert any(backend in r.getMessage() for r in caplog.records)
     assert module.core.forward.__func__.__module__.startswith(cpu_kernel_build.ops_name)
-    torch.testing.assert_close(
-        module(value, offset, mask), dcnv3_core(value, offset, mask, **params), atol=1e-5, rtol=0
-    )
+    expected = reference_core(value, offset, mask, params)
+    torch.testing.assert_close(module(value, offset, mask), expected, atol=1e-5, rtol=0)
 
 
 def test_kernelize_training_mode_backward(kernels_module, clean_env, cpu_kernel_build):
@@ -194,7 +194,7 @@ def test_kernelize_falls_back_and_logs_once(kernels_module, clean_env, tmp_path,
     assert hub_kernels.dcnv3_backend(module) == "pytorch"
     warnings = [r for r in caplog.records if "could not load the kernel" in r.getMessage()]
     assert len(warnings) == 1 and "PyTorch" in warnings[0].getMessage()
-    torch.testing.assert_close(module(value, offset, mask), dcnv3_core(value, offset, mask, **params))
+    torch.testing.assert_close(module(value, offset, mask), reference_core(value, offset, mask, params))
 
 
 def test_kernelize_offline_without_cache_keeps_pytorch(clean_env, tmp_path):

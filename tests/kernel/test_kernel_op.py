@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dcnv3_test_inputs import dcnv3_params, make_inputs
+from dcnv3_test_inputs import dcnv3_params, make_inputs, reference_core
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,9 +38,10 @@ def test_golden_op_cases(dcnv3_kernel, golden_cases):
     assert checked == 6 * len(golden_cases)
 
 
-def test_exports_and_layer_contract(dcnv3_kernel):
-    assert {"dcnv3", "layers"} <= set(dcnv3_kernel.__all__)
-    layer = dcnv3_kernel.layers.DCNv3Core
+@pytest.mark.parametrize("layer_name", ["DCNv3Core", "InternImageMLP"])
+def test_exports_and_layer_contract(dcnv3_kernel, layer_name):
+    assert {"dcnv3", "dcnv3_softmax", "layers"} <= set(dcnv3_kernel.__all__)
+    layer = getattr(dcnv3_kernel.layers, layer_name)
     assert layer.__init__ is torch.nn.Module.__init__
     extra = set(vars(layer)) - set(vars(torch.nn.Module)) - {"__module__", "__doc__", "__qualname__", "__annotations__"}
     assert extra <= {"forward", "has_backward", "can_torch_compile", "__firstlineno__", "__static_attributes__"}
@@ -235,6 +236,64 @@ def test_device_mix_raises(dcnv3_kernel):
 
 
 # --------------------------------------------------------------------------------------------------
+# the op with the mask softmax fused in (what the kernel's DCNv3Core layer runs on CPU)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(GRADCHECK_CASES))
+def test_softmax_op_matches_softmax_then_reference(dcnv3_kernel, name):
+    params = GRADCHECK_CASES[name]
+    if name == "rect_kernel":
+        params = {**params, "pad_w": 0}
+    value, offset, logits = make_inputs(params, batch=2, height=9, width=8, offset_range=3.0, mask_logits=True)
+    logits = logits * 4.0  # peaked point weights, far from uniform
+    out = dcnv3_kernel.dcnv3_softmax(value, offset, logits, **params)
+    expected = reference_core(value.double(), offset.double(), logits.double(), params)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_softmax_op_is_stable_for_large_logits(dcnv3_kernel):
+    params = dcnv3_params(group=2, group_channels=4)
+    value, offset, logits = make_inputs(params, dtype=torch.float64, mask_logits=True)
+    # exp(1000) overflows even float64: only a max-subtracted softmax stays finite (and shift-invariant)
+    shifted = dcnv3_kernel.dcnv3_softmax(value, offset, logits + 1000.0, **params)
+    assert torch.isfinite(shifted).all()
+    torch.testing.assert_close(shifted, dcnv3_kernel.dcnv3_softmax(value, offset, logits, **params), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["basic", "stride2", "remove_center", "kernel5_rc"])
+def test_softmax_op_gradcheck_float64(dcnv3_kernel, name):
+    params = GRADCHECK_CASES[name]
+    value, offset, logits = make_inputs(
+        params, batch=2, height=5, width=4, dtype=torch.float64, offset_range=4.0, mask_logits=True
+    )
+    offset = offset + 0.1234
+    inputs = tuple(t.requires_grad_() for t in (value, offset, logits))
+    assert torch.autograd.gradcheck(
+        lambda v, o, m: dcnv3_kernel.dcnv3_softmax(v, o, m, **params), inputs, eps=1e-6, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_softmax_op_half_precision(dcnv3_kernel, dtype):
+    params = dcnv3_params(group=4, group_channels=16)
+    value, offset, logits = make_inputs(params, batch=2, height=10, width=9, offset_range=1.5, mask_logits=True)
+    half = [t.to(dtype) for t in (value, offset, logits)]
+    out = dcnv3_kernel.dcnv3_softmax(*half, **params)
+    assert out.dtype == dtype
+    expected = reference_core(*(t.double() for t in half), params)
+    tol = 1.6e-2 if dtype == torch.bfloat16 else 2e-3
+    torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
+
+
+def test_softmax_op_rejects_bad_mask(dcnv3_kernel):
+    params = dcnv3_params(group=2, group_channels=4)
+    value, offset, logits = make_inputs(params, mask_logits=True)
+    with pytest.raises(RuntimeError, match="`mask` must have group \\* points"):
+        dcnv3_kernel.dcnv3_softmax(value, offset, logits[..., :-1], **params)
+
+
+# --------------------------------------------------------------------------------------------------
 # torch.library / torch.compile integration
 # --------------------------------------------------------------------------------------------------
 
@@ -247,6 +306,9 @@ def test_opcheck(dcnv3_kernel):
     grad = torch.randn(2, 5, 6, 6)
     backward_args = (grad, value.detach(), offset.detach(), mask.detach(), *positional(params))
     torch.library.opcheck(dcnv3_kernel._ops.ops.dcnv3_backward.default, backward_args)
+    logits = make_inputs(params, batch=2, height=5, width=6, mask_logits=True)[2].requires_grad_()
+    softmax_args = (value, offset, logits, *positional(params))
+    torch.library.opcheck(dcnv3_kernel._ops.ops.dcnv3_softmax_forward.default, softmax_args)
 
 
 def test_torch_compile_fullgraph(dcnv3_kernel):
@@ -255,7 +317,7 @@ def test_torch_compile_fullgraph(dcnv3_kernel):
     layer = dcnv3_kernel.layers.DCNv3Core()
 
     def block(v, o, m):
-        return torch.relu(layer(v * 2.0, o, m.softmax(-1), *positional(params))) + 1.0
+        return torch.relu(layer(v * 2.0, o, m * 3.0, *positional(params))) + 1.0
 
     torch._dynamo.reset()
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")

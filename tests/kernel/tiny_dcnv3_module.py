@@ -9,7 +9,7 @@ from internimage_hf.dcnv3 import DCNv3Core
 
 
 class TinyDCNv3(nn.Module):
-    """Holds one DCNv3Core and a parameter (so kernelize can infer the device); forward(value, offset, mask)."""
+    """Holds one DCNv3Core and a parameter (so kernelize can infer the device); forward(value, offset, mask_logits)."""
 
     def __init__(self, params: dict) -> None:
         super().__init__()
@@ -17,10 +17,10 @@ class TinyDCNv3(nn.Module):
         self.scale = nn.Parameter(torch.ones(()))
         self.core = DCNv3Core()
 
-    def forward(self, value, offset, mask):
+    def forward(self, value, offset, mask_logits):
         p = self.params
         return self.core(
-            value * self.scale, offset, mask, p["kernel_h"], p["kernel_w"], p["stride_h"], p["stride_w"],
+            value * self.scale, offset, mask_logits, p["kernel_h"], p["kernel_w"], p["stride_h"], p["stride_w"],
             p["pad_h"], p["pad_w"], p["dilation_h"], p["dilation_w"], p["group"], p["group_channels"],
             p["offset_scale"], p["remove_center"],
         )  # fmt: skip

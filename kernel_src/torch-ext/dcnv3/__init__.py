@@ -2,11 +2,12 @@
 
 ``dcnv3(value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
 group, group_channels, offset_scale, remove_center)`` computes, for NHWC ``value`` (N, H, W, G*Cg), pixel
-``offset`` (N, Ho, Wo, G*P*2) and ``mask`` (N, Ho, Wo, G*P), the output (N, Ho, Wo, G*Cg). ``layers.DCNv3Core``
-is the module used by ``kernels.kernelize``.
+``offset`` (N, Ho, Wo, G*P*2) and ``mask`` (N, Ho, Wo, G*P), the output (N, Ho, Wo, G*Cg); ``dcnv3_softmax`` takes
+mask logits and applies InternImage's softmax over each group's points itself (fused into the op on CPU).
+``layers`` holds the modules used by ``kernels.kernelize`` (``DCNv3Core``, ``InternImageMLP``).
 """
 
 from . import layers
-from ._core import dcnv3, dcnv3_backward, dcnv3_forward
+from ._core import dcnv3, dcnv3_backward, dcnv3_forward, dcnv3_softmax
 
-__all__ = ["dcnv3", "dcnv3_backward", "dcnv3_forward", "layers"]
+__all__ = ["dcnv3", "dcnv3_backward", "dcnv3_forward", "dcnv3_softmax", "layers"]

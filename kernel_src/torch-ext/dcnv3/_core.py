@@ -13,7 +13,10 @@ import torch
 from ._ops import add_op_namespace_prefix, ops
 
 _FORWARD = add_op_namespace_prefix("dcnv3_forward")
+_SOFTMAX_FORWARD = add_op_namespace_prefix("dcnv3_softmax_forward")
 _BACKWARD = add_op_namespace_prefix("dcnv3_backward")
+# Index of `group` among the integer/float arguments that follow (value, offset, mask).
+_GROUP_ARG = 8
 
 
 def _register_python_side() -> None:
@@ -33,6 +36,10 @@ def _register_python_side() -> None:
         # Output (N, H_out, W_out, G * Cg): batch and output size from offset, channels from value.
         return value.new_empty((offset.shape[0], offset.shape[1], offset.shape[2], value.shape[3]))
 
+    @torch.library.register_fake(_SOFTMAX_FORWARD)
+    def _softmax_forward_fake(value, offset, mask_logits, *args):
+        return _forward_fake(value, offset, mask_logits, *args)
+
     @torch.library.register_fake(_BACKWARD)
     def _backward_fake(grad_output, value, offset, mask, *args):
         _check_meta(value, offset, mask, grad_output)
@@ -40,6 +47,7 @@ def _register_python_side() -> None:
         return value.new_empty(value.shape), offset.new_empty(offset.shape), mask.new_empty(mask.shape)
 
     torch.library.register_autograd(_FORWARD, _backward, setup_context=_setup_context)
+    torch.library.register_autograd(_SOFTMAX_FORWARD, _softmax_backward, setup_context=_setup_context)
     packet._dcnv3_python_registered = True
 
 
@@ -68,6 +76,27 @@ def _backward(ctx, grad_output):
     value, offset, mask = ctx.saved_tensors
     grad_value, grad_offset, grad_mask = ops.dcnv3_backward(grad_output, value, offset, mask, *ctx.params)
     return (grad_value, grad_offset, grad_mask) + (None,) * len(ctx.params)
+
+
+def softmax_over_points(mask_logits: torch.Tensor, group: int) -> torch.Tensor:
+    """Softmax over each group's points: ``(N, Ho, Wo, G * P)`` -> same shape, in float32 for half inputs."""
+    compute = torch.float64 if mask_logits.dtype == torch.float64 else torch.float32
+    grouped = mask_logits.to(compute).unflatten(-1, (group, -1))
+    return grouped.softmax(-1).flatten(-2)
+
+
+def _softmax_backward(ctx, grad_output):
+    value, offset, mask_logits = ctx.saved_tensors
+    group = ctx.params[_GROUP_ARG]
+    mask = softmax_over_points(mask_logits, group)
+    grad_value, grad_offset, grad_mask = ops.dcnv3_backward(
+        grad_output, value, offset, mask.to(value.dtype), *ctx.params
+    )
+    # Softmax Jacobian per (pixel, group): d logits = p * (d p - sum(p * d p)).
+    probs = mask.unflatten(-1, (group, -1))
+    grad_probs = grad_mask.to(probs.dtype).unflatten(-1, (group, -1))
+    grad_logits = probs * (grad_probs - (probs * grad_probs).sum(-1, keepdim=True))
+    return (grad_value, grad_offset, grad_logits.flatten(-2).to(mask_logits.dtype)) + (None,) * len(ctx.params)
 
 
 _register_python_side()
@@ -126,4 +155,41 @@ def dcnv3(
     return ops.dcnv3_forward(
         value, offset, mask, int(kernel_h), int(kernel_w), int(stride_h), int(stride_w), int(pad_h), int(pad_w),
         int(dilation_h), int(dilation_w), int(group), int(group_channels), float(offset_scale), bool(remove_center),
+    )  # fmt: skip
+
+
+def dcnv3_softmax(
+    value: torch.Tensor,
+    offset: torch.Tensor,
+    mask_logits: torch.Tensor,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    group: int,
+    group_channels: int,
+    offset_scale: float,
+    remove_center: bool = False,
+) -> torch.Tensor:
+    """`dcnv3` with ``mask = softmax over each group's P points of mask_logits`` (InternImage's normalisation).
+
+    On CPU the softmax runs inside the op (no normalised mask is materialised); on other devices it is a
+    separate softmax followed by `dcnv3`. Differentiable in value, offset and mask_logits.
+    """
+    if value.device.type != "cpu":
+        mask = softmax_over_points(mask_logits, int(group))
+        return dcnv3(value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                     dilation_w, group, group_channels, offset_scale, remove_center)  # fmt: skip
+    if offset.dtype != value.dtype:
+        offset = offset.to(value.dtype)
+    if mask_logits.dtype != value.dtype:
+        mask_logits = mask_logits.to(value.dtype)
+    return ops.dcnv3_softmax_forward(
+        value, offset, mask_logits, int(kernel_h), int(kernel_w), int(stride_h), int(stride_w), int(pad_h),
+        int(pad_w), int(dilation_h), int(dilation_w), int(group), int(group_channels), float(offset_scale),
+        bool(remove_center),
     )  # fmt: skip

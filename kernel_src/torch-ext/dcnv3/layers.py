@@ -1,8 +1,14 @@
 """Kernel layers for ``kernels.kernelize``.
 
-``DCNv3Core`` replaces the forward of ``internimage_hf.dcnv3.DCNv3Core`` (same parameters, same kinds). The
-class must stay a pure ``nn.Module``: no ``__init__``, no members besides ``forward``, ``has_backward`` and
-``can_torch_compile``.
+Each class replaces the forward of the InternImage module of the same name (same parameters, same kinds) and
+uses that module's attributes. The classes must stay pure ``nn.Module``: no ``__init__``, no members besides
+``forward``, ``has_backward`` and ``can_torch_compile``.
+
+- ``DCNv3Core`` (``internimage_hf.dcnv3.DCNv3Core``): softmax over each group's points + DCNv3 sampling, in one
+  op on CPU.
+- ``InternImageMLP`` (``internimage_hf.modeling_internimage.InternImageMLP``, mapped for CPU only): in float32
+  inference, oneDNN linears with the bias and the activation fused into the matrix multiply, which saves
+  InternImage's largest activation (the 4x-wide hidden layer) two passes through memory.
 """
 
 from __future__ import annotations
@@ -10,11 +16,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._core import dcnv3
+from ._core import dcnv3_softmax
+
+# oneDNN post-op names of the activations InternImage configs use (nn.GELU only in its exact-erf form).
+_ONEDNN_ACTIVATIONS = {nn.ReLU: "relu", nn.SiLU: "swish"}
 
 
 class DCNv3Core(nn.Module):
-    """Stateless DCNv3 sampling core: value (N,H,W,G*Cg), offset (N,Ho,Wo,G*P*2), mask (N,Ho,Wo,G*P)."""
+    """Stateless DCNv3 core: value (N,H,W,G*Cg), offset (N,Ho,Wo,G*P*2), mask_logits (N,Ho,Wo,G*P)."""
 
     has_backward = True
     can_torch_compile = True
@@ -23,7 +32,7 @@ class DCNv3Core(nn.Module):
         self,
         value: torch.Tensor,
         offset: torch.Tensor,
-        mask: torch.Tensor,
+        mask_logits: torch.Tensor,
         kernel_h: int,
         kernel_w: int,
         stride_h: int,
@@ -37,7 +46,47 @@ class DCNv3Core(nn.Module):
         offset_scale: float,
         remove_center: bool,
     ) -> torch.Tensor:
-        return dcnv3(
-            value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+        return dcnv3_softmax(
+            value, offset, mask_logits, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
             dilation_h, dilation_w, group, group_channels, offset_scale, remove_center,
         )  # fmt: skip
+
+
+def _onednn_activation(act: nn.Module) -> str | None:
+    if isinstance(act, nn.GELU):
+        return "gelu" if act.approximate == "none" else None
+    return _ONEDNN_ACTIVATIONS.get(type(act))
+
+
+def _fusable(mlp: nn.Module, hidden_states: torch.Tensor) -> bool:
+    needs_grad = torch.is_grad_enabled() and (hidden_states.requires_grad or mlp.fc1.weight.requires_grad)
+    return (
+        _onednn_activation(mlp.act) is not None
+        and hidden_states.device.type == "cpu"
+        and hidden_states.dtype == torch.float32
+        and not needs_grad
+        and not (mlp.training and mlp.dropout.p > 0)
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+class InternImageMLP(nn.Module):
+    """fc1 -> activation -> dropout -> fc2 -> dropout on channels-last input ``(..., C)``.
+
+    Fused oneDNN path when it computes the same thing faster: CPU float32, no gradient needed, dropout inactive,
+    an activation oneDNN fuses, and not under torch.compile (which fuses by itself). Otherwise the plain modules.
+    """
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # is_compiling first: the other checks are not traceable (and the compiler fuses by itself).
+        fusable = not torch.compiler.is_compiling() and _fusable(self, hidden_states)
+        if not fusable:
+            hidden_states = self.dropout(self.act(self.fc1(hidden_states)))
+            return self.dropout(self.fc2(hidden_states))
+        linear = torch.ops.mkldnn._linear_pointwise
+        activation = _onednn_activation(self.act)
+        hidden_states = linear(hidden_states, self.fc1.weight, self.fc1.bias, activation, [], "none")
+        return linear(hidden_states, self.fc2.weight, self.fc2.bias, "none", [], "")

@@ -1,0 +1,106 @@
+"""The kernel's `layers.InternImageMLP` (oneDNN fused linears on CPU) against the model's own MLP."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+import torch
+
+from internimage_hf import InternImageConfig, hub_kernels
+from internimage_hf.modeling_internimage import InternImageMLP
+
+
+def mlp(act_layer: str = "GELU", channels: int = 24, drop_rate: float = 0.0) -> InternImageMLP:
+    torch.manual_seed(0)
+    config = InternImageConfig(act_layer=act_layer, drop_rate=drop_rate)
+    module = InternImageMLP(config, channels).eval()
+    for parameter in module.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    return module
+
+
+def with_kernel_forward(module: InternImageMLP, kernel) -> InternImageMLP:
+    """The module with its forward replaced the way ``kernels.kernelize`` does it."""
+    module.forward = types.MethodType(kernel.layers.InternImageMLP.forward, module)
+    return module
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts calls of the oneDNN fused linear op."""
+    calls = []
+    op = torch.ops.mkldnn._linear_pointwise
+
+    def counting(*args):
+        calls.append(args[3])
+        return op(*args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", counting)
+    return calls
+
+
+@pytest.mark.parametrize(("act_layer", "post_op"), [("GELU", "gelu"), ("ReLU", "relu"), ("SiLU", "swish")])
+def test_fused_inference_matches_the_model_mlp(dcnv3_kernel, fused_calls, act_layer, post_op):
+    reference = mlp(act_layer)
+    fused = with_kernel_forward(mlp(act_layer), dcnv3_kernel)
+    hidden = torch.randn(2, 7, 5, 24)
+    with torch.no_grad():
+        expected = reference(hidden)
+        out = fused(hidden)
+    assert fused_calls == [post_op, "none"]
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_path_takes_strided_channels_last_views(dcnv3_kernel, fused_calls):
+    hidden = torch.randn(2, 24, 7, 5).permute(0, 2, 3, 1)  # an NCHW tensor seen as (N, H, W, C)
+    with torch.inference_mode():
+        out = with_kernel_forward(mlp(), dcnv3_kernel)(hidden)
+        expected = mlp()(hidden)
+    assert len(fused_calls) == 2
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_take_the_plain_path(dcnv3_kernel, fused_calls):
+    reference, fused = mlp(), with_kernel_forward(mlp(), dcnv3_kernel)
+    hidden = torch.randn(3, 4, 4, 24)
+    grads = []
+    for module in (reference, fused):
+        leaf = hidden.clone().requires_grad_()
+        module(leaf).square().sum().backward()
+        grads.append((leaf.grad, module.fc1.weight.grad))
+    assert fused_calls == []
+    for got, want in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("case", ["training_dropout", "bfloat16", "tanh_gelu"])
+def test_unfusable_cases_keep_the_module_semantics(dcnv3_kernel, fused_calls, case):
+    module = mlp(drop_rate=0.5 if case == "training_dropout" else 0.0)
+    hidden = torch.randn(2, 3, 3, 24)
+    if case == "training_dropout":
+        module.train()
+    if case == "bfloat16":
+        module, hidden = module.to(torch.bfloat16), hidden.to(torch.bfloat16)
+    if case == "tanh_gelu":
+        module.act = torch.nn.GELU(approximate="tanh")
+    fused = with_kernel_forward(copy.deepcopy(module), dcnv3_kernel)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected = module(hidden)
+        torch.manual_seed(1)
+        out = fused(hidden)
+    assert fused_calls == []
+    torch.testing.assert_close(out, expected)
+
+
+def test_kernel_mapping_serves_the_mlp_on_cpu_only():
+    source = hub_kernels.resolve_kernel_source(local_path="/nonexistent/kernel")
+    pytest.importorskip("kernels")
+    cuda = hub_kernels._kernel_mapping(source, ("cuda",))
+    assert set(cuda[hub_kernels.DCNV3_LAYER_NAME]) == {"cuda"}
+    assert cuda[hub_kernels.MLP_LAYER_NAME] == {}
+    both = hub_kernels._kernel_mapping(source, ("cuda", "cpu"))
+    assert set(both[hub_kernels.MLP_LAYER_NAME]) == {"cpu"}
+    assert both[hub_kernels.MLP_LAYER_NAME]["cpu"].layer_name == hub_kernels.MLP_LAYER_NAME
