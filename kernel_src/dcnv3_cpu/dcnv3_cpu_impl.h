@@ -52,27 +52,40 @@ inline void for_each_tap(const Params& p, Fn&& fn) {
   }
 }
 
-// The P point weights of one (pixel, group) in acc_t: the mask as given, or its softmax when `mask_logits`
-// (the InternImage normalisation, fused here because a separate softmax over 9-wide rows is slow on CPU).
+// The G * P point weights of one output pixel in acc_t: the mask as given, or, with `mask_logits`, its softmax over
+// each group's P points (InternImage's normalisation, fused here because a separate softmax over 9-wide rows is
+// slow on CPU).
 template <typename scalar_t, typename acc_t>
-inline void point_weights(const scalar_t* __restrict__ mask, int64_t points, bool mask_logits,
-                          acc_t* __restrict__ weights) {
-  for (int64_t k = 0; k < points; ++k) {
+inline void pixel_point_weights(const scalar_t* __restrict__ mask, int64_t groups, int64_t points, bool mask_logits,
+                                acc_t* __restrict__ weights) {
+  const int64_t count = groups * points;
+  for (int64_t k = 0; k < count; ++k) {
     weights[k] = acc_t(mask[k]);
   }
   if (!mask_logits) return;
-  acc_t largest = weights[0];
-  for (int64_t k = 1; k < points; ++k) {
-    largest = std::max(largest, weights[k]);
+  for (int64_t g = 0; g < groups; ++g) {
+    acc_t* w = weights + g * points;
+    acc_t largest = w[0];
+    for (int64_t k = 1; k < points; ++k) {
+      largest = std::max(largest, w[k]);
+    }
+    for (int64_t k = 0; k < points; ++k) {
+      w[k] -= largest;
+    }
   }
-  acc_t total = acc_t(0);
-  for (int64_t k = 0; k < points; ++k) {
-    weights[k] = std::exp(weights[k] - largest);
-    total += weights[k];
+  for (int64_t k = 0; k < count; ++k) {
+    weights[k] = std::exp(weights[k]);
   }
-  const acc_t inverse = acc_t(1) / total;
-  for (int64_t k = 0; k < points; ++k) {
-    weights[k] *= inverse;
+  for (int64_t g = 0; g < groups; ++g) {
+    acc_t* w = weights + g * points;
+    acc_t total = acc_t(0);
+    for (int64_t k = 0; k < points; ++k) {
+      total += w[k];
+    }
+    const acc_t inverse = acc_t(1) / total;
+    for (int64_t k = 0; k < points; ++k) {
+      w[k] *= inverse;
+    }
   }
 }
 
@@ -91,7 +104,7 @@ void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t
 
   at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(C);
-    std::vector<acc_t> weights(P);
+    std::vector<acc_t> weights(G * P);
     for (int64_t pix = begin; pix < end; ++pix) {
       const int64_t n = pix / out_hw;
       const int64_t ho = (pix % out_hw) / p.out_w;
@@ -102,15 +115,15 @@ void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t
       const scalar_t* msk = mask + pix * G * P;
       const scalar_t* value_n = value + n * p.height * p.width * C;
       std::fill(acc.begin(), acc.end(), acc_t(0));
+      pixel_point_weights<scalar_t, acc_t>(msk, G, P, mask_logits, weights.data());
       for (int64_t g = 0; g < G; ++g) {
-        point_weights<scalar_t, acc_t>(msk + g * P, P, mask_logits, weights.data());
         for_each_tap(p, [&](int64_t i, int64_t j, int64_t point) {
           const int64_t q = g * P + point;
           const acc_t x = sample_x(grid, i, acc_t(off[2 * q]));
           const acc_t y = sample_y(grid, j, acc_t(off[2 * q + 1]));
           // Entirely outside (written as a positive test so that NaN locations are skipped too).
           if (!(y > acc_t(-1) && x > acc_t(-1) && y < acc_t(p.height) && x < acc_t(p.width))) return;
-          accumulate_sample<scalar_t, acc_t, kCg>(acc.data() + g * Cg, value_n + g * Cg, y, x, weights[point],
+          accumulate_sample<scalar_t, acc_t, kCg>(acc.data() + g * Cg, value_n + g * Cg, y, x, weights[q],
                                                   p.height, p.width, C, Cg);
         });
       }
