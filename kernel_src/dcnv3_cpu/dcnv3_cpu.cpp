@@ -16,9 +16,13 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -37,6 +41,9 @@
 #define DCNV3_HAVE_AVX2_PATH 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+// Lets GCC if-convert the selects of the sample-location loop (it keeps branches where a float op might trap),
+// so that the loop vectorises; nothing here reads the floating-point exception flags.
+#pragma GCC optimize("no-trapping-math")
 #define DCNV3_CPU_ISA avx2
 #include "dcnv3_cpu/dcnv3_cpu_impl.h"
 #undef DCNV3_CPU_ISA
@@ -83,6 +90,9 @@ void backward_dispatch(const scalar_t* grad_output, const scalar_t* value, const
 
 at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, const Params& p,
                        bool mask_logits) {
+  // The forward keeps per-image pixel indices in int32 (they vectorise on AVX2; int64 products do not).
+  TORCH_CHECK(p.height * p.width <= std::numeric_limits<int32_t>::max(), "dcnv3 (CPU): `value` images of ", p.height,
+              "x", p.width, " pixels exceed 2^31 pixels");
   at::Tensor output = at::empty({p.batch, p.out_h, p.out_w, p.channels}, value.options());
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "dcnv3_forward_cpu", [&] {

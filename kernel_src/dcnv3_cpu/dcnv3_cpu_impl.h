@@ -8,36 +8,28 @@
 namespace dcnv3 {
 namespace DCNV3_CPU_ISA {
 
-// Forward bilinear sample of one tap at (y, x), mask folded into the weights: acc[c] += sum_k w_k * v_k[c].
-// Branch-free: a corner in the zero padding gets weight 0 and its index is clamped onto the image, so border
-// samples take the same vectorised pass over the channels as interior ones. (Only an inf/NaN in the image
-// can tell the difference: the clamped read then turns an inf result into NaN.)
-// kCg > 0 fixes the group width at compile time (the channel loop then unrolls into whole vector registers).
-template <typename scalar_t, typename acc_t, int kCg>
-inline void accumulate_sample(acc_t* __restrict__ acc, const scalar_t* __restrict__ value_group, acc_t y, acc_t x,
-                              acc_t mask, int64_t height, int64_t width, int64_t channels, int64_t runtime_cg) {
-  const int64_t group_channels = kCg > 0 ? kCg : runtime_cg;
-  const acc_t yf = std::floor(y);
-  const acc_t xf = std::floor(x);
-  const int64_t y0 = static_cast<int64_t>(yf);
-  const int64_t x0 = static_cast<int64_t>(xf);
-  const acc_t ly = y - yf;
-  const acc_t lx = x - xf;
-  const acc_t row0 = y0 >= 0 ? (acc_t(1) - ly) * mask : acc_t(0);
-  const acc_t row1 = y0 + 1 < height ? ly * mask : acc_t(0);
-  const acc_t col0 = x0 >= 0 ? acc_t(1) - lx : acc_t(0);
-  const acc_t col1 = x0 + 1 < width ? lx : acc_t(0);
-  const int64_t ya = std::max<int64_t>(y0, 0), yb = std::min<int64_t>(y0 + 1, height - 1);
-  const int64_t xa = std::max<int64_t>(x0, 0), xb = std::min<int64_t>(x0 + 1, width - 1);
-  const scalar_t* __restrict__ v0 = value_group + (ya * width + xa) * channels;
-  const scalar_t* __restrict__ v1 = value_group + (ya * width + xb) * channels;
-  const scalar_t* __restrict__ v2 = value_group + (yb * width + xa) * channels;
-  const scalar_t* __restrict__ v3 = value_group + (yb * width + xb) * channels;
-  const acc_t w0 = row0 * col0, w1 = row0 * col1, w2 = row1 * col0, w3 = row1 * col1;
-  for (int64_t c = 0; c < group_channels; ++c) {
-    acc[c] += w0 * acc_t(v0[c]) + w1 * acc_t(v1[c]) + w2 * acc_t(v2[c]) + w3 * acc_t(v3[c]);
-  }
-}
+// Forward pass in two phases per output pixel. Phase 1 (`locate_samples`) turns the G * P offsets of the pixel
+// into four bilinear corners per sample: pixel indices and weights with the point weight folded in. It is one
+// branch-free loop over G * P samples that the compiler vectorises, where a per-sample scalar computation used to
+// cost more than the channel arithmetic itself. Phase 2 (`accumulate_corners`) adds the weighted corner rows over
+// each group's contiguous channels.
+template <typename acc_t>
+struct SampleCorners {
+  std::vector<acc_t> weight;   // [4][G * P]: corners (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)
+  std::vector<int32_t> index;  // [4][G * P]: y * W + x of each corner, clamped onto the image
+
+  explicit SampleCorners(int64_t samples) : weight(4 * samples), index(4 * samples) {}
+};
+
+// Regular-grid tap offsets (i * dilation_w - c_w, j * dilation_h - c_h) of sample q = g * P + point, repeated for
+// every group so that phase 1 is a single flat loop.
+template <typename acc_t>
+struct TapTable {
+  std::vector<acc_t> x;
+  std::vector<acc_t> y;
+
+  explicit TapTable(const Params& p);
+};
 
 // Calls fn(i, j, point) for every sampling tap in point order: x-major (i over kernel_w, j over kernel_h), the
 // centre tap skipped with remove_center.
@@ -51,6 +43,116 @@ inline void for_each_tap(const Params& p, Fn&& fn) {
     }
   }
 }
+
+template <typename acc_t>
+TapTable<acc_t>::TapTable(const Params& p) : x(p.group * p.points), y(p.group * p.points) {
+  const int64_t centre_x = p.dilation_w * (p.kernel_w - 1) / 2;
+  const int64_t centre_y = p.dilation_h * (p.kernel_h - 1) / 2;
+  for_each_tap(p, [&](int64_t i, int64_t j, int64_t point) {
+    for (int64_t g = 0; g < p.group; ++g) {
+      x[g * p.points + point] = acc_t(i * p.dilation_w - centre_x);
+      y[g * p.points + point] = acc_t(j * p.dilation_h - centre_y);
+    }
+  });
+}
+
+// Phase 1 for one output pixel whose regular-grid centre is (base_x, base_y). A corner in the zero padding gets
+// weight 0 and an index clamped onto the image, so phase 2 needs no branches. A sample entirely outside the image
+// (or at a NaN location; the test is written positively) is moved to (0, 0) with point weight 0 first, which also
+// keeps the float -> int conversions in range.
+template <typename scalar_t, typename acc_t>
+inline void locate_samples(const scalar_t* __restrict__ offset, const acc_t* __restrict__ point_weight,
+                           const TapTable<acc_t>& taps, acc_t base_x, acc_t base_y, acc_t scale, int64_t samples,
+                           int32_t height, int32_t width, SampleCorners<acc_t>& corners) {
+  const acc_t* __restrict__ tap_x = taps.x.data();
+  const acc_t* __restrict__ tap_y = taps.y.data();
+  acc_t* w0 = corners.weight.data();
+  acc_t* w1 = w0 + samples;
+  acc_t* w2 = w1 + samples;
+  acc_t* w3 = w2 + samples;
+  int32_t* i0 = corners.index.data();
+  int32_t* i1 = i0 + samples;
+  int32_t* i2 = i1 + samples;
+  int32_t* i3 = i2 + samples;
+  // The rows are disjoint and the inputs are not written, but GCC cannot prove it (it ignores block-scope restrict).
+#pragma GCC ivdep
+  for (int64_t q = 0; q < samples; ++q) {
+    const acc_t sx = base_x + scale * (tap_x[q] + acc_t(offset[2 * q]));
+    const acc_t sy = base_y + scale * (tap_y[q] + acc_t(offset[2 * q + 1]));
+    // `&`, not `&&`: short-circuit branches would stop the loop from vectorising.
+    const bool inside = (sy > acc_t(-1)) & (sx > acc_t(-1)) & (sy < acc_t(height)) & (sx < acc_t(width));
+    const acc_t x = inside ? sx : acc_t(0);
+    const acc_t y = inside ? sy : acc_t(0);
+    const acc_t m = inside ? point_weight[q] : acc_t(0);
+    // x, y > -1 here, so truncating x + 1 is floor(x) + 1 (std::floor would be a libm call that blocks vectorising).
+    const int32_t x0 = static_cast<int32_t>(x + acc_t(1)) - 1;
+    const int32_t y0 = static_cast<int32_t>(y + acc_t(1)) - 1;
+    const acc_t lx = x - acc_t(x0);
+    const acc_t ly = y - acc_t(y0);
+    const acc_t top = (acc_t(1) - ly) * m;
+    const acc_t bottom = ly * m;
+    const acc_t left = acc_t(1) - lx;
+    const acc_t row0 = y0 >= 0 ? top : acc_t(0);
+    const acc_t row1 = y0 + 1 < height ? bottom : acc_t(0);
+    const acc_t col0 = x0 >= 0 ? left : acc_t(0);
+    const acc_t col1 = x0 + 1 < width ? lx : acc_t(0);
+    const int32_t ya = std::max(y0, 0), yb = std::min(y0 + 1, height - 1);
+    const int32_t xa = std::max(x0, 0), xb = std::min(x0 + 1, width - 1);
+    w0[q] = row0 * col0;
+    w1[q] = row0 * col1;
+    w2[q] = row1 * col0;
+    w3[q] = row1 * col1;
+    i0[q] = ya * width + xa;
+    i1[q] = ya * width + xb;
+    i2[q] = yb * width + xa;
+    i3[q] = yb * width + xb;
+  }
+}
+
+// Phase 2 for one sample q of a group: acc[c] += sum_k w_k * value[corner k][c]. kCg > 0 fixes the group width at
+// compile time (the channel loop then unrolls into whole vector registers). Only an inf/NaN in the image can tell
+// a clamped zero-weight corner from padding: it turns an inf result into NaN.
+template <typename scalar_t, typename acc_t, int kCg>
+inline void accumulate_corners(acc_t* __restrict__ acc, const scalar_t* __restrict__ value_group,
+                               const SampleCorners<acc_t>& corners, int64_t q, int64_t samples, int64_t channels,
+                               int64_t runtime_cg) {
+  const int64_t group_channels = kCg > 0 ? kCg : runtime_cg;
+  const acc_t* w = corners.weight.data();
+  const int32_t* idx = corners.index.data();
+  const scalar_t* __restrict__ v0 = value_group + int64_t(idx[q]) * channels;
+  const scalar_t* __restrict__ v1 = value_group + int64_t(idx[samples + q]) * channels;
+  const scalar_t* __restrict__ v2 = value_group + int64_t(idx[2 * samples + q]) * channels;
+  const scalar_t* __restrict__ v3 = value_group + int64_t(idx[3 * samples + q]) * channels;
+  const acc_t w0 = w[q], w1 = w[samples + q], w2 = w[2 * samples + q], w3 = w[3 * samples + q];
+  for (int64_t c = 0; c < group_channels; ++c) {
+    acc[c] += w0 * acc_t(v0[c]) + w1 * acc_t(v1[c]) + w2 * acc_t(v2[c]) + w3 * acc_t(v3[c]);
+  }
+}
+
+// exp(x) for x <= 0 in plain arithmetic, so that the softmax loop vectorises (std::exp is a libm call per element,
+// which cost more than the whole sampling pass). Cody-Waite reduction x = n ln2 + r with n = round(x / ln2) (the
+// 1.5 * 2^23 trick rounds to nearest), then a degree-6 polynomial for exp(r) with the classic Cephes expf
+// coefficients: about 1 ulp. Inputs below -87 give exp(-87) ~ 1.6e-38 rather than a denormal; no softmax weight
+// can tell the difference.
+inline float exp_nonpositive(float x) {
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
+  x = x < -87.0f ? -87.0f : x;
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * r * r + r + 1.0f;
+  const int32_t exponent_bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n for n in [-126, 0]
+  float scale;
+  std::memcpy(&scale, &exponent_bits, sizeof(scale));
+  return poly * scale;
+}
+
+inline double exp_nonpositive(double x) { return std::exp(x); }
 
 // The G * P point weights of one output pixel in acc_t: the mask as given, or, with `mask_logits`, its softmax over
 // each group's P points (InternImage's normalisation, fused here because a separate softmax over 9-wide rows is
@@ -67,14 +169,14 @@ inline void pixel_point_weights(const scalar_t* __restrict__ mask, int64_t group
     acc_t* w = weights + g * points;
     acc_t largest = w[0];
     for (int64_t k = 1; k < points; ++k) {
-      largest = std::max(largest, w[k]);
+      largest = w[k] > largest ? w[k] : largest;  // not std::max: compiled outside this ISA, it is not inlined
     }
     for (int64_t k = 0; k < points; ++k) {
       w[k] -= largest;
     }
   }
   for (int64_t k = 0; k < count; ++k) {
-    weights[k] = std::exp(weights[k]);
+    weights[k] = exp_nonpositive(weights[k]);
   }
   for (int64_t g = 0; g < groups; ++g) {
     acc_t* w = weights + g * points;
@@ -102,30 +204,31 @@ void forward_loops(const scalar_t* value, const scalar_t* offset, const scalar_t
   // ~32k multiply-adds per grain keeps the OpenMP overhead negligible even for 7x7 maps.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 4 * C * P));
 
+  const int64_t samples = G * P;
+  const TapTable<acc_t> taps(p);
+  const int32_t height = static_cast<int32_t>(p.height);
+  const int32_t width = static_cast<int32_t>(p.width);
+
   at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(C);
-    std::vector<acc_t> weights(G * P);
+    std::vector<acc_t> weights(samples);
+    SampleCorners<acc_t> corners(samples);
     for (int64_t pix = begin; pix < end; ++pix) {
       const int64_t n = pix / out_hw;
       const int64_t ho = (pix % out_hw) / p.out_w;
       const int64_t wo = pix % p.out_w;
       const TapGrid<acc_t> grid = tap_grid<acc_t>(ho, wo, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h,
                                                   p.pad_w, p.dilation_h, p.dilation_w, p.offset_scale);
-      const scalar_t* off = offset + pix * G * P * 2;
-      const scalar_t* msk = mask + pix * G * P;
       const scalar_t* value_n = value + n * p.height * p.width * C;
+      pixel_point_weights<scalar_t, acc_t>(mask + pix * samples, G, P, mask_logits, weights.data());
+      locate_samples<scalar_t, acc_t>(offset + pix * samples * 2, weights.data(), taps, grid.base_x, grid.base_y,
+                                      grid.scale, samples, height, width, corners);
       std::fill(acc.begin(), acc.end(), acc_t(0));
-      pixel_point_weights<scalar_t, acc_t>(msk, G, P, mask_logits, weights.data());
       for (int64_t g = 0; g < G; ++g) {
-        for_each_tap(p, [&](int64_t i, int64_t j, int64_t point) {
-          const int64_t q = g * P + point;
-          const acc_t x = sample_x(grid, i, acc_t(off[2 * q]));
-          const acc_t y = sample_y(grid, j, acc_t(off[2 * q + 1]));
-          // Entirely outside (written as a positive test so that NaN locations are skipped too).
-          if (!(y > acc_t(-1) && x > acc_t(-1) && y < acc_t(p.height) && x < acc_t(p.width))) return;
-          accumulate_sample<scalar_t, acc_t, kCg>(acc.data() + g * Cg, value_n + g * Cg, y, x, weights[q],
-                                                  p.height, p.width, C, Cg);
-        });
+        for (int64_t point = 0; point < P; ++point) {
+          accumulate_corners<scalar_t, acc_t, kCg>(acc.data() + g * Cg, value_n + g * Cg, corners, g * P + point,
+                                                   samples, C, Cg);
+        }
       }
       scalar_t* o = out + pix * C;
       for (int64_t c = 0; c < C; ++c) {
