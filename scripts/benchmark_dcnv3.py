@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from internimage_hf.dcnv3 import dcnv3_core
+from internimage_hf.dcnv3 import dcnv3_core, softmax_over_points
 from internimage_hf.profiling import peak_memory_bytes
 
 STAGES = [(64, 4, 56), (128, 8, 28), (256, 16, 14), (512, 32, 7)]  # (channels, groups, spatial) of T @ 224
@@ -74,10 +74,18 @@ def timed(fn, device: str, iters: int) -> tuple[float, float]:
     return statistics.median(times), peak_memory_bytes(fn, device) / 2**20
 
 
-def bench_stage(kernel, stage, batch, dtype, device, iters) -> dict:
+def pytorch_softmax_core(value, offset, mask_logits, *params):
+    """What the model's PyTorch `DCNv3Core` computes: the softmax over each group's points, then `dcnv3_core`."""
+    return dcnv3_core(value, offset, softmax_over_points(mask_logits, params[8]), *params)
+
+
+def bench_stage(kernel, stage, batch, dtype, device, iters, mask_logits=False) -> dict:
     channels, groups, size = stage
     params = (3, 3, 1, 1, 1, 1, 1, 1, groups, channels // groups, 1.0, False)
-    impls = {"pytorch": dcnv3_core, "kernel": kernel.dcnv3}
+    if mask_logits:  # the mask arrives as logits (InternImage); the kernel fuses the softmax on CPU
+        impls = {"pytorch": pytorch_softmax_core, "kernel": kernel.dcnv3_softmax}
+    else:
+        impls = {"pytorch": dcnv3_core, "kernel": kernel.dcnv3}
     row = {"channels": channels, "groups": groups, "size": size, "batch": batch}
     with torch.no_grad():
         value, offset, mask = make_inputs(batch, channels, groups, size, dtype, device, False)
@@ -139,6 +147,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--peak-gbps", type=float, default=None, help="device memory bandwidth (GB/s) for the %%-of-peak column"
     )
+    parser.add_argument(
+        "--mask-logits",
+        action="store_true",
+        help="time softmax + core (the model's DCNv3Core) against the kernel's dcnv3_softmax",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -150,11 +163,12 @@ def main(argv=None) -> int:
     dtype = DTYPES[args.dtype]
     peak = peak_gbps(args)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()} threads"
-    print(f"# DCNv3 PyTorch core -> kernel {kernel.__name__}; {device_name}; {args.dtype}; iters={iters}")
+    variant = "softmax + core -> dcnv3_softmax" if args.mask_logits else "core -> dcnv3"
+    print(f"# DCNv3 PyTorch {variant} (kernel {kernel.__name__}); {device_name}; {args.dtype}; iters={iters}")
     rows = []
     for batch in args.batch:
         for stage in STAGES:
-            row = bench_stage(kernel, stage, batch, dtype, args.device, iters)
+            row = bench_stage(kernel, stage, batch, dtype, args.device, iters, args.mask_logits)
             rows.append(row)
             print(format_row(row, peak), flush=True)
     if args.json:

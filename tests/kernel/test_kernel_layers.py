@@ -75,7 +75,7 @@ def test_gradients_take_the_plain_path(dcnv3_kernel, fused_calls):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("case", ["training_dropout", "bfloat16", "tanh_gelu"])
+@pytest.mark.parametrize("case", ["training_dropout", "bfloat16", "tanh_gelu", "autocast"])
 def test_unfusable_cases_keep_the_module_semantics(dcnv3_kernel, fused_calls, case):
     module = mlp(drop_rate=0.5 if case == "training_dropout" else 0.0)
     hidden = torch.randn(2, 3, 3, 24)
@@ -86,12 +86,13 @@ def test_unfusable_cases_keep_the_module_semantics(dcnv3_kernel, fused_calls, ca
     if case == "tanh_gelu":
         module.act = torch.nn.GELU(approximate="tanh")
     fused = with_kernel_forward(copy.deepcopy(module), dcnv3_kernel)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
         torch.manual_seed(1)
         expected = module(hidden)
         torch.manual_seed(1)
         out = fused(hidden)
     assert fused_calls == []
+    assert out.dtype == expected.dtype
     torch.testing.assert_close(out, expected)
 
 

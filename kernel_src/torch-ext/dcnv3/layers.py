@@ -66,6 +66,7 @@ def _fusable(mlp: nn.Module, hidden_states: torch.Tensor) -> bool:
         and hidden_states.dtype == torch.float32
         and not needs_grad
         and not (mlp.training and mlp.dropout.p > 0)
+        and not torch.is_autocast_enabled("cpu")  # autocast picks the linears' dtype; leave it in charge
         and torch.backends.mkldnn.is_available()
     )
 
@@ -73,8 +74,9 @@ def _fusable(mlp: nn.Module, hidden_states: torch.Tensor) -> bool:
 class InternImageMLP(nn.Module):
     """fc1 -> activation -> dropout -> fc2 -> dropout on channels-last input ``(..., C)``.
 
-    Fused oneDNN path when it computes the same thing faster: CPU float32, no gradient needed, dropout inactive,
-    an activation oneDNN fuses, and not under torch.compile (which fuses by itself). Otherwise the plain modules.
+    Fused oneDNN path when it computes the same thing faster: CPU float32 without autocast, no gradient needed,
+    dropout inactive, an activation oneDNN fuses, and not under torch.compile (which fuses by itself). Otherwise
+    the plain modules.
     """
 
     has_backward = True
