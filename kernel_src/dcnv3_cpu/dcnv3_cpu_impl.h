@@ -129,8 +129,8 @@ inline void accumulate_corners(acc_t* __restrict__ acc, const scalar_t* __restri
   }
 }
 
-// exp(x) for x <= 0 in plain arithmetic, so that the softmax loop vectorises (std::exp is a libm call per element,
-// which cost more than the whole sampling pass). Cody-Waite reduction x = n ln2 + r with n = round(x / ln2) (the
+// exp(x) for x <= 0 in plain arithmetic, so that the softmax loop vectorises (with std::exp, a libm call per
+// element, the fused softmax cost 2.5x as much at InternImage-T's stage 1). Cody-Waite reduction x = n ln2 + r with n = round(x / ln2) (the
 // 1.5 * 2^23 trick rounds to nearest), then a degree-6 polynomial for exp(r) with the classic Cephes expf
 // coefficients: about 1 ulp. Inputs below -87 give exp(-87) ~ 1.6e-38 rather than a denormal; no softmax weight
 // can tell the difference.
@@ -146,7 +146,8 @@ inline float exp_nonpositive(float x) {
   poly = poly * r + 1.6666665459e-1f;
   poly = poly * r + 5.0000001201e-1f;
   poly = poly * r * r + r + 1.0f;
-  const int32_t exponent_bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n for n in [-126, 0]
+  // 2^n for n in [-126, 0]; the select keeps a NaN n (NaN input) out of the int conversion, poly stays NaN.
+  const int32_t exponent_bits = (static_cast<int32_t>(n >= -126.0f ? n : -126.0f) + 127) << 23;
   float scale;
   std::memcpy(&scale, &exponent_bits, sizeof(scale));
   return poly * scale;

@@ -261,6 +261,16 @@ def test_softmax_op_is_stable_for_large_logits(dcnv3_kernel):
     torch.testing.assert_close(shifted, dcnv3_kernel.dcnv3_softmax(value, offset, logits, **params), atol=1e-9, rtol=0)
 
 
+def test_softmax_op_propagates_nan_logits(dcnv3_kernel):
+    params = dcnv3_params(group=2, group_channels=4)
+    value, offset, logits = make_inputs(params, mask_logits=True)
+    logits[0, 1, 2, 3] = float("nan")  # group 0 of one output pixel
+    out = dcnv3_kernel.dcnv3_softmax(value, offset, logits, **params)
+    expected = reference_core(value, offset, logits, params)
+    assert out[0, 1, 2, :4].isnan().all() and expected[0, 1, 2, :4].isnan().all()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("name", ["basic", "stride2", "remove_center", "kernel5_rc"])
 def test_softmax_op_gradcheck_float64(dcnv3_kernel, name):
     params = GRADCHECK_CASES[name]
