@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import types
 
 import pytest
@@ -105,3 +106,19 @@ def test_kernel_mapping_serves_the_mlp_on_cpu_only():
     both = hub_kernels._kernel_mapping(source, ("cuda", "cpu"))
     assert set(both[hub_kernels.MLP_LAYER_NAME]) == {"cpu"}
     assert both[hub_kernels.MLP_LAYER_NAME]["cpu"].layer_name == hub_kernels.MLP_LAYER_NAME
+
+
+def test_mlp_without_a_device_entry_keeps_its_forward(caplog):
+    """What `kernelize` on CUDA does with the MLPs: the mapping has no cuda entry, kernels keeps the plain forward."""
+    kernels = pytest.importorskip("kernels")
+    module = mlp()
+    mapping = hub_kernels._kernel_mapping(hub_kernels.resolve_kernel_source(local_path="/nonexistent"), ("cuda",))
+    with (
+        caplog.at_level(logging.WARNING),
+        kernels.use_kernel_mapping(
+            {hub_kernels.MLP_LAYER_NAME: mapping[hub_kernels.MLP_LAYER_NAME]}, inherit_mapping=False
+        ),
+    ):
+        kernels.kernelize(module, mode=kernels.Mode.INFERENCE, device="cuda")
+    assert not hub_kernels._runs_kernel(module)
+    assert not caplog.records
