@@ -227,8 +227,7 @@ def kernelize(
     kernelized = [m for m in modules if _runs_kernel(m)]
     for module in kernelized:
         module.__dict__[_SOURCE_ATTR] = source.describe()
-    backend = source.describe() if any(_runs_kernel(m) for m in _dcnv3_modules(model)) else PYTORCH_BACKEND
-    _log_once(logging.INFO, f"DCNv3: running {backend} on {device}")
+    _log_once(logging.INFO, f"DCNv3: running {dcnv3_backend(model)} on {device}")
     return model
 
 
