@@ -154,7 +154,6 @@ class InternImageDCNv3(nn.Module):
         self.core = DCNv3Core()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        batch, height, width, _ = hidden_states.shape
         value = self.input_proj(hidden_states)
         query = self.depthwise_conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         query = self.depthwise_act(self.depthwise_norm(query))
