@@ -59,10 +59,10 @@ def _onednn_activation(act: nn.Module) -> str | None:
 
 
 def _fusable(mlp: nn.Module, hidden_states: torch.Tensor) -> bool:
+    """Whether the oneDNN path computes what the plain modules would (the activation is checked separately)."""
     needs_grad = torch.is_grad_enabled() and (hidden_states.requires_grad or mlp.fc1.weight.requires_grad)
     return (
-        _onednn_activation(mlp.act) is not None
-        and hidden_states.device.type == "cpu"
+        hidden_states.device.type == "cpu"
         and hidden_states.dtype == torch.float32
         and not needs_grad
         and not (mlp.training and mlp.dropout.p > 0)
@@ -84,11 +84,10 @@ class InternImageMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # is_compiling first: the other checks are not traceable (and the compiler fuses by itself).
-        fusable = not torch.compiler.is_compiling() and _fusable(self, hidden_states)
-        if not fusable:
+        activation = None if torch.compiler.is_compiling() else _onednn_activation(self.act)
+        if activation is None or not _fusable(self, hidden_states):
             hidden_states = self.dropout(self.act(self.fc1(hidden_states)))
             return self.dropout(self.fc2(hidden_states))
         linear = torch.ops.mkldnn._linear_pointwise
-        activation = _onednn_activation(self.act)
         hidden_states = linear(hidden_states, self.fc1.weight, self.fc1.bias, activation, [], "none")
         return linear(hidden_states, self.fc2.weight, self.fc2.bias, "none", [], "")
