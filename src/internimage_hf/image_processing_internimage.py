@@ -2,15 +2,107 @@
 
 Resize the shortest edge to `size["shortest_edge"]` (bicubic), center-crop to `crop_size`, rescale to [0, 1]
 and normalise with the ImageNet mean/std (crop ratio 1.0, as in the official `build_transform`).
+
+Both backends first bring each raw image to the form the transform expects (`InternImageInputsMixin`): the EXIF
+orientation of a `PIL.Image` is applied, 16-bit images are scaled to the 8-bit range and float images that look
+already rescaled to [0, 1] trigger a warning.
 """
 
+import numpy as np
+import torch
+from PIL import Image, ImageOps
 from transformers.image_processing_backends import TorchvisionBackend
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ImageType,
+    PILImageResampling,
+    get_image_type,
+    is_scaled_image,
+    to_numpy_array,
+)
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 DEFAULT_IMAGE_SIZE = 224
 
+# How Pillow opens single-channel 16-bit images (PNG, TIFF): "I;16*" (unsigned, native or explicit byte order) or
+# "I" (32-bit signed, used by older Pillow and some decoders for the same data).
+SIXTEEN_BIT_PIL_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
-class InternImageImageProcessor(TorchvisionBackend):
+
+def apply_exif_orientation(image):
+    """Rotate/flip a `PIL.Image` upright from its EXIF orientation tag.
+
+    `pipeline` (through `load_image`) and `datasets` already do this when they decode a file; doing it here too means
+    a `PIL.Image.open` result passed directly is processed the same. The tag is removed, so a second call is a no-op.
+    """
+    return ImageOps.exif_transpose(image) if get_image_type(image) == ImageType.PIL else image
+
+
+def to_8bit(image):
+    """Scale a 16-bit image (PIL "I;16"/"I", uint16 array or tensor) to uint8 by keeping the high byte.
+
+    Left alone, these saturate: PIL's conversion to RGB clips every value above 255 and the rescale factor 1/255 is
+    meant for 8-bit data. Keeping the high byte is what Pillow does when it decodes 16-bit RGB PNGs and what
+    torchvision's `to_dtype(..., scale=True)` does, so all three routes to 8 bits agree.
+    """
+    image_type = get_image_type(image)
+    if image_type == ImageType.PIL:
+        if image.mode not in SIXTEEN_BIT_PIL_MODES:
+            return image
+        pixels = np.asarray(image)
+        if pixels.min() < 0 or pixels.max() > np.iinfo(np.uint16).max:
+            raise ValueError(
+                f"`images` holds a PIL image of mode {image.mode!r} with values in [{pixels.min()}, {pixels.max()}]; "
+                "only 8-bit and 16-bit images are supported. Convert it to mode 'RGB' or 'L' first."
+            )
+        return Image.fromarray((pixels.astype(np.uint16) >> 8).astype(np.uint8))
+    if image_type == ImageType.NUMPY and image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    if image_type == ImageType.TORCH and image.dtype == torch.uint16:
+        # Shifts are not implemented for torch.uint16, so go through int32 (exact for 16-bit values).
+        return (image.to(torch.int32) >> 8).to(torch.uint8)
+    return image
+
+
+def is_float_image(image) -> bool:
+    image_type = get_image_type(image)
+    if image_type == ImageType.TORCH:
+        return image.is_floating_point()
+    return image_type == ImageType.NUMPY and np.issubdtype(image.dtype, np.floating)
+
+
+def warn_if_already_rescaled(image, do_rescale: bool | None) -> None:
+    """Warn when a float image already lies in [0, 1] although `do_rescale` will divide it by 255 again."""
+    if not (do_rescale and is_float_image(image)):
+        return
+    # NumPy has no bfloat16/float8: widen torch tensors first (a no-op for float32).
+    pixels = image.float() if get_image_type(image) == ImageType.TORCH else image
+    if is_scaled_image(to_numpy_array(pixels)):
+        logger.warning_once(
+            "The image processor got float images with all values in [0, 1], which look already rescaled, while "
+            "`do_rescale=True` will divide them by 255 again. Pass `do_rescale=False` if they are already rescaled."
+        )
+
+
+class InternImageInputsMixin:
+    """Input handling shared by both backends; it runs on each raw image before the backend converts it."""
+
+    def _prepare_images_structure(self, images, *args, **kwargs):
+        images = super()._prepare_images_structure(images, *args, **kwargs)
+        if len(images) == 0:
+            raise ValueError("`images` is empty: pass at least one image (PIL image, NumPy array or torch tensor).")
+        return images
+
+    def process_image(self, image, *args, **kwargs):
+        image = to_8bit(apply_exif_orientation(image))
+        warn_if_already_rescaled(image, kwargs.get("do_rescale"))
+        return super().process_image(image, *args, **kwargs)
+
+
+class InternImageImageProcessor(InternImageInputsMixin, TorchvisionBackend):
     """Torchvision-backed InternImage processor; pass `size`/`crop_size` for 384/512/640 checkpoints."""
 
     resample = PILImageResampling.BICUBIC

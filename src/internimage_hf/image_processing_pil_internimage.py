@@ -3,10 +3,10 @@
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
-from .image_processing_internimage import DEFAULT_IMAGE_SIZE
+from .image_processing_internimage import DEFAULT_IMAGE_SIZE, InternImageInputsMixin
 
 
-class InternImageImageProcessorPil(PilBackend):
+class InternImageImageProcessorPil(InternImageInputsMixin, PilBackend):
     """PIL-backed InternImage processor; pass `size`/`crop_size` for 384/512/640 checkpoints."""
 
     resample = PILImageResampling.BICUBIC
