@@ -13,6 +13,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -124,6 +125,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
   }
   at::Tensor grad_value = reduced ? grad_value_acc.to(value.scalar_type()) : grad_value_acc;
   return {grad_value, grad_offset, grad_mask};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_backward_cpu(const at::Tensor& grad_output,
+                                                                    const at::Tensor& value, const at::Tensor& offset,
+                                                                    const at::Tensor& mask_logits, const Params& p) {
+  if (p.points == 0) return backward_cpu(grad_output, value, offset, mask_logits, p);
+  // The softmax over each group's points, written elementwise (torch.softmax over 8- or 9-wide rows is slow on CPU).
+  const at::ScalarType compute = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor logits = mask_logits.to(compute).view({p.batch, p.out_h, p.out_w, p.group, p.points});
+  const at::Tensor exps = (logits - std::get<0>(logits.max(-1, /*keepdim=*/true))).exp();
+  const at::Tensor probs = exps / exps.sum(-1, /*keepdim=*/true);
+  auto [grad_value, grad_offset, grad_probs] =
+      backward_cpu(grad_output, value, offset, probs.view(mask_logits.sizes()).to(value.scalar_type()), p);
+  // Softmax Jacobian per (pixel, group): d logit = p * (d p - sum(p * d p)).
+  const at::Tensor gp = grad_probs.to(compute).view(probs.sizes());
+  const at::Tensor grad_logits = probs * (gp - (probs * gp).sum(-1, /*keepdim=*/true));
+  return {grad_value, grad_offset, grad_logits.view(mask_logits.sizes()).to(value.scalar_type())};
 }
 
 }  // namespace dcnv3

@@ -58,8 +58,8 @@ TapTable<acc_t>::TapTable(const Params& p) : x(p.group * p.points), y(p.group * 
 
 // Phase 1 for one output pixel whose regular-grid centre is (base_x, base_y). A corner in the zero padding gets
 // weight 0 and an index clamped onto the image, so phase 2 needs no branches. A sample entirely outside the image
-// (or at a NaN location; the test is written positively) is moved to (0, 0) with point weight 0 first, which also
-// keeps the float -> int conversions in range.
+// (or at a NaN location; the test is written positively) is moved to (0, 0) with point weight 0 (NaN when the
+// reference gives NaN) first, which also keeps the float -> int conversions in range.
 template <typename scalar_t, typename acc_t>
 inline void locate_samples(const scalar_t* __restrict__ offset, const acc_t* __restrict__ point_weight,
                            const TapTable<acc_t>& taps, acc_t base_x, acc_t base_y, acc_t scale, int64_t samples,
@@ -81,9 +81,13 @@ inline void locate_samples(const scalar_t* __restrict__ offset, const acc_t* __r
     const acc_t sy = base_y + scale * (tap_y[q] + acc_t(offset[2 * q + 1]));
     // `&`, not `&&`: short-circuit branches would stop the loop from vectorising.
     const bool inside = (sy > acc_t(-1)) & (sx > acc_t(-1)) & (sy < acc_t(height)) & (sx < acc_t(width));
+    // Outside the image the reference adds weight * 0 (grid_sample's zero padding): NaN when the location or the
+    // weight is not finite. `v - v == 0` is the finiteness test that vectorises.
+    const acc_t w = point_weight[q];
+    const bool finite = (sx - sx == acc_t(0)) & (sy - sy == acc_t(0)) & (w - w == acc_t(0));
     const acc_t x = inside ? sx : acc_t(0);
     const acc_t y = inside ? sy : acc_t(0);
-    const acc_t m = inside ? point_weight[q] : acc_t(0);
+    const acc_t m = inside ? w : (finite ? acc_t(0) : std::numeric_limits<acc_t>::quiet_NaN());
     // x, y > -1 here, so truncating x + 1 is floor(x) + 1 (std::floor would be a libm call that blocks vectorising).
     const int32_t x0 = static_cast<int32_t>(x + acc_t(1)) - 1;
     const int32_t y0 = static_cast<int32_t>(y + acc_t(1)) - 1;

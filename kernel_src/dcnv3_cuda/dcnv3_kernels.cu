@@ -1,22 +1,32 @@
-// DCNv3 sampling core: CUDA kernels (forward and backward), NHWC, fp32/fp64/fp16/bf16.
+// DCNv3 sampling core: CUDA kernels (forward and backward), NHWC, fp32/fp64/fp16/bf16. C++17.
 //
-// Work split: `lanes` consecutive threads (a power of two <= 32, aligned inside a warp) own one
-// (output pixel, group). Each thread handles `VEC` consecutive channels per vector load and strides over
-// the group's channels by lanes * VEC. Every thread computes the sampling location and bilinear weights
-// of a point once and reuses them for all its channels.
+// Work split: `lanes` consecutive threads (a power of two <= 32, aligned inside a warp) own one (output pixel,
+// group). Each thread handles VEC consecutive channels per vector access and strides over the group's channels by
+// lanes * VEC; it computes a point's sampling location and bilinear weights once for all its channels.
 //
-// Backward: grad_value is scattered with atomicAdd (float32 buffer for half types). The per-point offset
-// and mask gradients are sums over the group's channels: each thread reduces its own channels, then the
-// `lanes` threads combine with warp shuffles and lane 0 writes the result (no atomics, no shared memory).
+// Mask logits (kSoftmax): each thread computes its group's softmax statistics (maximum and 1 / sum of exponentials)
+// in registers before the point loop, and a point's weight as exp(logit - max) / sum, so the normalised mask is
+// never written to memory. The backward applies the softmax Jacobian in the same kernel.
+//
+// Index arithmetic is 32-bit when every buffer has fewer than 2^31 elements (fewer integer instructions per
+// point); larger tensors take a 64-bit, scalar-width instantiation.
+//
+// Backward: grad_value is scattered with atomicAdd (into a float32 buffer for half types). The launch shape keeps
+// a warp's atomics contiguous so that each 32-byte sector operation carries 8 floats: 16-byte float4 atomics
+// (VEC = 4) where the architecture has them (sm_90+), one thread per channel (VEC = 1, consecutive lanes on
+// consecutive floats) elsewhere. The per-point offset and mask gradients are reductions over the group's channels:
+// per-thread partial sums combined with warp shuffles, written by lane 0 (no atomics, no shared memory).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 
 #include "dcnv3_common/dcnv3_params.h"
-#include "dcnv3_common/dcnv3_sampling.h"
 #include "dcnv3_cuda/dcnv3_cuda_launch.h"
 
 namespace dcnv3 {
@@ -24,6 +34,9 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+// Grid-stride launches use at most this many blocks per SM: a full wave or two of resident warps, and every
+// thread then handles several (pixel, group)s, which amortises its setup.
+constexpr int kBlocksPerSm = 16;
 
 template <typename T>
 struct AccOf {
@@ -50,6 +63,13 @@ __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2hal
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// floor(x) as a 32-bit integer in one conversion; callers only pass x inside (-1, size).
+__device__ __forceinline__ int floor_to_int(float x) { return __float2int_rd(x); }
+__device__ __forceinline__ int floor_to_int(double x) { return __double2int_rd(x); }
+
+__device__ __forceinline__ float exp_acc(float x) { return __expf(x); }
+__device__ __forceinline__ double exp_acc(double x) { return exp(x); }
+
 // VEC elements loaded / stored with one aligned memory instruction.
 template <typename T, int VEC>
 struct alignas(sizeof(T) * VEC) Pack {
@@ -71,64 +91,222 @@ __device__ __forceinline__ void store_pack(T* ptr, const A (&in)[VEC]) {
   *reinterpret_cast<Pack<T, VEC>*>(ptr) = pk;
 }
 
-// Location of point (i, j) of group g at (ho, wo); returns false when the sample is fully outside.
-template <typename T, typename A>
-__device__ __forceinline__ bool locate(const Params& p, const TapGrid<A>& grid, const T* off, int64_t q, int64_t i,
-                                       int64_t j, Bilinear<A>& b) {
-  return bilinear_at<A>(sample_y(grid, j, to_acc(off[2 * q + 1])), sample_x(grid, i, to_acc(off[2 * q])), p.height,
-                        p.width, b);
+// grad[k] += in[k] for VEC consecutive accumulators, as one vector atomic where the architecture has one.
+template <typename G, int VEC, typename A>
+__device__ __forceinline__ void atomic_add_pack(G* ptr, const A (&in)[VEC]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (std::is_same<G, float>::value && VEC == 4) {
+    atomicAdd(reinterpret_cast<float4*>(ptr), make_float4(in[0], in[1], in[2], in[3]));
+    return;
+  }
+  if constexpr (std::is_same<G, float>::value && VEC == 2) {
+    atomicAdd(reinterpret_cast<float2*>(ptr), make_float2(in[0], in[1]));
+    return;
+  }
+#endif
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) atomicAdd(ptr + k, static_cast<G>(in[k]));
 }
 
-template <typename T, int VEC>
-__global__ void __launch_bounds__(kThreads)
+// The call's shape in the index type I, plus the constants of the sampling formula (see dcnv3_sampling.h):
+//   x = wo * stride_w - pad_w + c_w + s * (i * dilation_w - c_w + dx), likewise y.
+template <typename A, typename I>
+struct Geometry {
+  I height, width, channels, group, group_channels, points, out_w, out_hw;
+  I kernel_h, centre_tap;  // centre_tap: linear tap index skipped by remove_center, else -1
+  A height_f, width_f, scale, centre_x, centre_y, dilation_x, dilation_y;
+  I stride_w, stride_h, pad_w, pad_h;
+
+  __device__ __forceinline__ explicit Geometry(const Params& p)
+      : height(I(p.height)),
+        width(I(p.width)),
+        channels(I(p.channels)),
+        group(I(p.group)),
+        group_channels(I(p.group_channels)),
+        points(I(p.points)),
+        out_w(I(p.out_w)),
+        out_hw(I(p.out_h * p.out_w)),
+        kernel_h(I(p.kernel_h)),
+        centre_tap(p.remove_center ? I((p.kernel_w / 2) * p.kernel_h + p.kernel_h / 2) : I(-1)),
+        height_f(A(p.height)),
+        width_f(A(p.width)),
+        scale(A(p.offset_scale)),
+        centre_x(A(p.dilation_w * (p.kernel_w - 1) / 2)),
+        centre_y(A(p.dilation_h * (p.kernel_h - 1) / 2)),
+        dilation_x(A(p.dilation_w)),
+        dilation_y(A(p.dilation_h)),
+        stride_w(I(p.stride_w)),
+        stride_h(I(p.stride_h)),
+        pad_w(I(p.pad_w)),
+        pad_h(I(p.pad_h)) {}
+};
+
+// Where one (output pixel, group) sits and where its data lives.
+template <typename A, typename I>
+struct PixelGroup {
+  A base_x;          // regular-grid centre of the kernel window, in input pixels
+  A base_y;
+  I value_base;      // element offset of value[n, 0, 0, g * Cg]
+  I point_base;      // index of the group's first point in mask: (pixel * G + g) * P
+  I out_base;        // element offset of out[pixel, g * Cg]: (pixel * G + g) * Cg
+};
+
+template <typename A, typename I>
+__device__ __forceinline__ PixelGroup<A, I> pixel_group(const Geometry<A, I>& geo, I pg) {
+  const I pixel = pg / geo.group;
+  const I g = pg - pixel * geo.group;
+  const I n = pixel / geo.out_hw;
+  const I rest = pixel - n * geo.out_hw;
+  const I ho = rest / geo.out_w;
+  const I wo = rest - ho * geo.out_w;
+  PixelGroup<A, I> r;
+  r.base_x = A(wo * geo.stride_w - geo.pad_w) + geo.centre_x;
+  r.base_y = A(ho * geo.stride_h - geo.pad_h) + geo.centre_y;
+  r.value_base = n * geo.height * geo.width * geo.channels + g * geo.group_channels;
+  r.point_base = pg * geo.points;
+  r.out_base = pg * geo.group_channels;
+  return r;
+}
+
+// Walks the kernel taps in point order (x-major: i over kernel_w outside, j over kernel_h inside), skipping the
+// centre with remove_center. x, y: the tap's regular-grid offset from the window centre, i * dilation_w - c_w.
+template <typename A, typename I>
+struct TapCursor {
+  I linear;
+  I j;
+  A x;
+  A y;
+
+  __device__ __forceinline__ explicit TapCursor(const Geometry<A, I>& geo)
+      : linear(0), j(0), x(-geo.centre_x), y(-geo.centre_y) {
+    if (geo.centre_tap == 0) step(geo);
+  }
+  __device__ __forceinline__ void step(const Geometry<A, I>& geo) {
+    ++linear;
+    ++j;
+    y += geo.dilation_y;
+    if (j == geo.kernel_h) {
+      j = 0;
+      y = -geo.centre_y;
+      x += geo.dilation_x;
+    }
+  }
+  __device__ __forceinline__ void next(const Geometry<A, I>& geo) {
+    step(geo);
+    if (linear == geo.centre_tap) step(geo);
+  }
+};
+
+// Bilinear cell of one sample: the element offset of its (y0, x0) corner row, the fractional position and which
+// of the four corners lie inside the image.
+template <typename A, typename I>
+struct Cell {
+  I base;
+  A lx;
+  A ly;
+  bool top, bottom, left, right;
+};
+
+// False when the sample lies entirely outside the image; a NaN location fails the (positive) test too.
+template <typename A, typename I>
+__device__ __forceinline__ bool locate(const Geometry<A, I>& geo, A x, A y, Cell<A, I>& cell) {
+  if (!(y > A(-1) && x > A(-1) && y < geo.height_f && x < geo.width_f)) return false;
+  const int x0 = floor_to_int(x);
+  const int y0 = floor_to_int(y);
+  cell.lx = x - A(x0);
+  cell.ly = y - A(y0);
+  cell.top = y0 >= 0;
+  cell.bottom = I(y0) < geo.height - 1;
+  cell.left = x0 >= 0;
+  cell.right = I(x0) < geo.width - 1;
+  cell.base = (I(y0) * geo.width + I(x0)) * geo.channels;
+  return true;
+}
+
+// What a sample outside the image adds in the reference (mask * 0, after grid_sample's zero padding): NaN when its
+// location or weight is not finite, else nothing.
+template <typename A>
+__device__ __forceinline__ bool outside_is_nan(A x, A y, A m) {
+  return !(isfinite(x) && isfinite(y) && isfinite(m));
+}
+
+// Point weights of one (pixel, group): the mask as given, or the softmax of its logits over the group's P points.
+template <typename T, typename A, bool kSoftmax>
+struct PointWeights {
+  A maximum = A(0);
+  A inverse_sum = A(1);
+
+  template <typename I>
+  __device__ __forceinline__ PointWeights(const T* mask, I points) {
+    if constexpr (kSoftmax) {
+      // A NaN logit makes the sum NaN, and with it every weight, as in torch.softmax.
+      maximum = points > 0 ? to_acc(mask[0]) : A(0);
+      for (I q = 1; q < points; ++q) {
+        const A logit = to_acc(mask[q]);
+        maximum = logit > maximum ? logit : maximum;
+      }
+      A sum = A(0);
+      for (I q = 0; q < points; ++q) sum += exp_acc(to_acc(mask[q]) - maximum);
+      inverse_sum = A(1) / sum;
+    }
+  }
+  __device__ __forceinline__ A operator()(T stored) const {
+    if constexpr (kSoftmax) return exp_acc(to_acc(stored) - maximum) * inverse_sum;
+    return to_acc(stored);
+  }
+};
+
+template <typename T, int VEC, typename A, typename I>
+__device__ __forceinline__ void add_corner(A (&acc)[VEC], const T* value, I index, A weight) {
+  A v[VEC];
+  load_pack<T, VEC>(value + index, v);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) acc[k] += weight * v[k];
+}
+
+template <typename T, int VEC, typename I, bool kSoftmax>
+__global__ void __launch_bounds__(kThreads, 1)
     forward_kernel(const T* __restrict__ value, const T* __restrict__ offset, const T* __restrict__ mask,
-                   T* __restrict__ out, const Params p, const int lanes, const int64_t total_threads) {
+                   T* __restrict__ out, const Params params, const int lane_bits, const I total) {
   using A = typename AccOf<T>::type;
-  const int64_t G = p.group;
-  const int64_t P = p.points;
-  const int64_t C = p.channels;
-  const int64_t out_hw = p.out_h * p.out_w;
-  const int64_t centre_i = p.kernel_w / 2;
-  const int64_t centre_j = p.kernel_h / 2;
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total_threads;
-       t += int64_t(gridDim.x) * blockDim.x) {
-    const int lane = int(t % lanes);
-    const int64_t pg = t / lanes;  // pixel * G + g
-    const int64_t g = pg % G;
-    const int64_t pix = pg / G;
-    const int64_t n = pix / out_hw;
-    const int64_t ho = (pix % out_hw) / p.out_w;
-    const int64_t wo = pix % p.out_w;
-    const TapGrid<A> grid = tap_grid<A>(ho, wo, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w,
-                                        p.dilation_h, p.dilation_w, p.offset_scale);
-    const T* off = offset + pix * G * P * 2;
-    const T* msk = mask + pix * G * P;
-    const T* value_group = value + n * p.height * p.width * C + g * p.group_channels;
-    for (int64_t c0 = int64_t(lane) * VEC; c0 < p.group_channels; c0 += int64_t(lanes) * VEC) {
+  const Geometry<A, I> geo(params);
+  const I lanes = I(1) << lane_bits;
+  const I row = geo.width * geo.channels;
+  for (I t = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); t < total; t += I(gridDim.x) * I(blockDim.x)) {
+    const PixelGroup<A, I> pg = pixel_group(geo, t >> lane_bits);
+    const T* off = offset + 2 * pg.point_base;
+    const T* msk = mask + pg.point_base;
+    const T* value_group = value + pg.value_base;
+    const PointWeights<T, A, kSoftmax> weight_of(msk, geo.points);
+    for (I c0 = (t & (lanes - 1)) * VEC; c0 < geo.group_channels; c0 += lanes * VEC) {
       A acc[VEC];
 #pragma unroll
       for (int k = 0; k < VEC; ++k) acc[k] = A(0);
-      int64_t point = 0;
-      for (int64_t i = 0; i < p.kernel_w; ++i) {
-        for (int64_t j = 0; j < p.kernel_h; ++j) {
-          if (p.remove_center && i == centre_i && j == centre_j) continue;
-          const int64_t q = g * P + point;
-          ++point;
-          Bilinear<A> b;
-          if (!locate<T, A>(p, grid, off, q, i, j, b)) continue;
-          const A m = to_acc(msk[q]);
-#pragma unroll
-          for (int corner = 0; corner < 4; ++corner) {
-            if (!b.valid[corner]) continue;
-            A v[VEC];
-            load_pack<T, VEC>(value_group + b.index[corner] * C + c0, v);
-            const A w = b.weight[corner] * m;
-#pragma unroll
-            for (int k = 0; k < VEC; ++k) acc[k] += w * v[k];
-          }
+      bool nan_sample = false;
+      TapCursor<A, I> tap(geo);
+      for (I q = 0; q < geo.points; ++q, tap.next(geo)) {
+        const A x = pg.base_x + geo.scale * (tap.x + to_acc(off[2 * q]));
+        const A y = pg.base_y + geo.scale * (tap.y + to_acc(off[2 * q + 1]));
+        const A m = weight_of(msk[q]);
+        Cell<A, I> cell;
+        if (!locate(geo, x, y, cell)) {
+          nan_sample |= outside_is_nan(x, y, m);
+          continue;
         }
+        const A top = (A(1) - cell.ly) * m;
+        const A bottom = cell.ly * m;
+        const A left = A(1) - cell.lx;
+        const I i00 = cell.base + c0;
+        if (cell.top && cell.left) add_corner<T, VEC>(acc, value_group, i00, top * left);
+        if (cell.top && cell.right) add_corner<T, VEC>(acc, value_group, i00 + geo.channels, top * cell.lx);
+        if (cell.bottom && cell.left) add_corner<T, VEC>(acc, value_group, i00 + row, bottom * left);
+        if (cell.bottom && cell.right) add_corner<T, VEC>(acc, value_group, i00 + row + geo.channels, bottom * cell.lx);
       }
-      store_pack<T, VEC>(out + pix * C + g * p.group_channels + c0, acc);
+      if (nan_sample) {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) acc[k] = A(NAN);
+      }
+      store_pack<T, VEC>(out + pg.out_base + c0, acc);
     }
   }
 }
@@ -139,142 +317,110 @@ __device__ __forceinline__ A lanes_sum(A v, int lanes) {
   return v;
 }
 
-__device__ __forceinline__ void atomic_add(float* ptr, float v) { atomicAdd(ptr, v); }
-__device__ __forceinline__ void atomic_add(double* ptr, double v) { atomicAdd(ptr, v); }
+// Partial derivatives of one sample w.r.t. its mask weight (`sampled`) and location (dx, dy), over this thread's
+// channels; scatters the value gradient of one corner as it goes.
+template <typename A>
+struct SampleGrads {
+  A sampled = A(0);
+  A dx = A(0);
+  A dy = A(0);
+};
+
+template <typename T, typename G, int VEC, typename A, typename I>
+__device__ __forceinline__ void corner_backward(const T* value, G* grad_value, I index, const A (&gout)[VEC], A weight,
+                                                A m, A dweight_dx, A dweight_dy, SampleGrads<A>& grads) {
+  A v[VEC];
+  load_pack<T, VEC>(value + index, v);
+  A dot = A(0);
+  A scattered[VEC];
+  const A wm = weight * m;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    dot += gout[k] * v[k];
+    scattered[k] = wm * gout[k];
+  }
+  atomic_add_pack<G, VEC>(grad_value + index, scattered);
+  grads.sampled += weight * dot;
+  grads.dx += dweight_dx * dot;
+  grads.dy += dweight_dy * dot;
+}
+
+// grad_logit[q] = p_q * (grad_p[q] - sum_k p_k grad_p[k]) over one (pixel, group); grad_mask holds grad_p on entry.
+template <typename T, typename A, typename I, bool kSoftmax>
+__device__ __forceinline__ void softmax_jacobian(T* grad_mask, const T* logits, const PointWeights<T, A, kSoftmax>& w,
+                                                 A weighted_sum, I points) {
+  for (I q = 0; q < points; ++q) {
+    grad_mask[q] = from_acc<T>(w(logits[q]) * (to_acc(grad_mask[q]) - weighted_sum));
+  }
+}
 
 // G is the grad_value accumulation type (float for half types).
-template <typename T, typename G, int VEC>
-__global__ void __launch_bounds__(kThreads)
+template <typename T, typename G, int VEC, typename I, bool kSoftmax>
+__global__ void __launch_bounds__(kThreads, 1)
     backward_kernel(const T* __restrict__ grad_output, const T* __restrict__ value, const T* __restrict__ offset,
                     const T* __restrict__ mask, G* __restrict__ grad_value, T* __restrict__ grad_offset,
-                    T* __restrict__ grad_mask, const Params p, const int lanes, const int64_t total_threads) {
+                    T* __restrict__ grad_mask, const Params params, const int lane_bits, const I total) {
   using A = typename AccOf<T>::type;
-  const int64_t NG = p.group;
-  const int64_t P = p.points;
-  const int64_t C = p.channels;
-  const int64_t out_hw = p.out_h * p.out_w;
-  const int64_t centre_i = p.kernel_w / 2;
-  const int64_t centre_j = p.kernel_h / 2;
+  const Geometry<A, I> geo(params);
+  const int lanes = 1 << lane_bits;
+  const I row = geo.width * geo.channels;
   // Whole blocks iterate together so that every lane of a warp reaches the shuffles.
-  const int64_t padded = (total_threads + blockDim.x - 1) / blockDim.x * blockDim.x;
-  for (int64_t base = blockIdx.x * int64_t(blockDim.x); base < padded; base += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = base + threadIdx.x;
-    const bool active = t < total_threads;
-    const int lane = int(t % lanes);
-    const int64_t pg = active ? t / lanes : 0;
-    const int64_t g = pg % NG;
-    const int64_t pix = pg / NG;
-    const int64_t n = pix / out_hw;
-    const int64_t ho = (pix % out_hw) / p.out_w;
-    const int64_t wo = pix % p.out_w;
-    const TapGrid<A> grid = tap_grid<A>(ho, wo, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w,
-                                        p.dilation_h, p.dilation_w, p.offset_scale);
-    const T* off = offset + pix * NG * P * 2;
-    const T* msk = mask + pix * NG * P;
-    const T* go = grad_output + pix * C + g * p.group_channels;
-    const int64_t group_base = n * p.height * p.width * C + g * p.group_channels;
-    int64_t point = 0;
-    for (int64_t i = 0; i < p.kernel_w; ++i) {
-      for (int64_t j = 0; j < p.kernel_h; ++j) {
-        if (p.remove_center && i == centre_i && j == centre_j) continue;
-        const int64_t q = g * P + point;
-        ++point;
-        A sampled = A(0);
-        A dx = A(0);
-        A dy = A(0);
-        A m = A(0);
-        Bilinear<A> b;
-        if (active && locate<T, A>(p, grid, off, q, i, j, b)) {
-          m = to_acc(msk[q]);
-          for (int64_t c0 = int64_t(lane) * VEC; c0 < p.group_channels; c0 += int64_t(lanes) * VEC) {
-            A gout[VEC];
-            load_pack<T, VEC>(go + c0, gout);
-#pragma unroll
-            for (int corner = 0; corner < 4; ++corner) {
-              if (!b.valid[corner]) continue;
-              const int64_t row = group_base + b.index[corner] * C + c0;
-              A v[VEC];
-              load_pack<T, VEC>(value + row, v);
-              A dot = A(0);
-              const A w = b.weight[corner] * m;
-#pragma unroll
-              for (int k = 0; k < VEC; ++k) {
-                dot += gout[k] * v[k];
-                atomic_add(grad_value + row + k, static_cast<G>(w * gout[k]));
-              }
-              sampled += b.weight[corner] * dot;
-              dx += b.dweight_dx[corner] * dot;
-              dy += b.dweight_dy[corner] * dot;
-            }
-          }
-        }
-        sampled = lanes_sum(sampled, lanes);
-        dx = lanes_sum(dx, lanes);
-        dy = lanes_sum(dy, lanes);
-        if (active && lane == 0) {
-          // d out / d mask is the bilinear sample; d location / d offset is offset_scale.
-          grad_mask[pix * NG * P + q] = from_acc<T>(sampled);
-          grad_offset[(pix * NG * P + q) * 2] = from_acc<T>(m * grid.scale * dx);
-          grad_offset[(pix * NG * P + q) * 2 + 1] = from_acc<T>(m * grid.scale * dy);
+  const I padded = (total + I(blockDim.x) - 1) / I(blockDim.x) * I(blockDim.x);
+  for (I start = I(blockIdx.x) * I(blockDim.x); start < padded; start += I(gridDim.x) * I(blockDim.x)) {
+    const I t = start + I(threadIdx.x);
+    const bool active = t < total;
+    const I lane = t & I(lanes - 1);
+    const PixelGroup<A, I> pg = pixel_group(geo, active ? t >> lane_bits : I(0));
+    const T* off = offset + 2 * pg.point_base;
+    const T* msk = mask + pg.point_base;
+    const T* go = grad_output + pg.out_base;
+    const T* value_group = value + pg.value_base;
+    G* grad_value_group = grad_value + pg.value_base;
+    const PointWeights<T, A, kSoftmax> weight_of(msk, geo.points);
+    A weighted_sum = A(0);  // sum over points of p_q * d loss / d p_q, for the softmax Jacobian
+    TapCursor<A, I> tap(geo);
+    for (I q = 0; q < geo.points; ++q, tap.next(geo)) {
+      const A x = pg.base_x + geo.scale * (tap.x + to_acc(off[2 * q]));
+      const A y = pg.base_y + geo.scale * (tap.y + to_acc(off[2 * q + 1]));
+      const A m = weight_of(msk[q]);
+      SampleGrads<A> grads;
+      Cell<A, I> cell;
+      if (active && locate(geo, x, y, cell)) {
+        const A hy = A(1) - cell.ly;
+        const A hx = A(1) - cell.lx;
+        for (I c0 = lane * VEC; c0 < geo.group_channels; c0 += I(lanes) * VEC) {
+          A gout[VEC];
+          load_pack<T, VEC>(go + c0, gout);
+          const I i00 = cell.base + c0;
+          if (cell.top && cell.left)
+            corner_backward<T, G, VEC>(value_group, grad_value_group, i00, gout, hy * hx, m, -hy, -hx, grads);
+          if (cell.top && cell.right)
+            corner_backward<T, G, VEC>(value_group, grad_value_group, i00 + geo.channels, gout, hy * cell.lx, m, hy,
+                                       -cell.lx, grads);
+          if (cell.bottom && cell.left)
+            corner_backward<T, G, VEC>(value_group, grad_value_group, i00 + row, gout, cell.ly * hx, m, -cell.ly, hx,
+                                       grads);
+          if (cell.bottom && cell.right)
+            corner_backward<T, G, VEC>(value_group, grad_value_group, i00 + row + geo.channels, gout,
+                                       cell.ly * cell.lx, m, cell.ly, cell.lx, grads);
         }
       }
+      grads.sampled = lanes_sum(grads.sampled, lanes);
+      grads.dx = lanes_sum(grads.dx, lanes);
+      grads.dy = lanes_sum(grads.dy, lanes);
+      if (active && lane == 0) {
+        // d out / d mask is the bilinear sample; d location / d offset is offset_scale.
+        const I k = pg.point_base + q;
+        grad_mask[k] = from_acc<T>(grads.sampled);
+        grad_offset[2 * k] = from_acc<T>(m * geo.scale * grads.dx);
+        grad_offset[2 * k + 1] = from_acc<T>(m * geo.scale * grads.dy);
+        weighted_sum += m * grads.sampled;
+      }
+    }
+    if (kSoftmax && active && lane == 0) {
+      softmax_jacobian<T, A, I, kSoftmax>(grad_mask + pg.point_base, msk, weight_of, weighted_sum, geo.points);
     }
   }
-}
-
-int64_t blocks_for(int64_t threads) {
-  // Grid-stride loops cover the rest; cap keeps the grid size well inside the hardware limit.
-  return std::max<int64_t>(1, std::min<int64_t>((threads + kThreads - 1) / kThreads, int64_t(1) << 20));
-}
-
-template <typename T, int VEC>
-cudaError_t forward_typed(const void* value, const void* offset, const void* mask, void* out, const Params& p,
-                          int lanes, cudaStream_t stream) {
-  const int64_t total = p.batch * p.out_h * p.out_w * p.group * lanes;
-  if (total == 0) return cudaSuccess;
-  forward_kernel<T, VEC><<<blocks_for(total), kThreads, 0, stream>>>(
-      static_cast<const T*>(value), static_cast<const T*>(offset), static_cast<const T*>(mask), static_cast<T*>(out),
-      p, lanes, total);
-  return cudaGetLastError();
-}
-
-template <typename T, int VEC>
-cudaError_t backward_typed(const void* grad_output, const void* value, const void* offset, const void* mask,
-                           void* grad_value, void* grad_offset, void* grad_mask, const Params& p, int lanes,
-                           cudaStream_t stream) {
-  using G = typename AccOf<T>::type;
-  const int64_t total = p.batch * p.out_h * p.out_w * p.group * lanes;
-  if (total == 0) return cudaSuccess;
-  backward_kernel<T, G, VEC><<<blocks_for(total), kThreads, 0, stream>>>(
-      static_cast<const T*>(grad_output), static_cast<const T*>(value), static_cast<const T*>(offset),
-      static_cast<const T*>(mask), static_cast<G*>(grad_value), static_cast<T*>(grad_offset),
-      static_cast<T*>(grad_mask), p, lanes, total);
-  return cudaGetLastError();
-}
-
-// Calls fn.template operator()<T, VEC>() for the runtime (dtype, vec); widths are capped at 16 bytes.
-template <typename Fn>
-cudaError_t dispatch(DType dtype, int vec, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat32:
-      if (vec == 4) return fn.template operator()<float, 4>();
-      if (vec == 2) return fn.template operator()<float, 2>();
-      return fn.template operator()<float, 1>();
-    case DType::kFloat64:
-      if (vec == 2) return fn.template operator()<double, 2>();
-      return fn.template operator()<double, 1>();
-    case DType::kFloat16:
-      if (vec == 8) return fn.template operator()<__half, 8>();
-      if (vec == 4) return fn.template operator()<__half, 4>();
-      if (vec == 2) return fn.template operator()<__half, 2>();
-      return fn.template operator()<__half, 1>();
-    case DType::kBFloat16:
-      if (vec == 8) return fn.template operator()<__nv_bfloat16, 8>();
-      if (vec == 4) return fn.template operator()<__nv_bfloat16, 4>();
-      if (vec == 2) return fn.template operator()<__nv_bfloat16, 2>();
-      return fn.template operator()<__nv_bfloat16, 1>();
-  }
-  return cudaErrorInvalidValue;
 }
 
 int element_size(DType dtype) {
@@ -288,39 +434,222 @@ int element_size(DType dtype) {
   }
 }
 
-}  // namespace
+// One buffer a vector access touches, with the size of its elements.
+struct Buffer {
+  const void* ptr;
+  int element_size;
+};
 
-LaunchShape choose_launch_shape(DType dtype, int64_t group_channels, const void* const* ptrs, int num_ptrs) {
-  const int size = element_size(dtype);
-  int vec = 16 / size;
+// Widest power-of-two width <= max_vec dividing group_channels with every buffer aligned to it.
+int widest_vec(int max_vec, int64_t group_channels, const Buffer* buffers, int count) {
+  int vec = max_vec;
   while (vec > 1) {
     bool ok = group_channels % vec == 0;
-    for (int k = 0; ok && k < num_ptrs; ++k) {
-      ok = reinterpret_cast<uintptr_t>(ptrs[k]) % (uintptr_t(vec) * size) == 0;
+    for (int k = 0; ok && k < count; ++k) {
+      ok = reinterpret_cast<uintptr_t>(buffers[k].ptr) % (uintptr_t(vec) * buffers[k].element_size) == 0;
     }
     if (ok) break;
     vec /= 2;
   }
+  return vec;
+}
+
+int lanes_for(int64_t group_channels, int vec) {
   const int64_t chunks = (group_channels + vec - 1) / vec;
   int lanes = 1;
   while (lanes < chunks && lanes < 32) lanes *= 2;
-  return {vec, lanes};
+  return lanes;
+}
+
+int log2_of(int power_of_two) {
+  int bits = 0;
+  while ((1 << bits) < power_of_two) ++bits;
+  return bits;
+}
+
+struct DeviceInfo {
+  int sm_count;
+  int major;
+};
+
+cudaError_t current_device(DeviceInfo& info) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&info.sm_count, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, device);
+  return err;
+}
+
+constexpr int64_t kInt32Limit = std::numeric_limits<int32_t>::max();
+
+// Whether 32-bit indices cover every element offset and thread counter of the launch (including the grid-stride
+// step past the end).
+bool fits_int32(const Params& p, int lanes, int64_t blocks) {
+  const int64_t pixels = p.batch * p.out_h * p.out_w;
+  const int64_t value_elements = p.batch * p.height * p.width * p.channels;
+  const int64_t offset_elements = pixels * p.group * p.points * 2;
+  const int64_t threads = pixels * p.group * lanes + (blocks + 1) * kThreads;
+  return value_elements < kInt32Limit && offset_elements < kInt32Limit && pixels * p.channels < kInt32Limit &&
+         threads < kInt32Limit;
+}
+
+int64_t blocks_for(int64_t threads, int sm_count) {
+  const int64_t needed = (threads + kThreads - 1) / kThreads;
+  return std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(std::max(sm_count, 1)) * kBlocksPerSm));
+}
+
+// Calls fn.run<T, VEC, I, kSoftmax>() for the runtime (dtype, vec, wide, softmax). `wide` (64-bit indices) only
+// exists at VEC 1; Fn::max_vec<T>() caps the widths that are instantiated.
+template <typename T, int VEC, typename I, typename Fn>
+cudaError_t with_softmax(bool softmax, const Fn& fn) {
+  return softmax ? fn.template run<T, VEC, I, true>() : fn.template run<T, VEC, I, false>();
+}
+
+template <typename T, typename Fn>
+cudaError_t with_vec(int vec, bool wide, bool softmax, const Fn& fn) {
+  constexpr int kMax = Fn::template max_vec<T>();
+  if (wide) return vec == 1 ? with_softmax<T, 1, int64_t>(softmax, fn) : cudaErrorInvalidValue;
+  if constexpr (kMax >= 8) {
+    if (vec == 8) return with_softmax<T, 8, int32_t>(softmax, fn);
+  }
+  if constexpr (kMax >= 4) {
+    if (vec == 4) return with_softmax<T, 4, int32_t>(softmax, fn);
+  }
+  if constexpr (kMax >= 2) {
+    if (vec == 2) return with_softmax<T, 2, int32_t>(softmax, fn);
+  }
+  if (vec == 1) return with_softmax<T, 1, int32_t>(softmax, fn);
+  return cudaErrorInvalidValue;
+}
+
+template <typename Fn>
+cudaError_t dispatch(DType dtype, LaunchShape shape, bool softmax, const Fn& fn) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return with_vec<float>(shape.vec, shape.wide_index, softmax, fn);
+    case DType::kFloat64:
+      return with_vec<double>(shape.vec, shape.wide_index, softmax, fn);
+    case DType::kFloat16:
+      return with_vec<__half>(shape.vec, shape.wide_index, softmax, fn);
+    case DType::kBFloat16:
+      return with_vec<__nv_bfloat16>(shape.vec, shape.wide_index, softmax, fn);
+  }
+  return cudaErrorInvalidValue;
+}
+
+struct ForwardLaunch {
+  const void* value;
+  const void* offset;
+  const void* mask;
+  void* out;
+  Params p;
+  LaunchShape shape;
+  int64_t total;
+  cudaStream_t stream;
+
+  template <typename T>
+  static constexpr int max_vec() {
+    return int(16 / sizeof(T));
+  }
+
+  template <typename T, int VEC, typename I, bool kSoftmax>
+  cudaError_t run() const {
+    forward_kernel<T, VEC, I, kSoftmax><<<unsigned(shape.blocks), kThreads, 0, stream>>>(
+        static_cast<const T*>(value), static_cast<const T*>(offset), static_cast<const T*>(mask), static_cast<T*>(out),
+        p, log2_of(shape.lanes), I(total));
+    return cudaGetLastError();
+  }
+};
+
+struct BackwardLaunch {
+  const void* grad_output;
+  const void* value;
+  const void* offset;
+  const void* mask;
+  void* grad_value;
+  void* grad_offset;
+  void* grad_mask;
+  Params p;
+  LaunchShape shape;
+  int64_t total;
+  cudaStream_t stream;
+
+  // 16 bytes of float accumulators (one float4 atomic); double has no vector atomics.
+  template <typename T>
+  static constexpr int max_vec() {
+    return std::is_same<T, double>::value ? 1 : 4;
+  }
+
+  template <typename T, int VEC, typename I, bool kSoftmax>
+  cudaError_t run() const {
+    using G = typename AccOf<T>::type;
+    backward_kernel<T, G, VEC, I, kSoftmax><<<unsigned(shape.blocks), kThreads, 0, stream>>>(
+        static_cast<const T*>(grad_output), static_cast<const T*>(value), static_cast<const T*>(offset),
+        static_cast<const T*>(mask), static_cast<G*>(grad_value), static_cast<T*>(grad_offset),
+        static_cast<T*>(grad_mask), p, log2_of(shape.lanes), I(total));
+    return cudaGetLastError();
+  }
+};
+
+LaunchShape finish_shape(const Params& p, int vec, int sm_count) {
+  LaunchShape shape{vec, lanes_for(p.group_channels, vec), 0, false};
+  int64_t total = p.batch * p.out_h * p.out_w * p.group * shape.lanes;
+  if (!fits_int32(p, shape.lanes, blocks_for(total, sm_count))) {
+    shape.vec = 1;
+    shape.lanes = lanes_for(p.group_channels, 1);
+    shape.wide_index = true;
+    total = p.batch * p.out_h * p.out_w * p.group * shape.lanes;
+  }
+  shape.blocks = blocks_for(total, sm_count);
+  return shape;
+}
+
+int64_t total_threads(const Params& p, const LaunchShape& shape) {
+  return p.batch * p.out_h * p.out_w * p.group * shape.lanes;
+}
+
+}  // namespace
+
+LaunchShape choose_forward_shape(DType dtype, const Params& p, const void* value, const void* out, int sm_count) {
+  const int size = element_size(dtype);
+  const Buffer buffers[] = {{value, size}, {out, size}};
+  return finish_shape(p, widest_vec(16 / size, p.group_channels, buffers, 2), sm_count);
+}
+
+LaunchShape choose_backward_shape(DType dtype, const Params& p, const void* grad_output, const void* value,
+                                  const void* grad_value_acc, int sm_count, int compute_major) {
+  const int size = element_size(dtype);
+  // One channel per thread keeps scalar atomics contiguous across a warp; sm_90+ adds float4 / float2 atomics.
+  const bool vector_atomics = compute_major >= 9 && dtype != DType::kFloat64;
+  const Buffer buffers[] = {{grad_output, size}, {value, size}, {grad_value_acc, dtype == DType::kFloat64 ? 8 : 4}};
+  const int vec = vector_atomics ? widest_vec(4, p.group_channels, buffers, 3) : 1;
+  return finish_shape(p, vec, sm_count);
 }
 
 cudaError_t launch_forward(DType dtype, const void* value, const void* offset, const void* mask, void* out,
-                           const Params& p, LaunchShape shape, cudaStream_t stream) {
-  return dispatch(dtype, shape.vec, [&]<typename T, int VEC>() {
-    return forward_typed<T, VEC>(value, offset, mask, out, p, shape.lanes, stream);
-  });
+                           const Params& p, bool mask_logits, cudaStream_t stream) {
+  DeviceInfo device{};
+  cudaError_t err = current_device(device);
+  if (err != cudaSuccess) return err;
+  const LaunchShape shape = choose_forward_shape(dtype, p, value, out, device.sm_count);
+  const int64_t total = total_threads(p, shape);
+  if (total == 0) return cudaSuccess;
+  return dispatch(dtype, shape, mask_logits, ForwardLaunch{value, offset, mask, out, p, shape, total, stream});
 }
 
 cudaError_t launch_backward(DType dtype, const void* grad_output, const void* value, const void* offset,
                             const void* mask, void* grad_value_acc, void* grad_offset, void* grad_mask,
-                            const Params& p, LaunchShape shape, cudaStream_t stream) {
-  return dispatch(dtype, shape.vec, [&]<typename T, int VEC>() {
-    return backward_typed<T, VEC>(grad_output, value, offset, mask, grad_value_acc, grad_offset, grad_mask, p,
-                                  shape.lanes, stream);
-  });
+                            const Params& p, bool mask_logits, cudaStream_t stream) {
+  DeviceInfo device{};
+  cudaError_t err = current_device(device);
+  if (err != cudaSuccess) return err;
+  const LaunchShape shape =
+      choose_backward_shape(dtype, p, grad_output, value, grad_value_acc, device.sm_count, device.major);
+  const int64_t total = total_threads(p, shape);
+  if (total == 0) return cudaSuccess;
+  return dispatch(dtype, shape, mask_logits,
+                  BackwardLaunch{grad_output, value, offset, mask, grad_value_acc, grad_offset, grad_mask, p, shape,
+                                 total, stream});
 }
 
 }  // namespace cuda

@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
 
 #include <tuple>
 
@@ -24,6 +25,11 @@ const char* const kSoftmaxForwardSchema =
     "dcnv3_softmax_forward(Tensor value, Tensor offset, Tensor mask_logits, int kernel_h, int kernel_w, "
     "int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, "
     "int group_channels, float offset_scale, bool remove_center) -> Tensor";
+
+const char* const kSoftmaxBackwardSchema =
+    "dcnv3_softmax_backward(Tensor grad_output, Tensor value, Tensor offset, Tensor mask_logits, int kernel_h, "
+    "int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, "
+    "int group_channels, float offset_scale, bool remove_center) -> (Tensor, Tensor, Tensor)";
 
 const char* const kBackwardSchema =
     "dcnv3_backward(Tensor grad_output, Tensor value, Tensor offset, Tensor mask, int kernel_h, int kernel_w, "
@@ -44,9 +50,26 @@ void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& value
               " but `value` has dtype ", value.scalar_type(), "; cast offset and mask to value's dtype");
 }
 
+// a * b, or a clear error naming the product when it does not fit in int64 (a wrapped product could pass the
+// shape checks below and send the kernels outside their buffers).
+int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t out = 0;
+  TORCH_CHECK(!c10::mul_overflows(a, b, &out), "dcnv3: ", what, " = ", a, " * ", b, " overflows int64");
+  return out;
+}
+
+int64_t checked_add(int64_t a, int64_t b, const char* what) {
+  int64_t out = 0;
+  TORCH_CHECK(!c10::add_overflows(a, b, &out), "dcnv3: ", what, " = ", a, " + ", b, " overflows int64");
+  return out;
+}
+
+// (size + 2 * pad - (dilation * (kernel - 1) + 1)) / stride + 1, clamped at 0, with every step checked.
 int64_t out_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
-  const int64_t out = (size + 2 * pad - (dilation * (kernel - 1) + 1)) / stride + 1;
-  return out > 0 ? out : 0;
+  const int64_t padded = checked_add(size, checked_mul(2, pad, "2 * pad"), "size + 2 * pad");
+  const int64_t span = checked_add(checked_mul(dilation, kernel - 1, "dilation * (kernel - 1)"), 1, "kernel span");
+  const int64_t out = (padded - span) / stride + 1;
+  return padded >= span ? out : 0;
 }
 
 // Validates every argument and returns the call's Params. Messages name the offending argument.
@@ -72,8 +95,12 @@ dcnv3::Params make_params(const at::Tensor& value, const at::Tensor& offset, con
               group_channels, ") must be positive");
   TORCH_CHECK(!remove_center || (kernel_h % 2 == 1 && kernel_w % 2 == 1),
               "dcnv3: remove_center needs odd kernel_h and kernel_w, got (", kernel_h, ", ", kernel_w, ")");
-  TORCH_CHECK(value.size(3) == group * group_channels, "dcnv3: `value` has ", value.size(3),
-              " channels but group * group_channels = ", group, " * ", group_channels, " = ", group * group_channels);
+  const int64_t channels = checked_mul(group, group_channels, "group * group_channels");
+  TORCH_CHECK(value.size(3) == channels, "dcnv3: `value` has ", value.size(3),
+              " channels but group * group_channels = ", group, " * ", group_channels, " = ", channels);
+  const int64_t points = checked_mul(kernel_h, kernel_w, "kernel_h * kernel_w") - (remove_center ? 1 : 0);
+  const int64_t mask_channels = checked_mul(group, points, "group * points");
+  const int64_t offset_channels = checked_mul(mask_channels, 2, "group * points * 2");
 
   dcnv3::Params p{};
   p.batch = value.size(0);
@@ -92,7 +119,7 @@ dcnv3::Params make_params(const at::Tensor& value, const at::Tensor& offset, con
   p.dilation_w = dilation_w;
   p.group = group;
   p.group_channels = group_channels;
-  p.points = kernel_h * kernel_w - (remove_center ? 1 : 0);
+  p.points = points;
   p.offset_scale = offset_scale;
   p.remove_center = remove_center;
 
@@ -101,12 +128,12 @@ dcnv3::Params make_params(const at::Tensor& value, const at::Tensor& offset, con
               ", ", p.out_w, ") for a ", kernel_h, "x", kernel_w, " kernel with stride (", stride_h, ", ", stride_w,
               "), pad (", pad_h, ", ", pad_w, "), dilation (", dilation_h, ", ", dilation_w, ") on a ", p.height, "x",
               p.width, " input");
-  TORCH_CHECK(offset.size(3) == group * p.points * 2, "dcnv3: `offset` must have group * points * 2 = ", group, " * ",
-              p.points, " * 2 = ", group * p.points * 2, " channels, got ", offset.size(3));
+  TORCH_CHECK(offset.size(3) == offset_channels, "dcnv3: `offset` must have group * points * 2 = ", group, " * ",
+              points, " * 2 = ", offset_channels, " channels, got ", offset.size(3));
   TORCH_CHECK(mask.size(0) == p.batch && mask.size(1) == p.out_h && mask.size(2) == p.out_w, "dcnv3: `mask` has shape ",
               mask.sizes(), " but (N, H_out, W_out) must be (", p.batch, ", ", p.out_h, ", ", p.out_w, ")");
-  TORCH_CHECK(mask.size(3) == group * p.points, "dcnv3: `mask` must have group * points = ", group, " * ", p.points,
-              " = ", group * p.points, " channels, got ", mask.size(3));
+  TORCH_CHECK(mask.size(3) == mask_channels, "dcnv3: `mask` must have group * points = ", group, " * ", points,
+              " = ", mask_channels, " channels, got ", mask.size(3));
   return p;
 }
 
@@ -143,10 +170,14 @@ at::Tensor dcnv3_softmax_forward(const at::Tensor& value, const at::Tensor& offs
                                  int64_t group_channels, double offset_scale, bool remove_center) {
   const dcnv3::Params p = make_params(value, offset, mask_logits, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                       dilation_h, dilation_w, group, group_channels, offset_scale, remove_center);
-  TORCH_CHECK(value.is_cpu(), "dcnv3_softmax_forward: CPU only, got tensors on ", value.device(),
-              "; on CUDA apply the softmax over each group's points and call dcnv3_forward");
-  return dcnv3::forward_cpu(value.contiguous(), offset.contiguous(), mask_logits.contiguous(), p,
-                            /*mask_logits=*/true);
+  const at::Tensor v = value.contiguous();
+  const at::Tensor o = offset.contiguous();
+  const at::Tensor m = mask_logits.contiguous();
+#if defined(CUDA_KERNEL)
+  if (v.is_cuda()) return dcnv3::forward_cuda(v, o, m, p, /*mask_logits=*/true);
+#endif
+  TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
+  return dcnv3::forward_cpu(v, o, m, p, /*mask_logits=*/true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
@@ -162,23 +193,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
   const at::Tensor o = offset.contiguous();
   const at::Tensor m = mask.contiguous();
 #if defined(CUDA_KERNEL)
-  if (v.is_cuda()) return dcnv3::backward_cuda(g, v, o, m, p);
+  if (v.is_cuda()) return dcnv3::backward_cuda(g, v, o, m, p, /*mask_logits=*/false);
 #endif
   TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
   return dcnv3::backward_cpu(g, v, o, m, p);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_softmax_backward(
+    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask_logits,
+    int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels, double offset_scale,
+    bool remove_center) {
+  const dcnv3::Params p = make_params(value, offset, mask_logits, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                      dilation_h, dilation_w, group, group_channels, offset_scale, remove_center);
+  check_grad_output(grad_output, value, p);
+  const at::Tensor g = grad_output.contiguous();
+  const at::Tensor v = value.contiguous();
+  const at::Tensor o = offset.contiguous();
+  const at::Tensor m = mask_logits.contiguous();
+#if defined(CUDA_KERNEL)
+  if (v.is_cuda()) return dcnv3::backward_cuda(g, v, o, m, p, /*mask_logits=*/true);
+#endif
+  TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
+  return dcnv3::softmax_backward_cpu(g, v, o, m, p);
 }
 
 TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.def(kForwardSchema);
   ops.def(kSoftmaxForwardSchema);
   ops.def(kBackwardSchema);
+  ops.def(kSoftmaxBackwardSchema);
   ops.impl("dcnv3_forward", c10::DeviceType::CPU, &dcnv3_forward);
   ops.impl("dcnv3_softmax_forward", c10::DeviceType::CPU, &dcnv3_softmax_forward);
   ops.impl("dcnv3_backward", c10::DeviceType::CPU, &dcnv3_backward);
+  ops.impl("dcnv3_softmax_backward", c10::DeviceType::CPU, &dcnv3_softmax_backward);
 #if defined(CUDA_KERNEL)
   ops.impl("dcnv3_forward", c10::DeviceType::CUDA, &dcnv3_forward);
-  ops.impl("dcnv3_softmax_forward", c10::DeviceType::CUDA, &dcnv3_softmax_forward);  // raises a clear error
+  ops.impl("dcnv3_softmax_forward", c10::DeviceType::CUDA, &dcnv3_softmax_forward);
   ops.impl("dcnv3_backward", c10::DeviceType::CUDA, &dcnv3_backward);
+  ops.impl("dcnv3_softmax_backward", c10::DeviceType::CUDA, &dcnv3_softmax_backward);
 #endif
 }
 

@@ -16,12 +16,18 @@ at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& offset, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_output, const at::Tensor& value,
                                                             const at::Tensor& offset, const at::Tensor& mask,
                                                             const Params& p);
+// backward_cpu for `mask_logits`: the third gradient is w.r.t. the logits (softmax Jacobian applied).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_backward_cpu(const at::Tensor& grad_output,
+                                                                    const at::Tensor& value, const at::Tensor& offset,
+                                                                    const at::Tensor& mask_logits, const Params& p);
 
 #if defined(CUDA_KERNEL)
-at::Tensor forward_cuda(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, const Params& p);
+// mask_logits: the softmax runs inside the kernels; the backward then returns the gradient w.r.t. the logits.
+at::Tensor forward_cuda(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, const Params& p,
+                        bool mask_logits);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_output, const at::Tensor& value,
                                                              const at::Tensor& offset, const at::Tensor& mask,
-                                                             const Params& p);
+                                                             const Params& p, bool mask_logits);
 #endif
 
 }  // namespace dcnv3
@@ -33,8 +39,7 @@ at::Tensor dcnv3_forward(const at::Tensor& value, const at::Tensor& offset, cons
                          int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels,
                          double offset_scale, bool remove_center);
 
-// dcnv3_forward with `mask_logits` normalised by a softmax over each group's points inside the op (CPU only:
-// on CUDA a separate softmax is cheap).
+// dcnv3_forward with `mask_logits` normalised by a softmax over each group's points inside the op.
 at::Tensor dcnv3_softmax_forward(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask_logits,
                                  int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
                                  int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t group,
@@ -42,6 +47,13 @@ at::Tensor dcnv3_softmax_forward(const at::Tensor& value, const at::Tensor& offs
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
     const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask,
+    int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+    int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels, double offset_scale,
+    bool remove_center);
+
+// dcnv3_backward of dcnv3_softmax_forward: (grad_value, grad_offset, grad_mask_logits).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_softmax_backward(
+    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask_logits,
     int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels, double offset_scale,
     bool remove_center);

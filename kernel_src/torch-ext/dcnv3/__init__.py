@@ -3,7 +3,7 @@
 ``dcnv3(value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
 group, group_channels, offset_scale, remove_center)`` computes, for NHWC ``value`` (N, H, W, G*Cg), pixel
 ``offset`` (N, Ho, Wo, G*P*2) and ``mask`` (N, Ho, Wo, G*P), the output (N, Ho, Wo, G*Cg); ``dcnv3_softmax`` takes
-mask logits and applies InternImage's softmax over each group's points itself (fused into the op on CPU).
+mask logits and applies InternImage's softmax over each group's points inside the op (CPU and CUDA).
 ``layers`` holds the modules used by ``kernels.kernelize`` (``DCNv3Core``, ``InternImageMLP``).
 """
 

@@ -15,8 +15,7 @@ from ._ops import add_op_namespace_prefix, ops
 _FORWARD = add_op_namespace_prefix("dcnv3_forward")
 _SOFTMAX_FORWARD = add_op_namespace_prefix("dcnv3_softmax_forward")
 _BACKWARD = add_op_namespace_prefix("dcnv3_backward")
-# Index of `group` among the integer/float arguments that follow (value, offset, mask).
-_GROUP_ARG = 8
+_SOFTMAX_BACKWARD = add_op_namespace_prefix("dcnv3_softmax_backward")
 
 
 def _register_python_side() -> None:
@@ -45,6 +44,10 @@ def _register_python_side() -> None:
         _check_meta(value, offset, mask, grad_output)
         # The real op returns contiguous gradients shaped like its inputs.
         return value.new_empty(value.shape), offset.new_empty(offset.shape), mask.new_empty(mask.shape)
+
+    @torch.library.register_fake(_SOFTMAX_BACKWARD)
+    def _softmax_backward_fake(grad_output, value, offset, mask_logits, *args):
+        return _backward_fake(grad_output, value, offset, mask_logits, *args)
 
     torch.library.register_autograd(_FORWARD, _backward, setup_context=_setup_context)
     torch.library.register_autograd(_SOFTMAX_FORWARD, _softmax_backward, setup_context=_setup_context)
@@ -78,29 +81,10 @@ def _backward(ctx, grad_output):
     return (grad_value, grad_offset, grad_mask) + (None,) * len(ctx.params)
 
 
-def softmax_over_points(mask_logits: torch.Tensor, group: int) -> torch.Tensor:
-    """Softmax over each group's points: ``(N, Ho, Wo, G * P)`` -> same shape, in float32 for half inputs.
-
-    Written out elementwise: on CPU `torch.softmax` over an 8- or 9-wide innermost dimension is several times slower.
-    """
-    compute = torch.float64 if mask_logits.dtype == torch.float64 else torch.float32
-    grouped = mask_logits.to(compute).unflatten(-1, (group, -1))
-    weights = (grouped - grouped.detach().amax(-1, keepdim=True)).exp()
-    return (weights / weights.sum(-1, keepdim=True)).flatten(-2)
-
-
 def _softmax_backward(ctx, grad_output):
     value, offset, mask_logits = ctx.saved_tensors
-    group = ctx.params[_GROUP_ARG]
-    mask = softmax_over_points(mask_logits, group)
-    grad_value, grad_offset, grad_mask = ops.dcnv3_backward(
-        grad_output, value, offset, mask.to(value.dtype), *ctx.params
-    )
-    # Softmax Jacobian per (pixel, group): d logits = p * (d p - sum(p * d p)).
-    probs = mask.unflatten(-1, (group, -1))
-    grad_probs = grad_mask.to(probs.dtype).unflatten(-1, (group, -1))
-    grad_logits = probs * (grad_probs - (probs * grad_probs).sum(-1, keepdim=True))
-    return (grad_value, grad_offset, grad_logits.flatten(-2).to(mask_logits.dtype)) + (None,) * len(ctx.params)
+    grads = ops.dcnv3_softmax_backward(grad_output, value, offset, mask_logits, *ctx.params)
+    return tuple(grads) + (None,) * len(ctx.params)
 
 
 _register_python_side()
@@ -181,13 +165,9 @@ def dcnv3_softmax(
 ) -> torch.Tensor:
     """`dcnv3` with ``mask = softmax over each group's P points of mask_logits`` (InternImage's normalisation).
 
-    On CPU the softmax runs inside the op (no normalised mask is materialised); on other devices it is a
-    separate softmax followed by `dcnv3`. Differentiable in value, offset and mask_logits.
+    The softmax runs inside the op on every device (no normalised mask is written to memory), and its Jacobian
+    inside the backward op. Differentiable in value, offset and mask_logits.
     """
-    if value.device.type != "cpu":
-        mask = softmax_over_points(mask_logits, int(group))
-        return dcnv3(value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                     dilation_w, group, group_channels, offset_scale, remove_center)  # fmt: skip
     if offset.dtype != value.dtype:
         offset = offset.to(value.dtype)
     if mask_logits.dtype != value.dtype:

@@ -5,7 +5,7 @@ uses that module's attributes. The classes must stay pure ``nn.Module``: no ``__
 ``forward``, ``has_backward`` and ``can_torch_compile``.
 
 - ``DCNv3Core`` (``internimage_hf.dcnv3.DCNv3Core``): softmax over each group's points + DCNv3 sampling, in one
-  op on CPU.
+  op (forward and backward) on CPU and CUDA.
 - ``InternImageMLP`` (``internimage_hf.modeling_internimage.InternImageMLP``, mapped for CPU only): in float32
   inference, oneDNN linears with the bias and the activation fused into the matrix multiply, which saves
   InternImage's largest activation (the 4x-wide hidden layer) two passes through memory.
