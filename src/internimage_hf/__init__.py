@@ -11,6 +11,7 @@ from .dcnv3 import DCNv3Core, dcnv3_core
 from .hub_kernels import dcnv3_backend, kernelize, register_dcnv3_kernel_mapping
 from .image_processing_internimage import InternImageImageProcessor
 from .image_processing_pil_internimage import InternImageImageProcessorPil
+from .kernel_pin import KernelPinError
 from .modeling_internimage import (
     InternImageBackbone,
     InternImageForImageClassification,
@@ -32,6 +33,8 @@ try:  # map DCNv3Core to the pinned hub kernel for `from_pretrained(..., use_ker
     register_dcnv3_kernel_mapping()
 except ImportError:
     pass  # `kernels` is not installed: the portable PyTorch core runs
+except KernelPinError:
+    pass  # this release pins no hub kernel commit (kernelize says so when called): the PyTorch core runs
 
 __version__ = "0.1.0"
 

@@ -9,13 +9,13 @@ loaded, and otherwise keeps the portable PyTorch path:
 - importing this module imports neither ``kernels`` nor anything that touches the network;
 - the network is only contacted by `kernelize` (or by `from_pretrained(..., use_kernels=True)` after
   `register_dcnv3_kernel_mapping`), never at import or model construction;
-- failures (``kernels`` missing, offline without a cached kernel, unsupported device, no matching build
-  variant) leave the model on the PyTorch path and are logged once.
+- failures (``kernels`` missing, no commit pinned for the default kernel, offline without a cached kernel,
+  unsupported device, no build variant for this torch) leave the model on the PyTorch path and are logged once.
 
-Kernel selection, highest priority first: the ``local_path`` / ``repo_id`` arguments, the environment
-variable ``INTERNIMAGE_DCNV3_KERNEL`` (a hub repo id, or a path to a local kernel repo / build dir), the
-pinned default `DCNV3_KERNEL_REPO_ID` at version `DCNV3_KERNEL_VERSION`. ``INTERNIMAGE_DCNV3_KERNEL_REVISION``
-pins a hub revision (branch, tag or commit) instead of the version.
+Which kernel is loaded, and when its code is trusted, is decided by `internimage_hf.kernel_source`: the
+``local_path`` / ``repo_id`` arguments, the environment variable ``INTERNIMAGE_DCNV3_KERNEL``, else the commit
+pinned in the package (`internimage_hf.kernel_pin`). Local kernels load the build variant that fits the torch
+and the model's device (`internimage_hf.local_kernels`).
 
 transformers integration: ``from_pretrained(..., use_kernels=True)`` kernelizes with the global ``kernels``
 mapping, so call `register_dcnv3_kernel_mapping()` first. That path needs a transformers release whose
@@ -29,20 +29,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from pathlib import Path
 
 from torch import nn
 
+from .kernel_pin import KernelPinError
+from .kernel_source import (
+    DCNV3_KERNEL_REPO_ID,
+    DCNV3_KERNEL_VERSION,
+    KERNEL_ENV,
+    REVISION_ENV,
+    KernelSource,
+    resolve_kernel_source,
+)
+from .local_kernels import LocalKernelRepository, select_local_variant
+
 logger = logging.getLogger(__name__)
 
-DCNV3_KERNEL_REPO_ID = "internimage-hf/dcnv3"
-DCNV3_KERNEL_VERSION = 1
 DCNV3_LAYER_NAME = "DCNv3Core"
 MLP_LAYER_NAME = "InternImageMLP"
 # Devices each kernel layer is mapped for: the MLP layer only pays off where oneDNN runs the linears.
 LAYER_DEVICES = {DCNV3_LAYER_NAME: ("cuda", "cpu"), MLP_LAYER_NAME: ("cpu",)}
-KERNEL_ENV = "INTERNIMAGE_DCNV3_KERNEL"
-REVISION_ENV = "INTERNIMAGE_DCNV3_KERNEL_REVISION"
 SUPPORTED_DEVICES = ("cuda", "cpu")
 PYTORCH_BACKEND = "pytorch"
 
@@ -51,72 +57,31 @@ _SOURCE_ATTR = "_dcnv3_kernel_source"
 _logged: set[str] = set()
 
 
-@dataclasses.dataclass(frozen=True)
-class KernelSource:
-    """Where the DCNv3 kernel comes from: a hub repo (``revision`` or ``version``) or a local directory."""
-
-    repo_id: str | None = None
-    revision: str | None = None
-    version: int | None = None
-    local_path: Path | None = None
-
-    def describe(self) -> str:
-        """``"local:<path>"``, ``"hub:<repo>@v<version>"`` or ``"hub:<repo>@<revision>"``."""
-        if self.local_path is not None:
-            return f"local:{self.local_path}"
-        pin = f"v{self.version}" if self.version is not None else self.revision
-        return f"hub:{self.repo_id}@{pin}"
-
-
 def _log_once(level: int, message: str) -> None:
     if message not in _logged:
         _logged.add(message)
         logger.log(level, message)
 
 
-def resolve_kernel_source(
-    repo_id: str | None = None,
-    revision: str | None = None,
-    version: int | None = None,
-    local_path: str | os.PathLike | None = None,
-) -> KernelSource:
-    """Apply the selection rules (arguments, then environment, then the pinned default); no I/O."""
-    if revision is not None and version is not None:
-        raise ValueError("pass either `revision` or `version` for the DCNv3 kernel, not both")
-    if local_path is not None:
-        return KernelSource(local_path=Path(local_path).expanduser())
-    if repo_id is None:
-        env = os.environ.get(KERNEL_ENV, "").strip()
-        if env and (Path(env).expanduser().exists() or env.startswith((".", "/", "~"))):
-            return KernelSource(local_path=Path(env).expanduser())
-        repo_id = env or DCNV3_KERNEL_REPO_ID
-    if revision is None and version is None:
-        revision = os.environ.get(REVISION_ENV, "").strip() or None
-    if revision is None and version is None:
-        version = DCNV3_KERNEL_VERSION
-    return KernelSource(repo_id=repo_id, revision=revision, version=version)
-
-
-def _repository(source: KernelSource, layer_name: str):
-    """The ``kernels`` mapping target of ``layer_name`` for ``source`` (imports ``kernels``)."""
+def _repository(source: KernelSource, layer_name: str, device: str):
+    """The ``kernels`` mapping target of ``layer_name`` on ``device`` for ``source`` (imports ``kernels``)."""
     import kernels
 
     if source.local_path is not None:
-        return kernels.LocalLayerRepository(source.local_path, layer_name=layer_name)
-    # Our own org is not a "trusted kernel publisher" on the Hub; the repo is chosen explicitly here.
+        return LocalKernelRepository(source.local_path, layer_name=layer_name, device=device)
     return kernels.LayerRepository(
         source.repo_id,
         layer_name=layer_name,
         revision=source.revision,
         version=source.version,
-        trust_remote_code=True,
+        trust_remote_code=source.trust_remote_code,
     )
 
 
 def _kernel_mapping(source: KernelSource, devices) -> dict:
     """``{layer name: {device: repository}}`` for the given devices (a layer without them maps to ``{}``)."""
     return {
-        layer_name: {device: _repository(source, layer_name) for device in devices if device in layer_devices}
+        layer_name: {device: _repository(source, layer_name, device) for device in devices if device in layer_devices}
         for layer_name, layer_devices in LAYER_DEVICES.items()
     }
 
@@ -126,20 +91,26 @@ def register_dcnv3_kernel_mapping(
     revision: str | None = None,
     version: int | None = None,
     local_path: str | os.PathLike | None = None,
+    trust_remote_code: bool | list[str] = False,
 ) -> KernelSource:
     """Register the global ``kernels`` mapping of the kernel layers (`LAYER_DEVICES`).
 
     Needed before ``from_pretrained(..., use_kernels=True)``; `kernelize` does not need it. Nothing is
     downloaded here (``kernels`` resolves lazily on the first kernelize).
 
+    Args:
+        repo_id, revision, version, local_path, trust_remote_code: kernel selection and trust (see
+            `internimage_hf.kernel_source`).
+
     Raises:
         ImportError: ``kernels`` is not installed.
+        KernelPinError: the default hub kernel is selected but this release pins no commit.
     """
     try:
         import kernels
     except ImportError as err:
         raise ImportError("register_dcnv3_kernel_mapping needs the `kernels` package: pip install kernels") from err
-    source = resolve_kernel_source(repo_id, revision, version, local_path)
+    source = resolve_kernel_source(repo_id, revision, version, local_path, trust_remote_code)
     kernels.register_kernel_mapping(_kernel_mapping(source, SUPPORTED_DEVICES))
     return source
 
@@ -189,6 +160,7 @@ def kernelize(
     revision: str | None = None,
     version: int | None = None,
     local_path: str | os.PathLike | None = None,
+    trust_remote_code: bool | list[str] = False,
 ) -> nn.Module:
     """Run the model's DCNv3 cores (and, on CPU, its MLPs) on the hub (or local) kernel when possible.
 
@@ -199,10 +171,16 @@ def kernelize(
         mode: a ``kernels.Mode`` (or ``"inference"`` / ``"training"``); default from ``model.training``.
             Add ``kernels.Mode.TORCH_COMPILE`` when the model will be compiled.
         device: ``"cuda"`` or ``"cpu"``; default: the device of the model's parameters.
-        repo_id, revision, version, local_path: kernel selection (see the module docstring).
+        repo_id, revision, version, local_path: kernel selection (see `internimage_hf.kernel_source`); by default
+            the hub commit pinned in the package.
+        trust_remote_code: let ``kernels`` run hub code from a publisher the Hub does not flag as trusted (``True``
+            or a list of repo ids). Only the pinned default commit is trusted without it.
 
     Returns:
         ``model``. `dcnv3_backend` tells which implementation runs.
+
+    Raises:
+        ValueError: conflicting or malformed selection arguments (or ``INTERNIMAGE_DCNV3_KERNEL``), unknown mode.
     """
     if not _dcnv3_modules(model):
         return model
@@ -216,9 +194,15 @@ def kernelize(
     if device not in SUPPORTED_DEVICES:
         _log_once(logging.WARNING, f"DCNv3: no kernel for device {device!r}; running the PyTorch implementation")
         return model
-    source = resolve_kernel_source(repo_id, revision, version, local_path)
     kernel_mode = _to_mode(mode, kernels, model.training)
     try:
+        source = resolve_kernel_source(repo_id, revision, version, local_path, trust_remote_code)
+    except KernelPinError as err:
+        _log_once(logging.WARNING, f"DCNv3: {err}; running the PyTorch implementation")
+        return model
+    try:
+        if source.local_path is not None:  # report (and load) the variant picked for this torch and device
+            source = dataclasses.replace(source, local_path=select_local_variant(source.local_path, device))
         mapping = _kernel_mapping(source, (device,))
         with kernels.use_kernel_mapping(mapping, inherit_mapping=False):
             kernels.kernelize(model, mode=kernel_mode, device=device, use_fallback=True)
@@ -272,8 +256,11 @@ __all__ = [
     "DCNV3_KERNEL_REPO_ID",
     "DCNV3_KERNEL_VERSION",
     "DCNV3_LAYER_NAME",
+    "KERNEL_ENV",
     "LAYER_DEVICES",
     "MLP_LAYER_NAME",
+    "REVISION_ENV",
+    "KernelPinError",
     "KernelSource",
     "dcnv3_backend",
     "kernelize",
