@@ -1,0 +1,211 @@
+"""Run the unchanged CUDA DCNv3 kernels on the CPU: build with the host compiler against a CUDA emulation, call.
+
+``build_emulator`` copies ``dcnv3_cuda/dcnv3_kernels.cu``, rewrites only its launch syntax
+(``kernel<<<grid, block, shared, stream>>>(args)`` -> ``::emu::launch(kernel, grid, block, shared, stream, args)``),
+and compiles it with ``include/`` (the emulated CUDA headers), ``emu_runtime.cpp`` and ``harness.cpp`` into a
+shared library for one ``__CUDA_ARCH__``. ``CudaEmulator`` calls the kernels' real launch functions through it on
+CPU tensors: the launch code picks the vector width, lanes, index width and grid exactly as on a GPU, for the
+emulated device's SM count and compute capability (``configure``).
+
+Buffers are surrounded by guard zones: NaN before and after every input (an out-of-bounds read poisons the
+result) and a sentinel around every output (an out-of-bounds write changes it); outputs start as NaN so that an
+element the kernel never writes fails the comparison.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+KERNEL_FILE = Path("dcnv3_cuda") / "dcnv3_kernels.cu"
+DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+GUARD = 64  # elements of guard zone on each side of a buffer
+OUTPUT_SENTINEL = 1234.5
+# kernel<T, ...><<<config>>>( : the name (optionally with template arguments), the configuration.
+LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;{}]*>)?)\s*<<<(.*?)>>>\s*\(", re.S)
+
+
+class EmulationError(RuntimeError):
+    """A launch the emulation refused or a kernel that failed (message from the emulated runtime)."""
+
+
+def rewrite_launches(source: str) -> tuple[str, int]:
+    """The source with every ``<<<...>>>`` launch turned into an ``::emu::launch`` call; (text, launches)."""
+    rewritten, count = LAUNCH.subn(lambda m: f"::emu::launch({m.group(1)}, {m.group(2)}, ", source)
+    if "<<<" in rewritten or ">>>" in rewritten:
+        raise EmulationError("a kernel launch was not rewritten; only `name<...><<<cfg>>>(` is supported")
+    changed = [a for a, b in zip(source.splitlines(), rewritten.splitlines(), strict=True) if a != b]
+    if any("<<<" not in line for line in changed):
+        raise EmulationError("the rewrite touched a line without a launch")
+    return rewritten, count
+
+
+def _source_key(kernel_src: Path, arch: int) -> str:
+    digest = hashlib.sha256(f"arch={arch}".encode())
+    files = [HERE / "include" / n for n in sorted(os.listdir(HERE / "include"))]
+    files += [HERE / "emu_runtime.cpp", HERE / "harness.cpp", kernel_src / KERNEL_FILE]
+    files += sorted((kernel_src / "dcnv3_common").glob("*.h")) + [kernel_src / "dcnv3_cuda" / "dcnv3_cuda_launch.h"]
+    for path in files:
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_emulator(kernel_src: Path, build_dir: Path, arch: int = 800, kernel_file: Path | None = None) -> Path:
+    """Compile the emulated kernels for ``__CUDA_ARCH__ == arch`` into ``build_dir``; returns the library path.
+
+    ``kernel_file`` replaces ``kernel_src/dcnv3_cuda/dcnv3_kernels.cu`` (for self-checks of broken copies).
+    Builds are cached by the hash of every input.
+    """
+    kernel_src = Path(kernel_src)
+    source = (kernel_file or kernel_src / KERNEL_FILE).read_text()
+    key = hashlib.sha256((_source_key(kernel_src, arch) + source).encode()).hexdigest()[:16]
+    library = Path(build_dir) / f"dcnv3_emu_sm{arch}_{key}.so"
+    if library.exists():
+        return library
+    rewritten, launches = rewrite_launches(source)
+    if launches == 0:
+        raise EmulationError("no kernel launch found in the CUDA source")
+    work = Path(build_dir) / f"src_{key}"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "dcnv3_cuda").mkdir(parents=True)
+    (work / "dcnv3_cuda" / "dcnv3_kernels.cu.cpp").write_text(rewritten)
+    compiler = os.environ.get("CXX", "g++")
+    cmd = [
+        compiler, "-std=c++17", "-O2", "-g0", "-fPIC", "-shared", "-fno-strict-aliasing",
+        "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
+        f"-D__CUDA_ARCH__={arch}", f"-I{HERE / 'include'}", f"-I{kernel_src}",
+        str(work / "dcnv3_cuda" / "dcnv3_kernels.cu.cpp"), str(HERE / "emu_runtime.cpp"), str(HERE / "harness.cpp"),
+        "-o", str(library.with_suffix(".tmp")),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EmulationError(f"emulator build failed:\n{' '.join(cmd)}\n{proc.stderr[-6000:]}")
+    os.replace(library.with_suffix(".tmp"), library)
+    return library
+
+
+@dataclasses.dataclass
+class LaunchShape:
+    """What the launch code chose: vector width, threads per (pixel, group), blocks, 64-bit indices."""
+
+    vec: int
+    lanes: int
+    blocks: int
+    wide_index: bool
+
+
+class Guarded:
+    """A tensor inside a larger buffer with guard zones; ``misalign`` shifts it by one element."""
+
+    def __init__(self, shape, dtype, fill, guard_fill, misalign=False):
+        numel = 1
+        for size in shape:
+            numel *= size
+        start = GUARD + (1 if misalign else 0)
+        self.storage = torch.full((numel + 2 * GUARD + 1,), guard_fill, dtype=dtype)
+        self.start, self.numel, self.guard_fill = start, numel, guard_fill
+        self.tensor = self.storage[start : start + numel].view(shape)
+        if isinstance(fill, torch.Tensor):
+            self.tensor.copy_(fill)
+        else:
+            self.tensor.fill_(fill)
+
+    def guards_intact(self) -> bool:
+        outside = torch.cat([self.storage[: self.start], self.storage[self.start + self.numel :]])
+        expected = torch.full_like(outside, self.guard_fill)
+        return bool(
+            torch.equal(outside.isnan(), expected.isnan()) and (outside.nan_to_num() == expected.nan_to_num()).all()
+        )
+
+    def ptr(self):
+        return ctypes.c_void_p(self.tensor.data_ptr())
+
+
+def _shape_array(value, offset, params, points) -> ctypes.Array:
+    n, h, w, c = value.shape
+    fields = [
+        n, h, w, c, offset.shape[1], offset.shape[2], params["kernel_h"], params["kernel_w"], params["stride_h"],
+        params["stride_w"], params["pad_h"], params["pad_w"], params["dilation_h"], params["dilation_w"],
+        params["group"], params["group_channels"], points,
+    ]  # fmt: skip
+    return (ctypes.c_int64 * len(fields))(*fields)
+
+
+class CudaEmulator:
+    """The emulated kernels of one build. Inputs are CPU tensors; outputs are checked for guard-zone writes."""
+
+    def __init__(self, library: Path):
+        self.lib = ctypes.CDLL(str(library))
+        self.lib.emu_last_message.restype = ctypes.c_char_p
+        self.lib.emu_forward.restype = ctypes.c_int
+        self.lib.emu_backward.restype = ctypes.c_int
+        self.configure()
+
+    def configure(self, sm_count: int = 2, compute_capability: tuple[int, int] = (8, 0)) -> None:
+        """Properties of the emulated device, as the launch code reads them."""
+        self.lib.emu_configure(sm_count, compute_capability[0], compute_capability[1])
+
+    def atomic_stats(self) -> dict:
+        out = (ctypes.c_double * 4)()
+        self.lib.emu_atomic_stats(out)
+        return {"floats": out[0], "sector_ops": out[1], "instructions": out[2], "lane_ops": out[3]}
+
+    def reset_atomic_stats(self) -> None:
+        self.lib.emu_reset_atomic_stats()
+
+    def _check(self, status: int, what: str) -> None:
+        if status != 0:
+            message = self.lib.emu_last_message().decode()
+            self.lib.emu_clear_error()
+            raise EmulationError(f"{what}: CUDA error {status}: {message}")
+
+    @staticmethod
+    def _inputs(tensors, misalign):
+        return [Guarded(t.shape, t.dtype, t, float("nan"), misalign) for t in tensors]
+
+    def forward(self, value, offset, mask, params: dict, mask_logits=False, misalign=False):
+        """Output of the CUDA forward; returns (output, LaunchShape)."""
+        points = offset.shape[-1] // (2 * params["group"])
+        v, o, m = self._inputs((value, offset, mask), misalign)
+        out_shape = (value.shape[0], offset.shape[1], offset.shape[2], value.shape[3])
+        out = Guarded(out_shape, value.dtype, float("nan"), OUTPUT_SENTINEL, misalign)
+        shape = (ctypes.c_int64 * 4)()
+        status = self.lib.emu_forward(
+            DTYPES[value.dtype], v.ptr(), o.ptr(), m.ptr(), out.ptr(), _shape_array(value, offset, params, points),
+            ctypes.c_double(params["offset_scale"]), int(bool(params["remove_center"])), int(mask_logits), shape,
+        )  # fmt: skip
+        self._check(status, "forward")
+        if not out.guards_intact():
+            raise EmulationError("forward wrote outside its output buffer")
+        return out.tensor.clone(), LaunchShape(shape[0], shape[1], shape[2], bool(shape[3]))
+
+    def backward(self, grad_output, value, offset, mask, params: dict, mask_logits=False, misalign=False):
+        """(grad_value, grad_offset, grad_mask) of the CUDA backward in the input dtype; plus the LaunchShape."""
+        points = offset.shape[-1] // (2 * params["group"])
+        g, v, o, m = self._inputs((grad_output, value, offset, mask), misalign)
+        acc_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
+        # The launch contract: grad_value_acc zero-initialised; grad_offset / grad_mask fully overwritten.
+        grad_value = Guarded(value.shape, acc_dtype, 0.0, OUTPUT_SENTINEL, misalign)
+        grad_offset = Guarded(offset.shape, value.dtype, float("nan"), OUTPUT_SENTINEL, misalign)
+        grad_mask = Guarded(mask.shape, value.dtype, float("nan"), OUTPUT_SENTINEL, misalign)
+        shape = (ctypes.c_int64 * 4)()
+        status = self.lib.emu_backward(
+            DTYPES[value.dtype], g.ptr(), v.ptr(), o.ptr(), m.ptr(), grad_value.ptr(), grad_offset.ptr(),
+            grad_mask.ptr(), _shape_array(value, offset, params, points), ctypes.c_double(params["offset_scale"]),
+            int(bool(params["remove_center"])), int(mask_logits), shape,
+        )  # fmt: skip
+        self._check(status, "backward")
+        for name, buffer in (("grad_value", grad_value), ("grad_offset", grad_offset), ("grad_mask", grad_mask)):
+            if not buffer.guards_intact():
+                raise EmulationError(f"backward wrote outside {name}")
+        grads = (grad_value.tensor.to(value.dtype), grad_offset.tensor.clone(), grad_mask.tensor.clone())
+        return grads, LaunchShape(shape[0], shape[1], shape[2], bool(shape[3]))
