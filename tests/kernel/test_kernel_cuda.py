@@ -195,12 +195,32 @@ def test_torch_compile_cuda(cuda_kernel):
     torch.testing.assert_close(fn(value, offset, mask), 2 * cuda_kernel.dcnv3_softmax(value, offset, mask, **params))
 
 
-def test_softmax_variant_on_cuda(cuda_kernel):
-    """`dcnv3_softmax` normalises with a separate softmax on CUDA; the fused raw op is CPU-only."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_fused_softmax_on_cuda(cuda_kernel, dtype):
+    """`dcnv3_softmax` is one kernel forward and one backward on CUDA (softmax and its Jacobian inside)."""
     params = CASES["internimage_t"]
-    value, offset, logits = make_inputs(params, batch=2, height=9, width=9, device="cuda", mask_logits=True)
-    out = cuda_kernel.dcnv3_softmax(value, offset, logits * 3, **params)
-    expected = reference_core(*(t.double().cpu() for t in (value, offset, logits * 3)), params)
-    torch.testing.assert_close(out.double().cpu(), expected, atol=1e-4, rtol=0)
-    with pytest.raises(RuntimeError, match="CPU only"):
-        cuda_kernel._ops.ops.dcnv3_softmax_forward(value, offset, logits, *params.values())
+    value, offset, logits = make_inputs(params, batch=2, height=9, width=9, dtype=torch.float64, mask_logits=True)
+    offset = _off_cell_boundaries(offset, params["offset_scale"])
+    rounded = [t.to(dtype) for t in (value, offset, logits * 3)]
+    grad = torch.randn(2, 9, 9, value.shape[3], dtype=torch.float64).to(dtype)
+    ref_out, ref_grads = _forward_backward(
+        lambda v, o, m, **p: reference_core(v, o, m, p), [t.double() for t in rounded], params, grad.double()
+    )
+    out, grads = _forward_backward(cuda_kernel.dcnv3_softmax, [t.cuda() for t in rounded], params, grad.cuda())
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(out.double().cpu(), ref_out, atol=tol * 4, rtol=tol)
+    for got, want, name in zip(grads, ref_grads, ("value", "offset", "logits"), strict=True):
+        scale = max(want.abs().max().item(), 1.0)
+        torch.testing.assert_close(got.double().cpu(), want, atol=tol * 8 * scale, rtol=tol, msg=name)
+
+
+def test_backward_alerts_non_determinism(cuda_kernel):
+    params = CASES["internimage_t"]
+    value, offset, mask = make_inputs(params, batch=1, height=5, width=5, device="cuda")
+    grad = torch.randn(value.shape, device="cuda")
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="dcnv3_backward_cuda"):
+            cuda_kernel.dcnv3_backward(grad, value, offset, mask, *params.values())
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -219,6 +219,56 @@ def test_bad_inputs_raise_clear_errors(dcnv3_kernel, case):
         dcnv3_kernel.dcnv3_forward(*args)
 
 
+def _wrapping_calls():
+    """Arguments whose int64 products wrap: unchecked, a wrapped product passes the shape checks (P = 2^64 = 0
+    here matches empty offset/mask tensors) and the loops then run far outside every buffer."""
+    value = torch.randn(1, 3, 3, 4)
+    empty = torch.zeros(1, 4, 4, 0)
+    big, half, p = 2**32, 2**31, (3, 3, 1, 1, 1, 1, 1, 1)
+    return {
+        "kernel_h * kernel_w": ((value, empty, empty, big, big, 1, 1, half, half, 1, 1, 1, 4, 1.0, False), "kernel_h"),
+        "group * group_channels": ((value, empty, empty, *p, 2**62, 4, 1.0, False), "group \\* group_channels"),
+        "2 * pad": ((value, empty, empty, 3, 3, 1, 1, 2**62, 1, 1, 1, 1, 4, 1.0, False), "2 \\* pad"),
+        "dilation": ((value, empty, empty, 3, 3, 1, 1, 1, 1, 2**62, 1, 1, 4, 1.0, False), "dilation \\* \\(kernel"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_wrapping_calls()))
+@pytest.mark.parametrize("op", ["dcnv3_forward", "dcnv3_softmax_forward", "dcnv3_backward"])
+def test_wrapping_arguments_raise_before_touching_memory(dcnv3_kernel, case, op):
+    args, name = _wrapping_calls()[case]
+    if op == "dcnv3_backward":
+        args = (torch.zeros(1, 4, 4, 4), *args)
+    with pytest.raises(RuntimeError, match=f"{name}.* overflows int64"):
+        getattr(dcnv3_kernel._ops.ops, op)(*args)
+
+
+def test_non_finite_inputs_propagate_like_the_reference(dcnv3_kernel):
+    """NaN/inf offsets, a NaN weight on a sample outside the image and a non-finite offset_scale give NaN where
+    the PyTorch core does (the outside sample adds weight * 0 there)."""
+    params = dcnv3_params(group=4, group_channels=16)
+    value, offset, mask = make_inputs(params, batch=1, height=6, width=6)
+    nan_offset, inf_offset, far_offset, nan_weight = offset.clone(), offset.clone(), offset.clone(), mask.clone()
+    nan_offset[0, 1, 2, 0] = float("nan")
+    inf_offset[0, 3, 3, 5] = float("inf")
+    far_offset[0, 2, 2, 0] = 100.0
+    nan_weight[0, 2, 2, 0] = float("nan")
+    cases = {
+        "nan_offset": (nan_offset, mask, 1.0),
+        "inf_offset": (inf_offset, mask, 1.0),
+        "nan_weight_outside": (far_offset, nan_weight, 1.0),
+        "nan_offset_scale": (offset, mask, float("nan")),
+        "inf_offset_scale": (offset, mask, float("inf")),
+    }
+    for name, (off, msk, scale) in cases.items():
+        p = {**params, "offset_scale": scale}
+        expected = dcnv3_core(value, off, msk, **p)
+        out = dcnv3_kernel.dcnv3(value, off, msk, **p)
+        assert expected.isnan().any(), name
+        assert torch.equal(out.isnan(), expected.isnan()), name
+        torch.testing.assert_close(out.nan_to_num(), expected.nan_to_num(), atol=1e-5, rtol=0, msg=name)
+
+
 def test_bad_grad_output_raises(dcnv3_kernel):
     params = dcnv3_params()
     value, offset, mask = make_inputs(params)
@@ -319,6 +369,8 @@ def test_opcheck(dcnv3_kernel):
     logits = make_inputs(params, batch=2, height=5, width=6, mask_logits=True)[2].requires_grad_()
     softmax_args = (value, offset, logits, *positional(params))
     torch.library.opcheck(dcnv3_kernel._ops.ops.dcnv3_softmax_forward.default, softmax_args)
+    softmax_backward_args = (grad, value.detach(), offset.detach(), logits.detach(), *positional(params))
+    torch.library.opcheck(dcnv3_kernel._ops.ops.dcnv3_softmax_backward.default, softmax_backward_args)
 
 
 def test_torch_compile_fullgraph(dcnv3_kernel):
