@@ -46,6 +46,34 @@ def imagefolder(tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def broken_imagefolder(imagefolder, tmp_path):
+    """A copy of `imagefolder` with a truncated PNG in train and a non-image in validation: (root, train, eval)."""
+    import shutil
+
+    root = tmp_path / "broken_data"
+    shutil.copytree(imagefolder, root)
+    truncated = root / "train" / "green" / "3.png"
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    not_an_image = root / "validation" / "red" / "1.png"
+    not_an_image.write_bytes(b"not an image")
+    return root, truncated, not_an_image
+
+
+def make_trainer(argv):
+    """A `Trainer` for command-line arguments (holds output_dir's lock until `run()` returns)."""
+    from internimage_hf.training.arguments import parse_options
+    from internimage_hf.training.loop import Trainer
+
+    return Trainer(parse_options(argv))
+
+
+def load_weights(directory) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "model.safetensors"))
+
+
 def run_args(imagefolder, output_dir, *extra: str) -> list[str]:
     """Command-line arguments of a fast run on the tiny dataset (extra arguments win)."""
     return [

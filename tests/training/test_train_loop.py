@@ -6,22 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import requires_accelerate, requires_torchvision, run_args
+from conftest import load_weights, make_trainer, requires_accelerate, requires_torchvision, run_args
 
 pytestmark = requires_accelerate
-
-
-def make_trainer(argv):
-    from internimage_hf.training.arguments import parse_options
-    from internimage_hf.training.loop import Trainer
-
-    return Trainer(parse_options(argv))
-
-
-def load_weights(directory) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(directory / "model.safetensors"))
 
 
 def test_training_reduces_loss_and_saves_a_loadable_model(imagefolder, tmp_path):

@@ -3,16 +3,19 @@
 - `arguments`: `TrainingOptions` (every CLI flag) and the official / digits recipes;
 - `data`: built-in digits data, hub/imagefolder loading, torchvision augmentations, reproducible loaders;
 - `optimization`: layer-wise lr decay parameter groups, AdamW, warmup + cosine schedule;
-- `ema`: `ModelEMA`; `checkpointing`: atomic, resumable checkpoints; `metrics`: top-k accuracy, losses;
+- `ema`: `ModelEMA`; `checkpointing`: atomic, resumable, pickle-free checkpoints (`rng_state`: generator states
+  as safetensors); `run_dir`: output_dir ownership (run id), its lock and the settings a resume must keep;
+- `metrics`: top-k accuracy, losses;
 - `loop`: the `Trainer` (one run) and `train()`; `predict`: reload + `pipeline()` check; `hub`: model card.
 """
 
 from .arguments import DIGITS_RECIPE, OFFICIAL_RECIPE, TrainingOptions, parse_options, resolve_defaults
 from .checkpointing import CheckpointError, TrainingState
-from .data import ColumnError, digits_dataset, prepare_classification_data
+from .data import ColumnError, UnreadableImageError, digits_dataset, prepare_classification_data
 from .ema import ModelEMA
 from .models import TINY_PRESET, build_model, preset_config
 from .optimization import build_optimizer, layer_id_for, parameter_groups, skips_weight_decay
+from .run_dir import OutputDirError
 
 __all__ = [
     "DIGITS_RECIPE",
@@ -21,8 +24,10 @@ __all__ = [
     "CheckpointError",
     "ColumnError",
     "ModelEMA",
+    "OutputDirError",
     "TrainingOptions",
     "TrainingState",
+    "UnreadableImageError",
     "build_model",
     "build_optimizer",
     "digits_dataset",

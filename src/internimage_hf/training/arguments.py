@@ -78,6 +78,11 @@ class TrainingOptions:
     max_train_samples: int | None = _help("Truncate the training set (debugging).", default=None)
     max_eval_samples: int | None = _help("Truncate the evaluation set (debugging).", default=None)
     dataloader_num_workers: int = _help("DataLoader worker processes.", default=0)
+    skip_bad_images: bool = _help(
+        "Decode every image once at start and leave out those that cannot be read (logged with their count and "
+        "first names). Without it, an unreadable image stops the run with an error naming the file and split.",
+        default=False,
+    )
 
     # --- augmentation (torchvision.transforms.v2) ---
     train_crop: Literal["random_resized", "resize"] | None = _help(
@@ -123,12 +128,22 @@ class TrainingOptions:
 
     # --- output, logging, checkpoints ---
     output_dir: str | None = _help("Where everything goes. Default: outputs/digits on the built-in data.", default=None)
+    overwrite_output_dir: bool = _help(
+        "Start a new run in an output_dir that holds another run's checkpoints or finished model, deleting them "
+        "(only those files). Without it such a directory is refused.",
+        default=False,
+    )
     logging_steps: int = _help("Log loss/lr every N optimizer steps.", default=10)
     eval_every_epochs: int = _help("Evaluate every N epochs (and always at the end).", default=1)
     save_steps: int = _help("Write a resumable checkpoint every N optimizer steps; 0 disables.", default=0)
-    save_total_limit: int | None = _help("Keep only the newest N checkpoints.", default=2)
-    resume: str | None = _help(
-        "Resume from a checkpoint directory, or `latest` (newest in output_dir/checkpoints).", default=None
+    save_total_limit: int | None = _help("Keep only this run's newest N checkpoints (0: keep all).", default=2)
+    resume: str | None = field(
+        default=None,
+        metadata={
+            "help": "Resume from a checkpoint directory, or `latest` (the newest checkpoint of the run that owns "
+            "output_dir). Also spelled --resume_from_checkpoint (Trainer's name).",
+            "aliases": ["--resume_from_checkpoint"],
+        },
     )
     report_to: str = _help("Accelerate trackers: none, all, tensorboard, wandb, ... (comma-separated).", default="none")
     project_name: str = _help("Tracker project/run name.", default="internimage")

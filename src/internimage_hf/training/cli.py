@@ -7,6 +7,12 @@ import logging
 import sys
 
 from .arguments import parse_options, uses_builtin_digits
+from .checkpointing import CheckpointError
+from .data import ColumnError, UnreadableImageError
+from .run_dir import OutputDirError
+
+# Errors about the user's input (output_dir, checkpoint, data) that a message explains: no traceback, exit 2.
+USER_ERRORS = (CheckpointError, ColumnError, OutputDirError, UnreadableImageError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,8 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     from .loop import Trainer
 
-    trainer = Trainer(options)
-    results = trainer.run()
+    try:
+        trainer = Trainer(options)
+        results = trainer.run()
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not trainer.accelerator.is_main_process:
         return 0
     print(json.dumps(results, indent=2))

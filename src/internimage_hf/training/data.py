@@ -3,27 +3,41 @@
 Data order and augmentation are reproducible, so that `--resume` continues exactly: the sampler draws a
 permutation from `(seed, epoch)` and every training sample is augmented under its own seed
 `(seed, epoch, index)`. Nothing here draws from the global RNG, which only the training step uses.
+
+An image that cannot be decoded raises `UnreadableImageError` naming the file and the split; with
+`--skip_bad_images` every image is decoded once at start and the unreadable ones are left out (the same ones on
+every start, so a resumed run sees the same data).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+logger = logging.getLogger(__name__)
 
 DIGITS_IMAGE_SIZE = 32
 DIGITS_MAX_VALUE = 16  # load_digits pixels are integers 0..16
 DEFAULT_EVAL_SPLITS = ("validation", "valid", "val", "test")
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values_raw")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "class")
+HELD_OUT_SPLIT_NAME = "held-out part of {split}"
+SHOWN_BAD_IMAGES = 5  # unreadable images named in the log when --skip_bad_images leaves them out
 
 
 class ColumnError(ValueError):
     """The dataset lacks the image or label column the training needs."""
+
+
+class UnreadableImageError(OSError):
+    """An image of the dataset cannot be decoded (truncated, corrupt or not an image)."""
 
 
 @dataclass
@@ -35,6 +49,8 @@ class ClassificationData:
     image_column: str
     label_column: str
     label_names: list[str]
+    train_split: str = "train"
+    eval_split: str = "validation"
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -100,18 +116,24 @@ def find_column(dataset, requested: str | None, candidates: tuple[str, ...], kin
 
 def select_splits(raw, train_split: str, eval_split: str | None, eval_fraction: float, seed: int, label_column=None):
     """(train, eval) datasets: the named splits, or a seeded held-out part of train when there is no eval split."""
+    train, evaluation, _ = select_named_splits(raw, train_split, eval_split, eval_fraction, seed, label_column)
+    return train, evaluation
+
+
+def select_named_splits(raw, train_split, eval_split, eval_fraction: float, seed: int, label_column=None):
+    """`select_splits` plus the name of the evaluation split (for messages)."""
     if train_split not in raw:
         raise ValueError(f"split {train_split!r} not found; the dataset has {list(raw)}")
     if eval_split is not None:
         if eval_split not in raw:
             raise ValueError(f"split {eval_split!r} not found; the dataset has {list(raw)}")
-        return raw[train_split], raw[eval_split]
+        return raw[train_split], raw[eval_split], eval_split
     for name in DEFAULT_EVAL_SPLITS:
         if name in raw and name != train_split:
-            return raw[train_split], raw[name]
+            return raw[train_split], raw[name], name
     stratify = label_column if _is_class_label(raw[train_split], label_column) else None
     parts = raw[train_split].train_test_split(test_size=eval_fraction, seed=seed, stratify_by_column=stratify)
-    return parts["train"], parts["test"]
+    return parts["train"], parts["test"], HELD_OUT_SPLIT_NAME.format(split=train_split)
 
 
 def _is_class_label(dataset, column: str | None) -> bool:
@@ -137,14 +159,89 @@ def prepare_classification_data(options) -> ClassificationData:
     if not _is_class_label(first, label_column):
         # Strings or raw integers: make a ClassLabel so both splits share one sorted label set.
         raw = raw.class_encode_column(label_column)
-    train, evaluation = select_splits(
+    train, evaluation, eval_split = select_named_splits(
         raw, options.train_split, options.eval_split, options.eval_fraction, options.seed, label_column
     )
     if options.max_train_samples is not None:
         train = train.select(range(min(options.max_train_samples, len(train))))
     if options.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(options.max_eval_samples, len(evaluation))))
-    return ClassificationData(train, evaluation, image_column, label_column, label_names_of(train, label_column))
+    if options.skip_bad_images:
+        train = drop_unreadable_images(train, image_column, options.train_split)
+        evaluation = drop_unreadable_images(evaluation, image_column, eval_split)
+    names = label_names_of(train, label_column)
+    return ClassificationData(train, evaluation, image_column, label_column, names, options.train_split, eval_split)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Unreadable images
+
+# What PIL raises for truncated, corrupt, oversized or non-image files (SyntaxError comes from some format plugins).
+IMAGE_DECODE_ERRORS = (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError)
+
+
+def image_source(dataset, image_column: str, index: int) -> str:
+    """The file an image was read from (`datasets` keeps the path of local files), else its row number."""
+    from datasets import Image
+
+    feature = dataset.features.get(image_column)
+    if isinstance(feature, Image):
+        raw = dataset.cast_column(image_column, Image(decode=False))[int(index)][image_column]
+        if isinstance(raw, dict) and raw.get("path"):
+            return str(raw["path"])
+    return f"row {index}"
+
+
+def unreadable_image_error(dataset, image_column: str, index: int, split: str, error: BaseException):
+    """An `UnreadableImageError` naming the file, the split and the way to go on without it."""
+    return UnreadableImageError(
+        f"cannot read image {image_source(dataset, image_column, index)} (split {split!r}, row {index}): "
+        f"{type(error).__name__}: {error}. Fix or remove the file, or pass --skip_bad_images to leave out every "
+        "unreadable image."
+    )
+
+
+def _decode(raw) -> None:
+    """Decode one undecoded `datasets` image (`{"bytes", "path"}`) fully; raises what PIL raises."""
+    import io
+
+    if not raw or not (raw.get("bytes") or raw.get("path")):
+        raise ValueError("the image cell is empty")
+    source = io.BytesIO(raw["bytes"]) if raw.get("bytes") else raw["path"]
+    with PIL.Image.open(source) as image:
+        image.load()
+
+
+def find_unreadable_images(dataset, image_column: str) -> list[tuple[int, str, str]]:
+    """(row, source, reason) of every image that cannot be decoded (one full decoding pass)."""
+    from datasets import Image
+
+    if not isinstance(dataset.features.get(image_column), Image):
+        return []
+    raw_view = dataset.select_columns([image_column]).cast_column(image_column, Image(decode=False))
+    bad = []
+    for index, row in enumerate(raw_view):
+        raw = row[image_column]
+        try:
+            _decode(raw)
+        except IMAGE_DECODE_ERRORS as error:
+            bad.append((index, (raw or {}).get("path") or f"row {index}", f"{type(error).__name__}: {error}"))
+    return bad
+
+
+def drop_unreadable_images(dataset, image_column: str, split: str):
+    """The dataset without its unreadable images (`--skip_bad_images`), logging how many and which."""
+    bad = find_unreadable_images(dataset, image_column)
+    if not bad:
+        return dataset
+    shown = "; ".join(f"{source} ({reason})" for _, source, reason in bad[:SHOWN_BAD_IMAGES])
+    more = f"; and {len(bad) - SHOWN_BAD_IMAGES} more" if len(bad) > SHOWN_BAD_IMAGES else ""
+    logger.warning(
+        "--skip_bad_images: leaving out %d unreadable image(s) of %d in split %r: %s%s",
+        len(bad), len(dataset), split, shown, more,
+    )  # fmt: skip
+    bad_rows = {index for index, _, _ in bad}
+    return dataset.select([index for index in range(len(dataset)) if index not in bad_rows])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -242,12 +339,15 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class ImageClassificationDataset(Dataset):
     """Yields `{"image": PIL RGB or pixel tensor, "labels": int}`; the transform runs under a per-sample seed."""
 
-    def __init__(self, dataset, image_column: str, label_column: str, transform=None, seed: int = 0) -> None:
+    def __init__(
+        self, dataset, image_column: str, label_column: str, transform=None, seed: int = 0, split: str = "train"
+    ) -> None:
         self.dataset = dataset
         self.image_column = image_column
         self.label_column = label_column
         self.transform = transform
         self.seed = seed
+        self.split = split
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -257,8 +357,11 @@ class ImageClassificationDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        example = self.dataset[int(index)]
-        image = example[self.image_column].convert("RGB")
+        try:
+            example = self.dataset[int(index)]  # `datasets` decodes the image here
+            image = example[self.image_column].convert("RGB")
+        except IMAGE_DECODE_ERRORS as error:
+            raise unreadable_image_error(self.dataset, self.image_column, index, self.split, error) from error
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed(self.seed, self.epoch, int(index)))
@@ -304,9 +407,9 @@ class ImageCollator:
 def build_dataloaders(data: ClassificationData, options, image_processor, train_transform):
     """Train and eval loaders plus the training dataset and sampler (whose epoch the loop sets)."""
     train_set = ImageClassificationDataset(
-        data.train, data.image_column, data.label_column, train_transform, seed=options.seed
+        data.train, data.image_column, data.label_column, train_transform, seed=options.seed, split=data.train_split
     )
-    eval_set = ImageClassificationDataset(data.eval, data.image_column, data.label_column)
+    eval_set = ImageClassificationDataset(data.eval, data.image_column, data.label_column, split=data.eval_split)
     sampler = EpochPermutationSampler(len(train_set), options.seed)
     collate = ImageCollator(image_processor)
     common = {"collate_fn": collate, "num_workers": options.dataloader_num_workers}

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import checkpointing
-from .checkpointing import TrainingState
+from .checkpointing import CheckpointError, RunRecord, TrainingState
 from .data import (
     build_batch_mix,
     build_dataloaders,
@@ -26,10 +26,18 @@ from .ema import ModelEMA
 from .metrics import classification_loss, topk_correct
 from .models import apply_hub_kernel, build_model, enable_gradient_checkpointing, model_image_size
 from .optimization import build_optimizer, build_scheduler, warmup_steps_for
+from .run_dir import (
+    ONLINE_MODEL_DIR,
+    RESULTS_FILE,
+    OutputDirLock,
+    check_resume_settings,
+    claim_output_dir,
+    new_run_id,
+    remove_outputs,
+    resume_settings,
+)
 
 logger = logging.getLogger(__name__)
-RESULTS_FILE = "all_results.json"
-ONLINE_MODEL_DIR = "online_model"
 
 
 def build_accelerator(options):
@@ -81,18 +89,68 @@ def parameter_checksum(model) -> str:
     return digest.hexdigest()
 
 
+def checkpoint_run_record(path) -> RunRecord:
+    """The run record a checkpoint to resume carries; checkpoints of older versions (which pickled) have none."""
+    record = RunRecord.read(path)
+    if record is None:
+        raise CheckpointError(
+            f"checkpoint {path} has no {checkpointing.RUN_FILE}: it was written by an older version of internimage_hf, "
+            "whose checkpoints hold pickle files (loading them can run code), so it cannot be resumed"
+        )
+    return record
+
+
 class Trainer:
-    """One training run: `Trainer(options).run()` returns the final metrics (also in all_results.json)."""
+    """One training run: `Trainer(options).run()` returns the final metrics (also in all_results.json).
+
+    The main process holds `output_dir`'s lock from construction until `run()` returns (or construction fails),
+    so a second run on the same directory fails at start.
+    """
 
     def __init__(self, options) -> None:
         self.options = options
         check_torchvision(options)
         self.accelerator = build_accelerator(options)
+        self._lock = OutputDirLock(options.output_dir) if self.accelerator.is_main_process else None
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._claim_output_dir()
+            self._build()
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+    def _claim_output_dir(self) -> None:
+        """Decide the run (a new one, or the checkpoint's) and check that output_dir may hold it."""
+        options = self.options
+        self.resume_path = None
+        self.resumed_run = None
+        if options.resume:
+            self.resume_path = checkpointing.resolve_resume_path(options.resume, options.output_dir)
+            self.resumed_run = checkpoint_run_record(self.resume_path)
+        run_id = self.resumed_run.run_id if self.resumed_run is not None else new_run_id()
+        self.run_record = RunRecord(run_id)
+        self._outputs_to_remove = claim_output_dir(
+            options.output_dir, run_id, self.resume_path, options.overwrite_output_dir
+        )
+
+    def _build(self) -> None:
+        options = self.options
         from accelerate.utils import set_seed
 
         # Same seed on every process for init; `device_specific` so drop-path masks differ per process.
         set_seed(options.seed)
         self.data = prepare_classification_data(options)
+        self.run_record.settings = resume_settings(
+            options, self.accelerator.num_processes, len(self.data.train), self.data.label_names
+        )
+        if self.resumed_run is not None:
+            check_resume_settings(self.resumed_run.settings, self.run_record.settings, self.resume_path)
         model = build_model(options, self.data.id2label, self.data.label2id)
         self.image_size = model_image_size(model, options)
         self.image_processor = build_image_processor(self.image_size)
@@ -127,13 +185,26 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
             model, optimizer, self.train_loader, self.eval_loader
         )
-        accelerator.register_for_checkpointing(self.scheduler)
         self.ema = ModelEMA(accelerator.unwrap_model(self.model), options.ema_decay) if options.ema_decay else None
 
     # ------------------------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, float]:
+        try:
+            return self._run()
+        finally:
+            self._release()
+
+    def _start_run(self) -> None:
+        """Remove an earlier run's outputs (only with --overwrite_output_dir) and record this run as the owner."""
+        if self.accelerator.is_main_process:
+            remove_outputs(self._outputs_to_remove)
+            self.run_record.write(self.options.output_dir)
+        self.accelerator.wait_for_everyone()
+
+    def _run(self) -> dict[str, float]:
         options, accelerator = self.options, self.accelerator
+        self._start_run()
         state = self._resume_state()
         accelerator.init_trackers(options.project_name, config=tracker_config(options))
         progress = self._progress_bar(state)
@@ -163,11 +234,10 @@ class Trainer:
         )  # fmt: skip
 
     def _resume_state(self) -> TrainingState:
-        options = self.options
-        if not options.resume:
-            return TrainingState(ema_decay=options.ema_decay)
-        path = checkpointing.resolve_resume_path(options.resume, options.output_dir)
-        state = checkpointing.load_checkpoint(self.accelerator, path, self.ema)
+        if self.resume_path is None:
+            return TrainingState(ema_decay=self.options.ema_decay)
+        path = self.resume_path
+        state = checkpointing.load_checkpoint(self.accelerator, path, self.scheduler, self.ema)
         logger.info("resumed from %s at step %d (epoch %d)", path, state.global_step, state.epoch)
         return state
 
@@ -205,8 +275,10 @@ class Trainer:
             if state.global_step % options.logging_steps == 0:
                 self._log_train(state, loss, progress)
             if options.save_steps and state.global_step % options.save_steps == 0:
-                limit = options.save_total_limit
-                checkpointing.save_checkpoint(accelerator, options.output_dir, state, self.ema, limit)
+                checkpointing.save_checkpoint(
+                    accelerator, options.output_dir, state, self.run_record, self.scheduler, self.ema,
+                    options.save_total_limit,
+                )  # fmt: skip
             if state.global_step >= self.total_steps:
                 return False
         state.epoch += 1
