@@ -158,7 +158,7 @@ at::Tensor dcnv3_forward(const at::Tensor& value, const at::Tensor& offset, cons
   const at::Tensor o = offset.contiguous();
   const at::Tensor m = mask.contiguous();
 #if defined(CUDA_KERNEL)
-  if (v.is_cuda()) return dcnv3::forward_cuda(v, o, m, p);
+  if (v.is_cuda()) return dcnv3::forward_cuda(v, o, m, p, /*mask_logits=*/false);
 #endif
   TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
   return dcnv3::forward_cpu(v, o, m, p, /*mask_logits=*/false);

@@ -347,11 +347,13 @@ def _host_flags(ops: str, backend: str, includes: list[Path], cuda_home: Path | 
     return flags
 
 
-def _nvcc_flags(includes: list[Path], archs: tuple[str, ...], threads: int) -> list[str]:
-    # The .cu files include no torch headers, so no torch include paths and a fast nvcc pass.
+def _nvcc_flags(includes: list[Path], archs: tuple[str, ...], threads: int, strict: bool = False) -> list[str]:
+    # The .cu files include no torch headers, so no torch include paths and a fast nvcc pass. C++17 because
+    # kernel-builder compiles CUDA sources as C++17.
     return [
         "-O3",
-        "-std=c++20",
+        "-std=c++17",
+        *(["-Werror", "all-warnings"] if strict else []),
         "--expt-relaxed-constexpr",
         "-Xcompiler",
         "-fPIC,-fno-gnu-unique",
@@ -389,6 +391,7 @@ def build_kernel(
     cuda_archs: str | None = None,
     jobs: int | None = None,
     verbose: bool = False,
+    strict_cuda: bool = False,
 ) -> BuildResult:
     """Compile ``kernel_src`` for the installed torch into ``<out_dir>/build/<variant>/``.
 
@@ -400,6 +403,7 @@ def build_kernel(
             full list for the installed nvcc.
         jobs: parallel compile jobs (default: CPU count).
         verbose: echo the compiler commands.
+        strict_cuda: turn every nvcc warning into an error (CI's check that the CUDA code is clean C++17).
 
     Returns:
         The `BuildResult` (variant dir, ops name, wall time in seconds).
@@ -442,7 +446,9 @@ def build_kernel(
         obj = work / f"{i:02d}_{source.stem}.o"
         objects.append(obj)
         if source.suffix == ".cu":
-            commands.append([nvcc, *_nvcc_flags(includes, archs, max(1, jobs)), "-c", str(source), "-o", str(obj)])
+            commands.append(
+                [nvcc, *_nvcc_flags(includes, archs, max(1, jobs), strict_cuda), "-c", str(source), "-o", str(obj)]
+            )
         else:
             commands.append([os.environ.get("CXX", "g++"), *host, "-c", str(source), "-o", str(obj)])
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:

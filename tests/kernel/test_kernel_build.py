@@ -123,14 +123,16 @@ def test_publish_cli_argument_validation(tmp_path, cpu_kernel_build):
     os.environ.get("INTERNIMAGE_TEST_CUDA_COMPILE") != "1", reason="set INTERNIMAGE_TEST_CUDA_COMPILE=1"
 )
 def test_cuda_compile_all_archs(tmp_path):
-    """Compile-only: the CUDA variant for kernel-builder's full arch list (minutes on 2 cores)."""
+    """Compile-only: the CUDA variant for kernel-builder's full arch list as C++17 with nvcc warnings as errors
+    (minutes on 2 cores)."""
     if not torch.version.cuda:
         pytest.skip("torch is a CPU build; the CUDA variant must be compiled against a CUDA torch")
     nvcc = kernel_build.nvcc_path()
     if nvcc is None:
         pytest.skip("nvcc not found")
     start = time.perf_counter()
-    result = kernel_build.build_kernel(tmp_path, backend="cuda", src_dir=KERNEL_SRC)
+    assert "-std=c++17" in kernel_build._nvcc_flags([], (), 1)
+    result = kernel_build.build_kernel(tmp_path, backend="cuda", src_dir=KERNEL_SRC, strict_cuda=True)
     elapsed = time.perf_counter() - start
     print(f"\nCUDA compile ({';'.join(result.cuda_archs)}): {elapsed:.1f} s", file=sys.stderr)
     assert result.cuda_archs == kernel_build.parse_cuda_archs(
