@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 
 from internimage_hf import PRESETS, InternImageConfig, InternImageForImageClassification
 
@@ -95,11 +96,41 @@ def test_backbone_fields():
         ({"dw_kernel_size": 4}, "dw_kernel_size"),
         ({"drop_path_type": "cosine"}, "drop_path_type"),
         ({"level2_post_norm": True, "level2_post_norm_block_ids": (40,)}, "level2_post_norm_block_ids"),
+        ({"mlp_ratio": float("nan")}, "mlp_ratio"),
+        ({"offset_scale": float("inf")}, "offset_scale"),
+        ({"cls_scale": 0}, "cls_scale"),
+        ({"layer_norm_eps": -1e-6}, "layer_norm_eps"),
+        ({"drop_rate": -0.1}, "drop_rate"),
+        ({"drop_path_rate": 1.0}, "drop_path_rate"),
+        ({"layer_scale": "lots"}, "layer_scale"),
+        ({"layer_scale": 0.0}, "layer_scale"),
+        ({"image_size": 0}, "image_size"),
+        ({"num_channels": -3}, "num_channels"),
+        ({"initializer_range": float("nan")}, "initializer_range"),
     ],
 )
 def test_invalid_architecture_is_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         InternImageConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("offset_scale", "lots"), ("post_norm", "yes"), ("channels", 64.5), ("depths", "4,4,18,4"), ("groups", None)],
+)
+def test_wrong_types_are_rejected_naming_the_field(field, value):
+    """`@strict` type checks, on construction and on assignment (a wrong type used to fail only at forward)."""
+    with pytest.raises(StrictDataclassFieldValidationError, match=f"field '{field}'"):
+        InternImageConfig(**{field: value})
+    config = InternImageConfig()
+    with pytest.raises(StrictDataclassFieldValidationError, match=f"field '{field}'"):
+        setattr(config, field, value)
+
+
+def test_integers_are_accepted_for_float_fields():
+    """JSON writes `4` for 4.0; official YAML-style strings still work for `layer_scale`."""
+    config = InternImageConfig(mlp_ratio=4, offset_scale=2, drop_path_rate=0, cls_scale=1, layer_scale=1)
+    assert (config.mlp_ratio, config.offset_scale, config.layer_scale) == (4, 2, 1)
 
 
 def test_presets_cover_the_seven_official_sizes():

@@ -1,9 +1,9 @@
 """InternImage model configuration."""
 
-from __future__ import annotations
-
 import ast
+import math
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
@@ -94,6 +94,7 @@ def _literal(value):
     return value
 
 
+@strict
 class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of an InternImage model (`InternImageModel`, `InternImageForImageClassification`,
@@ -137,12 +138,13 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
     channels: int = 64
     depths: list[int] | tuple[int, ...] = (4, 4, 18, 4)
     groups: list[int] | tuple[int, ...] = (4, 8, 16, 32)
-    mlp_ratio: float = 4.0
-    drop_rate: float = 0.0
-    drop_path_rate: float = 0.1
+    mlp_ratio: float | int = 4.0
+    drop_rate: float | int = 0.0
+    drop_path_rate: float | int = 0.1
     drop_path_type: str = "linear"
-    layer_scale: float | None = None
-    offset_scale: float = 1.0
+    # a string is read as a YAML-style literal ("1e-5", "None"), as the official configs write it
+    layer_scale: float | int | str | None = None
+    offset_scale: float | int = 1.0
     post_norm: bool = False
     res_post_norm: bool = False
     dw_kernel_size: int | None = None
@@ -151,14 +153,14 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
     center_feature_scale: bool = False
     remove_center: bool = False
     use_clip_projector: bool = False
-    cls_scale: float = 1.5
+    cls_scale: float | int = 1.5
     norm_layer: str = "LN"
     act_layer: str = "GELU"
     core_op: str = "DCNv3"
     with_cp: bool = False
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float | int = 1e-6
     image_size: int = 224
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -218,6 +220,26 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
             bad = [i for i in self.level2_post_norm_block_ids if not 0 <= i < self.depths[2]]
             if bad:
                 raise ValueError(f"`level2_post_norm_block_ids` {bad} are outside stage 3 (depth {self.depths[2]})")
+        self._validate_numbers()
+
+    def _validate_numbers(self) -> None:
+        """Ranges of the numeric fields (types are checked by `@strict`); NaN and infinity fail every check."""
+        for name in ("num_channels", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
+        for name in ("mlp_ratio", "offset_scale", "cls_scale", "layer_norm_eps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"`{name}` must be a finite positive number, got {value}")
+        for name in ("drop_rate", "drop_path_rate"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value}")
+        if not (math.isfinite(self.initializer_range) and self.initializer_range >= 0):
+            raise ValueError(f"`initializer_range` must be a finite non-negative number, got {self.initializer_range}")
+        scale = self.layer_scale
+        if scale is not None and (isinstance(scale, (str, bool)) or not (math.isfinite(scale) and scale > 0)):
+            raise ValueError(f"`layer_scale` must be a finite positive number or None, got {scale!r}")
 
     @property
     def hidden_sizes(self) -> list[int]:
@@ -235,7 +257,7 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
         return self.hidden_sizes[-1]
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> InternImageConfig:
+    def from_preset(cls, name: str, **overrides) -> "InternImageConfig":
         """Configuration of an official model size: `t`, `s`, `b`, `l`, `xl`, `h` or `g` (also `internimage-t`, ...).
 
         Keyword arguments override preset fields, e.g. `from_preset("t", num_labels=10, drop_path_rate=0.0)`.
