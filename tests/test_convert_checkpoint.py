@@ -288,25 +288,10 @@ def test_pickle_that_is_not_weights_only_is_refused(golden_cases, tmp_path, caps
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-def test_existing_output_is_kept_unless_overwrite(golden_cases, tmp_path, capsys):
-    golden = golden_cases["tiny_t"]
-    checkpoint = tmp_path / "ckpt.pth"
-    torch.save({"model": golden.state_dict}, checkpoint)
-    config = write_official_config(tmp_path / "config.json", golden)
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("mine")
-    code, err = run_main([checkpoint, tmp_path / "out", "--config", config], capsys)
-    assert code == 2 and "already exists" in err
-    assert (tmp_path / "out" / "keep.txt").exists()
-    code, err = run_main([checkpoint, tmp_path / "out", "--config", config, "--overwrite"], capsys)
-    assert code == 0, err
-    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "model.safetensors").exists()
-    assert leftovers(tmp_path) == []
-
-
 def test_failure_after_writing_started_leaves_nothing(golden_cases, tmp_path, monkeypatch):
-    """An error while writing (here: the model card) removes the staging directory."""
-    import internimage_hf.convert_checkpoint as module
+    """An OS error while writing (here: the model card on a full disk) is a `ConversionError`, and the staging
+    directory is removed. The output-directory rules have their own tests in test_convert_output_dir.py."""
+    import internimage_hf.conversion.writing as writing
 
     golden = golden_cases["tiny_t"]
     checkpoint = tmp_path / "ckpt.pth"
@@ -314,10 +299,10 @@ def test_failure_after_writing_started_leaves_nothing(golden_cases, tmp_path, mo
     config = write_official_config(tmp_path / "config.json", golden)
 
     def broken_card(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(module, "render_model_card", broken_card)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(writing, "render_model_card", broken_card)
+    with pytest.raises(ConversionError, match="cannot write .*: No space left on device"):
         convert_checkpoint(checkpoint, tmp_path / "out", config_file=config, log=lambda *_: None)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 

@@ -1,0 +1,140 @@
+"""Building the converted model from the source weights, and checking it against the source."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from transformers import UperNetForSemanticSegmentation
+
+from ..configuration_internimage import InternImageConfig
+from ..modeling_internimage import InternImageBackbone, InternImageForImageClassification
+from .errors import ConversionError
+from .keys import convert_mmseg_head_key, convert_official_backbone_key, convert_official_state_dict, strip_ddp_prefix
+from .planning import ConversionPlan, build_upernet_config
+from .sources import Source, is_backbone_key, official_to_hub_names
+
+VERIFY_TOLERANCE = 1e-4
+_MAX_LISTED_KEYS = 12
+
+
+def _listing(title: str, keys: list[str]) -> str:
+    shown = "\n".join(f"    {k}" for k in keys[:_MAX_LISTED_KEYS])
+    more = f"\n    ... and {len(keys) - _MAX_LISTED_KEYS} more" if len(keys) > _MAX_LISTED_KEYS else ""
+    return f"  {title} ({len(keys)}):\n{shown}{more}"
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise `ConversionError` listing missing, unexpected and shape-mismatched keys (checked on any device)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {expected[k]}"
+        for k in set(expected) & set(state_dict)
+        if tuple(state_dict[k].shape) != expected[k]
+    )
+    if missing or unexpected or mismatched:
+        parts = [f"the checkpoint does not match {what}:"]
+        parts += [
+            _listing(t, ks)
+            for t, ks in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
+            if ks
+        ]
+        parts.append("Pick the right --preset/--name/--config for this checkpoint.")
+        raise ConversionError("\n".join(parts))
+
+
+def materialise(model_class, config, state_dict: Mapping[str, torch.Tensor], what: str) -> torch.nn.Module:
+    """Build `model_class(config)` on the meta device, check the weights against it, then assign them.
+
+    Building on meta skips random initialisation (minutes and gigabytes for the H/G models).
+    """
+    with torch.device("meta"):
+        model = model_class(config)
+    check_state_dict(model, state_dict, what)
+    model.load_state_dict({k: v.contiguous() for k, v in state_dict.items()}, strict=True, assign=True)
+    return model.eval()
+
+
+def unused_keys(source: Source, task: str) -> list[str]:
+    """Source weights the task leaves out (a detector's neck and heads, a classifier's head for a backbone)."""
+    if task == "classification":
+        return []
+    kept = set(source.head_state_dict) if task == "upernet" else set()
+    if source.kind == "mmlab":
+        backbone_keys = {"backbone." + k for k in source.backbone_state_dict}
+        return sorted(k for k in strip_ddp_prefix(source.state_dict) if k not in backbone_keys and k not in kept)
+    return sorted(k for k in source.state_dict if not is_backbone_key(k))
+
+
+def convert_classification_weights(source: Source) -> dict[str, torch.Tensor]:
+    return convert_official_state_dict(source.state_dict)
+
+
+def convert_backbone_weights(source: Source) -> dict[str, torch.Tensor]:
+    return {convert_official_backbone_key(k): v for k, v in source.backbone_state_dict.items()}
+
+
+def convert_upernet_weights(source: Source) -> dict[str, torch.Tensor]:
+    converted = {"backbone." + k: v for k, v in convert_backbone_weights(source).items()}
+    converted.update({convert_mmseg_head_key(k): v for k, v in source.head_state_dict.items()})
+    return converted
+
+
+def build_model(plan: ConversionPlan, source: Source) -> torch.nn.Module:
+    """The converted model with the source weights, after a strict key/shape check."""
+    if plan.task == "classification":
+        what = "InternImageForImageClassification"
+        return materialise(InternImageForImageClassification, plan.config, convert_classification_weights(source), what)
+    if plan.task == "backbone":
+        return materialise(InternImageBackbone, plan.config, convert_backbone_weights(source), "InternImageBackbone")
+    upernet_config = build_upernet_config(plan.config, source.head_state_dict)
+    return materialise(UperNetForSemanticSegmentation, upernet_config, convert_upernet_weights(source), "UperNet")
+
+
+def verify_converted(directory: Path, plan: ConversionPlan, source: Source, verify_size: int | None = None) -> float:
+    """Reload `directory` and compare its outputs with a model loaded from the source by another route.
+
+    The reference loads the source weights in official hub names through the model's own `from_pretrained`
+    key mapping (Transformers' renaming machinery), independent of the ``re.sub`` conversion used for writing.
+    Returns the largest absolute difference of logits (classification, UperNet) or feature maps (backbone).
+    """
+    size = verify_size or min(plan.image_size, 224)
+    size = max(32, size - size % 32)  # the H/G head needs multiples of 32
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(1, plan.config.num_channels, size, size, generator=generator)
+    hub_weights = official_to_hub_names(
+        source.backbone_state_dict if plan.task != "classification" else source.state_dict
+    )
+    with torch.no_grad():
+        if plan.task == "classification":
+            converted = InternImageForImageClassification.from_pretrained(directory).eval()
+            reference = _reference(InternImageForImageClassification, plan.config, hub_weights)
+            return (converted(pixel_values).logits - reference(pixel_values).logits).abs().max().item()
+        if plan.task == "backbone":
+            converted = InternImageBackbone.from_pretrained(directory).eval()
+            reference = _reference(InternImageBackbone, plan.config, hub_weights)
+            pairs = zip(converted(pixel_values).feature_maps, reference(pixel_values).feature_maps, strict=True)
+            return max((a - b).abs().max().item() for a, b in pairs)
+        converted = UperNetForSemanticSegmentation.from_pretrained(directory).eval()
+        backbone = _reference(InternImageBackbone, plan.config, hub_weights)
+        weights = {"backbone." + k: v for k, v in backbone.state_dict().items()}
+        weights.update({convert_mmseg_head_key(k): v for k, v in source.head_state_dict.items()})
+        reference = materialise(UperNetForSemanticSegmentation, converted.config, weights, "UperNet")
+        return (converted(pixel_values).logits - reference(pixel_values).logits).abs().max().item()
+
+
+def _reference(model_class, config: InternImageConfig, hub_weights: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """`model_class` loaded from official-hub-named weights via `from_pretrained`'s key mapping (strict)."""
+    model, info = model_class.from_pretrained(
+        None, config=config, state_dict=dict(hub_weights), output_loading_info=True
+    )
+    problems = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
+    if problems or info.get("error_msgs"):
+        raise ConversionError(f"verification reference did not load cleanly: {problems or info['error_msgs']}")
+    return model.eval()
+
+
+__all__ = ["VERIFY_TOLERANCE", "build_model", "unused_keys", "verify_converted"]

@@ -1,0 +1,114 @@
+"""`convert_checkpoint`: every step from a checkpoint file to a Hugging Face directory, and the upload."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .building import VERIFY_TOLERANCE, build_model, unused_keys, verify_converted
+from .errors import ConversionError
+from .output_dir import OutputDirectory
+from .planning import check_image_size, plan_conversion, read_config_file
+from .releases import RELEASES, find_release
+from .sources import load_source
+from .writing import card_info, count_parameters, write_converted, write_model_card
+
+# --verify runs the model on CPU at this size at most (the official models use up to 896 px).
+MAX_VERIFY_SIZE = 1024
+
+
+@dataclass
+class ConversionResult:
+    """What `convert_checkpoint` produced."""
+
+    output_dir: Path
+    task: str
+    config: object
+    num_parameters: int
+    max_abs_diff: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def convert_checkpoint(
+    source: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    name: str | None = None,
+    preset: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    task: str = "auto",
+    image_size: int | None = None,
+    verify: bool = False,
+    verify_size: int | None = None,
+    repo_id: str | None = None,
+    overwrite: bool = False,
+    log=print,
+) -> ConversionResult:
+    """Convert `source` into a Hugging Face directory at `output_dir`.
+
+    `name` (or the source's file/directory name) selects a known release: its preset, class count, label names,
+    image size and published accuracy. `preset` / `config_file` override the architecture. Arguments and the
+    configuration are checked before any weight is read. Nothing is left at `output_dir` when any step fails, and
+    `overwrite` only ever replaces a previous conversion (see `output_dir.OutputDirectory`).
+    """
+    target = OutputDirectory(output_dir, source, overwrite=overwrite, log=log)
+    if name and find_release(name) is None:
+        raise ConversionError(f"unknown release {name!r}; known: {', '.join(sorted(RELEASES))}")
+    check_image_size(image_size, "image_size")
+    check_image_size(verify_size, "verify_size", limit=MAX_VERIFY_SIZE)
+    if config_file is not None:
+        read_config_file(config_file)  # fail on a bad config now rather than after reading gigabytes of weights
+    release = find_release(name) or find_release(Path(source).name)
+    with target:
+        loaded = load_source(source)
+        if loaded.ignored_keys:
+            log(f"ignoring non-weight entries of the checkpoint: {', '.join(loaded.ignored_keys)}")
+        plan = plan_conversion(
+            loaded, task=task, preset=preset, config_file=Path(config_file) if config_file else None, release=release,
+            image_size=image_size,
+        )  # fmt: skip
+        for note in plan.notes:
+            log(note)
+        dropped = unused_keys(loaded, plan.task)
+        if dropped:
+            log(
+                f"not converted ({len(dropped)} keys, e.g. {', '.join(dropped[:3])}): not part of the {plan.task} model"
+            )
+        model = build_model(plan, loaded)
+        log(f"{plan.task}: {count_parameters(model):,} parameters, all {len(model.state_dict())} tensors matched")
+
+        with target.staging() as staging:
+            write_converted(staging, model, plan)
+            max_diff, verification = None, None
+            if verify:
+                max_diff = verify_converted(staging, plan, loaded, verify_size)
+                what = "feature maps" if plan.task == "backbone" else "logits"
+                log(f"verify: max abs diff of {what} = {max_diff:.3e}")
+                if not max_diff <= VERIFY_TOLERANCE:
+                    raise ConversionError(f"verification failed: max abs diff {max_diff:.3e} > {VERIFY_TOLERANCE}")
+                verification = (
+                    f"Verified at conversion time: the converted model and the source weights loaded through the "
+                    f"official hub key names agree to a max abs difference of {max_diff:.1e} on a random input."
+                )
+            write_model_card(staging, card_info(plan, model, loaded, verification, repo_id))
+            target.publish(staging)
+    log(f"wrote {target.path}")
+    return ConversionResult(target.path, plan.task, model.config, count_parameters(model), max_diff, plan.notes)
+
+
+def push_to_hub(output_dir: str | os.PathLike, repo_id: str, *, private: bool = False, api=None) -> str:
+    """Upload the converted directory (weights, config, processor, card) to `repo_id`; returns the commit URL."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
+    commit = api.upload_folder(
+        folder_path=str(output_dir), repo_id=repo_id, repo_type="model",
+        commit_message="Add InternImage checkpoint converted with internimage_hf",
+    )  # fmt: skip
+    return str(getattr(commit, "commit_url", commit))
+
+
+__all__ = ["ConversionResult", "convert_checkpoint", "push_to_hub"]

@@ -1,0 +1,176 @@
+"""Deciding what to build before any model exists: task, validated configuration, labels and image size."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import UperNetConfig
+
+from ..configuration_internimage import PRESETS, InternImageConfig
+from ..labels import has_imagenet_labels, imagenet_id2label
+from .errors import ConversionError
+from .releases import Release, parse_mmseg_name
+from .sources import Source, read_json
+from .validation import SIZE_LIMITS, build_config, check_config_values, official_config_kwargs
+
+TASKS = ("classification", "backbone", "upernet")
+STAGE_FEATURES = ["stage1", "stage2", "stage3", "stage4"]
+# mmseg defaults of the official UperNet configs (`_base_/models/upernet_r50.py`); pool scales are not
+# recoverable from the weights (only their number is).
+MMSEG_POOL_SCALES = (1, 2, 3, 6)
+MMSEG_IGNORE_INDEX = 255
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """An official-style config.json as validated `InternImageConfig` kwargs (see `check_config_values`)."""
+    path = Path(path)
+    return check_config_values(read_json(path), f"config file {path.name}")
+
+
+def infer_preset(backbone_state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The official size whose stem width matches the weights (every size has a different width)."""
+    stem = backbone_state_dict.get("patch_embed.conv2.weight")
+    if stem is None:
+        raise ConversionError("cannot infer the model size: no patch_embed.conv2.weight; pass --preset or --config")
+    for name, preset in PRESETS.items():
+        if preset["channels"] == stem.shape[0]:
+            return name
+    raise ConversionError(f"no official size has {stem.shape[0]} stem channels; pass --config with the architecture")
+
+
+def head_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """Classes of the official classification head (`head.weight` rows), if present."""
+    head = state_dict.get("head.weight")
+    return int(head.shape[0]) if head is not None else None
+
+
+def has_layer_scale(backbone_state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.endswith((".gamma1", ".gamma2")) for k in backbone_state_dict)
+
+
+@dataclass
+class ConversionPlan:
+    """Everything decided before building the model: task, backbone config, labels, image size, release."""
+
+    task: str
+    config: InternImageConfig
+    image_size: int
+    release: Release | None
+    notes: list[str] = field(default_factory=list)
+
+
+def base_config_kwargs(
+    source: Source, preset: str | None, config_file: Path | None, release: Release | None
+) -> tuple[dict, str]:
+    """Architecture kwargs and a description of where they came from (priority: file, hub dir, release, preset)."""
+    if config_file is not None:
+        return read_config_file(config_file), f"config file {Path(config_file).name}"
+    if source.official_config is not None:
+        return official_config_kwargs(source.official_config), f"{source.path.name}/config.json"
+    parsed = parse_mmseg_name(source.path.name) if source.kind == "mmlab" else None
+    name = preset or (release.preset if release else None) or (parsed[0] if parsed else None)
+    origin = f"preset {name!r}" if name else None
+    if name is None:
+        name = infer_preset(source.backbone_state_dict)
+        origin = f"preset {name!r} (inferred from the stem width)"
+    key = name.lower().removeprefix("internimage").lstrip("-_")
+    if key not in PRESETS:
+        raise ConversionError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dict(PRESETS[key]), origin
+
+
+def decide_task(source: Source, task: str) -> str:
+    """``auto`` -> classification for classifier checkpoints, upernet for mmseg UperNet, else backbone."""
+    if task != "auto":
+        if task not in TASKS:
+            raise ConversionError(f"unknown task {task!r}; choose auto or one of {TASKS}")
+        if task == "upernet" and not source.has_upernet_head:
+            raise ConversionError(f"{source.path} has no mmseg UperNet decode head (decode_head.psp_modules.*)")
+        if task == "classification" and source.kind == "mmlab":
+            raise ConversionError(f"{source.path} is a detection/segmentation checkpoint without a classification head")
+        return task
+    if source.kind == "mmlab":
+        return "upernet" if source.has_upernet_head else "backbone"
+    return "classification"
+
+
+def check_image_size(value: int | None, option: str, limit: int = SIZE_LIMITS["image_size"]) -> None:
+    """A command-line size must be a positive integer no larger than `limit`."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit):
+        raise ConversionError(f"{option} must be an integer from 1 to {limit}, got {value!r}")
+
+
+def plan_conversion(
+    source: Source,
+    *,
+    task: str = "auto",
+    preset: str | None = None,
+    config_file: Path | None = None,
+    release: Release | None = None,
+    image_size: int | None = None,
+) -> ConversionPlan:
+    """Decide the task and build the `InternImageConfig` (labels included) for `source`."""
+    task = decide_task(source, task)
+    kwargs, origin = base_config_kwargs(source, preset, config_file, release)
+    notes = [f"architecture from {origin}"]
+    num_classes = kwargs.pop("num_classes", None)
+    kwargs.pop("num_labels", None)
+    backbone_weights = source.backbone_state_dict
+    if task in ("backbone", "upernet"):
+        # Detection/segmentation configs use layer_scale=1.0 even for T (gammas in the checkpoint); the value
+        # only matters at initialisation, the presence of the parameters is what must match the weights.
+        wants_scale = has_layer_scale(backbone_weights)
+        if wants_scale != (kwargs.get("layer_scale") is not None):
+            kwargs["layer_scale"] = 1.0 if wants_scale else None
+            notes.append(f"layer_scale set to {kwargs['layer_scale']} to match the checkpoint's gamma weights")
+        kwargs["out_features"] = list(STAGE_FEATURES)
+    parsed = parse_mmseg_name(source.path.name) if task == "upernet" else None
+    size = image_size or (release.image_size if release else None) or source.image_size or (parsed and parsed[1])
+    size = size or kwargs.get("image_size")
+    kwargs["image_size"] = int(size or PRESETS["t"]["image_size"])
+    if task == "classification":
+        num_classes = (release.num_classes if release else None) or num_classes or head_classes(source.state_dict)
+        if num_classes is None:
+            raise ConversionError("cannot tell the number of classes: no head.weight; pass --config or --name")
+        kwargs["num_labels"] = int(num_classes)
+        if has_imagenet_labels(int(num_classes)):
+            kwargs["id2label"] = imagenet_id2label(int(num_classes))
+            kwargs["label2id"] = {label: i for i, label in kwargs["id2label"].items()}
+    config = build_config(kwargs, origin)
+    return ConversionPlan(task, config, kwargs["image_size"], release, notes)
+
+
+def build_upernet_config(backbone_config: InternImageConfig, heads: Mapping[str, torch.Tensor]) -> UperNetConfig:
+    """`UperNetConfig` whose head sizes are read off the mmseg weights (channels, classes, aux convs)."""
+    decode = heads.get("decode_head.conv_seg.weight")
+    bottleneck = heads.get("decode_head.bottleneck.conv.weight")
+    if decode is None or bottleneck is None:
+        raise ConversionError("mmseg UperNet head incomplete: decode_head.conv_seg / decode_head.bottleneck missing")
+    num_pool = len({k.split(".")[2] for k in heads if k.startswith("decode_head.psp_modules.")})
+    if num_pool != len(MMSEG_POOL_SCALES):
+        raise ConversionError(f"{num_pool} pyramid-pooling branches; the official UperNet uses {MMSEG_POOL_SCALES}")
+    aux_convs = sorted(
+        {int(k.split(".")[2]) for k in heads if re.match(r"auxiliary_head\.convs\.\d+\.conv\.weight", k)}
+    )
+    use_aux = "auxiliary_head.conv_seg.weight" in heads
+    aux_channels = int(heads["auxiliary_head.conv_seg.weight"].shape[1]) if use_aux else 256
+    num_labels = int(decode.shape[0])
+    return UperNetConfig(
+        backbone_config=backbone_config,
+        hidden_size=int(bottleneck.shape[0]),
+        pool_scales=list(MMSEG_POOL_SCALES),
+        use_auxiliary_head=use_aux,
+        auxiliary_channels=aux_channels,
+        auxiliary_num_convs=len(aux_convs) if use_aux else 1,
+        auxiliary_concat_input="auxiliary_head.conv_cat.conv.weight" in heads,
+        loss_ignore_index=MMSEG_IGNORE_INDEX,
+        num_labels=num_labels,
+    )
+
+
+__all__ = ["TASKS", "ConversionPlan", "check_image_size", "plan_conversion", "read_config_file"]
