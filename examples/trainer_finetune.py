@@ -6,12 +6,18 @@
 Follows the Transformers image-classification recipe: torchvision transforms applied on the fly with
 `set_transform`, `remove_unused_columns=False` (otherwise Trainer drops the image column before the transform
 sees it), a collate function, and the image processor as `processing_class` (saved into every checkpoint).
+
+Trainer prunes (`save_total_limit`) and resumes (`resume_from_checkpoint=True`) over every `checkpoint-N` in
+output_dir, so an output_dir holding an earlier run is refused unless `--resume_from_checkpoint` continues it or
+`--overwrite_output_dir` deletes its checkpoints first.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+from pathlib import Path
 
 import torch
 
@@ -28,7 +34,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--save_steps", type=int, default=500)
     parser.add_argument("--use_cpu", action="store_true")
+    parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-N directory, or `latest`")
+    parser.add_argument(
+        "--overwrite_output_dir", action="store_true", help="delete an earlier run's checkpoints in output_dir first"
+    )
     return parser.parse_args(argv)
+
+
+def prepare_output_dir(args) -> str | bool | None:
+    """The `resume_from_checkpoint` for `Trainer.train`; refuses (or, when asked, clears) an earlier run's output."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from internimage_hf.training import OutputDirError
+
+    if args.resume_from_checkpoint:
+        return True if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
+    root = Path(args.output_dir)
+    checkpoints = sorted(path for path in root.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.is_dir())
+    finished = [root / name for name in ("config.json", "model.safetensors") if (root / name).is_file()]
+    if not checkpoints and not finished:
+        return None
+    if not args.overwrite_output_dir:
+        found = ", ".join(path.name for path in checkpoints + finished)
+        raise OutputDirError(
+            f"--output_dir {root} holds an earlier run ({found}); Trainer would prune and resume across both runs' "
+            "checkpoints. Pass --resume_from_checkpoint latest to continue it, --overwrite_output_dir to delete its "
+            "checkpoints and start over, or choose another --output_dir."
+        )
+    for path in checkpoints:
+        shutil.rmtree(path)
+    return None
 
 
 def load_data(args):
@@ -84,6 +119,7 @@ def main(argv: list[str] | None = None):
     from internimage_hf.training.models import build_model
 
     args = parse_args(argv)
+    resume_from_checkpoint = prepare_output_dir(args)
     train, evaluation, names = load_data(args)
     id2label = dict(enumerate(names))
     model_options = argparse.Namespace(
@@ -127,7 +163,7 @@ def main(argv: list[str] | None = None):
         processing_class=image_processor,
         compute_metrics=compute_metrics,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_model()

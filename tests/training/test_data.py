@@ -43,3 +43,27 @@ def test_skip_bad_images_leaves_them_out_and_resumes_exactly(broken_imagefolder,
     expected, actual = load_weights(tmp_path / "full"), load_weights(tmp_path / "resumed")
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_run_stopped_by_an_unreadable_image_resumes_with_skip_bad_images_exactly(imagefolder, tmp_path):
+    import shutil
+
+    from internimage_hf.training.data import EpochPermutationSampler, image_source, load_raw_dataset
+
+    root = tmp_path / "data"
+    shutil.copytree(imagefolder, root)
+    common = ("--max_steps", "6", "--save_total_limit", "0", "--drop_path_rate", "0.2")
+    # The interrupted run gets to a checkpoint at step 1 (the first 6 images of epoch 0); then an image it has not
+    # reached yet turns out unreadable, and the run is resumed with --skip_bad_images.
+    make_trainer(run_args(root, tmp_path / "resumed", *common, "--save_steps", "1", "--max_steps", "1")).run()
+    train = load_raw_dataset(str(root))["train"]
+    unread_row = list(EpochPermutationSampler(len(train), seed=42))[10]
+    bad = root / image_source(train, "image", unread_row)
+    bad.write_bytes(bad.read_bytes()[:200])
+
+    argv = run_args(root, tmp_path / "resumed", *common, "--skip_bad_images", "--resume", "latest")
+    assert make_trainer(argv).run()["train_samples"] == 23
+    make_trainer(run_args(root, tmp_path / "skipping", *common, "--skip_bad_images")).run()
+    expected, actual = load_weights(tmp_path / "skipping"), load_weights(tmp_path / "resumed")
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)

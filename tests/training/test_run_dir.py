@@ -94,6 +94,18 @@ def test_resume_with_changed_settings_fails_naming_the_option(imagefolder, tmp_p
         make_trainer(run_args(imagefolder, tmp_path / "out", *base, "--resume", "latest", "--max_train_samples", "12"))
 
 
+def test_changed_process_count_is_named():
+    # Accelerate shards each batch over the processes, so the position in an epoch depends on their number.
+    from internimage_hf.training import CheckpointError
+    from internimage_hf.training.run_dir import check_resume_settings
+
+    recorded, current = {"num_processes": 2, "seed": 1}, {"num_processes": 1, "seed": 1}
+    expected = r"step_2: .* other settings \(number of processes \(accelerate launch --num_processes\): 2 then, 1 now\)"
+    with pytest.raises(CheckpointError, match=expected):
+        check_resume_settings(recorded, current, "checkpoints/step_2")
+    check_resume_settings(recorded, {**current, "num_processes": 2}, "checkpoints/step_2")  # equal: no error
+
+
 def test_resume_with_more_steps_continues_the_same_run(imagefolder, tmp_path):
     # A constant schedule, so a longer run is the same run continued (a cosine schedule would stretch).
     common = ("--lr_scheduler", "constant_with_warmup", "--save_total_limit", "0")
@@ -149,3 +161,4 @@ def test_cli_reports_a_refused_output_dir_in_one_line(imagefolder, tmp_path, cap
     error = capsys.readouterr().err
     assert error.startswith(f"error: --output_dir {tmp_path} holds a finished model of another training run")
     assert error.count("\n") == 1
+    assert "--resume" not in error  # no checkpoint to resume: not suggested

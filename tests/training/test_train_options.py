@@ -45,6 +45,7 @@ def test_push_to_hub_uploads_model_processor_and_card(imagefolder, tmp_path, mon
     assert RecordingHfApi.calls[0][1]["repo_id"] == "digits-model"
     upload = RecordingHfApi.calls[1][1]
     assert upload["repo_id"] == "someone/digits-model" and upload["folder_path"] == str(output_dir)
+    assert {"checkpoints/*", "run.json", "train.lock", "train.lock.pid"} <= set(upload["ignore_patterns"])
     for name in ("README.md", "config.json", "model.safetensors", "preprocessor_config.json"):
         assert (output_dir / name).exists(), name
     card = (output_dir / "README.md").read_text()

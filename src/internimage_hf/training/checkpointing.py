@@ -10,7 +10,9 @@ final name. It holds:
   settings a resume must keep).
 
 Loading a pickle can run code its author chose, so a checkpoint holding any `.pkl` file (such as Accelerate's
-`custom_checkpoint_<n>.pkl` for objects registered with `register_for_checkpointing`) is refused.
+`custom_checkpoint_<n>.pkl` for objects registered with `register_for_checkpointing`) is refused. Under FSDP and
+DeepSpeed the model and optimizer state are sharded and read by those engines, which use pickled metadata; that case
+is logged as a warning.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ CHECKPOINTS_DIR = "checkpoints"
 STAGING_SUFFIX = ".tmp"
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 _CHECKPOINT_NAME = re.compile(r"^step_(\d+)(\.tmp)?$")
+# Distributed types whose engines (torch.distributed.checkpoint, DeepSpeed, Megatron) write and read their own files.
+SHARDING_ENGINES = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
 
 
 class CheckpointError(RuntimeError):
@@ -227,6 +231,12 @@ def load_checkpoint(accelerator, path: Path, scheduler, ema=None) -> TrainingSta
     for file in required:
         if not file.is_file():
             raise CheckpointError(f"checkpoint {path} has no {file.name} (incomplete, or written by another version)")
+    if accelerator.distributed_type in SHARDING_ENGINES:
+        logger.warning(
+            "resuming under %s: its engine loads the sharded model and optimizer state itself, including pickled "
+            "metadata; resume only checkpoints you trust",
+            accelerator.distributed_type,
+        )
     try:
         accelerator.load_state(str(path), load_kwargs={"weights_only": True})
     except Exception as error:  # accelerate/torch/safetensors raise many types for damaged files

@@ -4,13 +4,16 @@ Data order and augmentation are reproducible, so that `--resume` continues exact
 permutation from `(seed, epoch)` and every training sample is augmented under its own seed
 `(seed, epoch, index)`. Nothing here draws from the global RNG, which only the training step uses.
 
-An image that cannot be decoded raises `UnreadableImageError` naming the file and the split; with
-`--skip_bad_images` every image is decoded once at start and the unreadable ones are left out (the same ones on
-every start, so a resumed run sees the same data).
+An image that cannot be decoded raises `UnreadableImageError` naming the file and the split. With
+`--skip_bad_images` every image is decoded once at start and the unreadable ones are left out: evaluation images are
+dropped, training images are passed over by the sampler, which still draws its permutation over all rows. A run
+that stopped on an unreadable image therefore resumes with `--skip_bad_images` exactly as if it had been given from
+the start (the rows it had already consumed held no unreadable image).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -51,6 +54,12 @@ class ClassificationData:
     label_names: list[str]
     train_split: str = "train"
     eval_split: str = "validation"
+    skipped_train_rows: tuple[int, ...] = ()  # unreadable training images the sampler passes over
+
+    @property
+    def num_train_samples(self) -> int:
+        """Training images a run uses (all rows but the skipped ones)."""
+        return len(self.train) - len(self.skipped_train_rows)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -166,11 +175,17 @@ def prepare_classification_data(options) -> ClassificationData:
         train = train.select(range(min(options.max_train_samples, len(train))))
     if options.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(options.max_eval_samples, len(evaluation))))
+    skipped: tuple[int, ...] = ()
     if options.skip_bad_images:
-        train = drop_unreadable_images(train, image_column, options.train_split)
-        evaluation = drop_unreadable_images(evaluation, image_column, eval_split)
+        skipped = tuple(row for row, _, _ in report_unreadable_images(train, image_column, options.train_split))
+        if len(skipped) == len(train):
+            raise UnreadableImageError(f"none of the {len(train)} images of split {options.train_split!r} can be read")
+        unreadable_eval = {row for row, _, _ in report_unreadable_images(evaluation, image_column, eval_split)}
+        evaluation = evaluation.select([row for row in range(len(evaluation)) if row not in unreadable_eval])
     names = label_names_of(train, label_column)
-    return ClassificationData(train, evaluation, image_column, label_column, names, options.train_split, eval_split)
+    return ClassificationData(
+        train, evaluation, image_column, label_column, names, options.train_split, eval_split, skipped
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,8 +218,6 @@ def unreadable_image_error(dataset, image_column: str, index: int, split: str, e
 
 def _decode(raw) -> None:
     """Decode one undecoded `datasets` image (`{"bytes", "path"}`) fully; raises what PIL raises."""
-    import io
-
     if not raw or not (raw.get("bytes") or raw.get("path")):
         raise ValueError("the image cell is empty")
     source = io.BytesIO(raw["bytes"]) if raw.get("bytes") else raw["path"]
@@ -229,19 +242,18 @@ def find_unreadable_images(dataset, image_column: str) -> list[tuple[int, str, s
     return bad
 
 
-def drop_unreadable_images(dataset, image_column: str, split: str):
-    """The dataset without its unreadable images (`--skip_bad_images`), logging how many and which."""
+def report_unreadable_images(dataset, image_column: str, split: str) -> list[tuple[int, str, str]]:
+    """`find_unreadable_images`, logging how many there are and the first names (`--skip_bad_images`)."""
     bad = find_unreadable_images(dataset, image_column)
     if not bad:
-        return dataset
+        return bad
     shown = "; ".join(f"{source} ({reason})" for _, source, reason in bad[:SHOWN_BAD_IMAGES])
     more = f"; and {len(bad) - SHOWN_BAD_IMAGES} more" if len(bad) > SHOWN_BAD_IMAGES else ""
     logger.warning(
         "--skip_bad_images: leaving out %d unreadable image(s) of %d in split %r: %s%s",
         len(bad), len(dataset), split, shown, more,
     )  # fmt: skip
-    bad_rows = {index for index, _, _ in bad}
-    return dataset.select([index for index in range(len(dataset)) if index not in bad_rows])
+    return bad
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -370,22 +382,28 @@ class ImageClassificationDataset(Dataset):
 
 
 class EpochPermutationSampler(Sampler):
-    """Shuffles with a generator seeded by `(seed, epoch)`: the order of any epoch is known in advance."""
+    """Shuffles with a generator seeded by `(seed, epoch)`: the order of any epoch is known in advance.
 
-    def __init__(self, num_samples: int, seed: int) -> None:
+    `skipped` rows are passed over; the permutation is still drawn over all `num_samples` rows, so the order of the
+    other rows does not depend on which rows are skipped.
+    """
+
+    def __init__(self, num_samples: int, seed: int, skipped: tuple[int, ...] = ()) -> None:
         self.num_samples = num_samples
         self.seed = seed
+        self.skipped = frozenset(skipped)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples - len(self.skipped)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        return iter([row for row in order if row not in self.skipped])
 
 
 class ImageCollator:
@@ -410,7 +428,7 @@ def build_dataloaders(data: ClassificationData, options, image_processor, train_
         data.train, data.image_column, data.label_column, train_transform, seed=options.seed, split=data.train_split
     )
     eval_set = ImageClassificationDataset(data.eval, data.image_column, data.label_column, split=data.eval_split)
-    sampler = EpochPermutationSampler(len(train_set), options.seed)
+    sampler = EpochPermutationSampler(len(train_set), options.seed, data.skipped_train_rows)
     collate = ImageCollator(image_processor)
     common = {"collate_fn": collate, "num_workers": options.dataloader_num_workers}
     # Own generators: creating a loader iterator must not draw from the global RNG (exact resume).

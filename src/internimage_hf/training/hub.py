@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .checkpointing import RUN_FILE
 from .run_dir import LOCK_FILE, LOCK_OWNER_FILE
 
 CARD_TEMPLATE = """---
@@ -59,6 +60,6 @@ def push_to_hub(output_dir: Path, options, results: dict) -> str:
     repo_id = api.create_repo(options.hub_model_id or Path(options.output_dir).name, exist_ok=True).repo_id
     image_size = results.get("image_size") or options.image_size or 0
     ModelCard(model_card_text(options, results, repo_id, image_size)).save(output_dir / "README.md")
-    ignore = ["checkpoints/*", LOCK_FILE, LOCK_OWNER_FILE]  # resumable state and this run's lock stay local
+    ignore = ["checkpoints/*", RUN_FILE, LOCK_FILE, LOCK_OWNER_FILE]  # resumable state and run bookkeeping stay local
     api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), ignore_patterns=ignore)
     return repo_id

@@ -133,11 +133,20 @@ class Trainer:
         if options.resume:
             self.resume_path = checkpointing.resolve_resume_path(options.resume, options.output_dir)
             self.resumed_run = checkpoint_run_record(self.resume_path)
-        run_id = self.resumed_run.run_id if self.resumed_run is not None else new_run_id()
+        run_id = self.resumed_run.run_id if self.resumed_run is not None else self._shared_new_run_id()
         self.run_record = RunRecord(run_id)
         self._outputs_to_remove = claim_output_dir(
             options.output_dir, run_id, self.resume_path, options.overwrite_output_dir
         )
+
+    def _shared_new_run_id(self) -> str:
+        """A new run id, the main process's on every process."""
+        from accelerate.utils import broadcast_object_list
+
+        run_id = [new_run_id()]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(run_id)
+        return run_id[0]
 
     def _build(self) -> None:
         options = self.options
@@ -170,7 +179,7 @@ class Trainer:
         )
         self.batch_mix = build_batch_mix(options, len(self.data.label_names))
         # Length of the loader each process sees (after sharding), hence steps per epoch.
-        batches = math.ceil(len(self.train_set) / options.per_device_train_batch_size)
+        batches = math.ceil(len(self.sampler) / options.per_device_train_batch_size)
         self.batches_per_epoch = math.ceil(batches / self.accelerator.num_processes)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / options.gradient_accumulation_steps)
         self.total_steps = options.max_steps or math.ceil(options.num_train_epochs * self.steps_per_epoch)
@@ -204,8 +213,8 @@ class Trainer:
 
     def _run(self) -> dict[str, float]:
         options, accelerator = self.options, self.accelerator
+        state = self._resume_state()  # a checkpoint that fails to load leaves output_dir as it was
         self._start_run()
-        state = self._resume_state()
         accelerator.init_trackers(options.project_name, config=tracker_config(options))
         progress = self._progress_bar(state)
         start = time.perf_counter()
@@ -335,7 +344,7 @@ class Trainer:
             "epoch": state.epoch + state.batches_in_epoch / max(self.batches_per_epoch, 1),
             "global_step": state.global_step,
             "eval_samples": len(self.data.eval),
-            "train_samples": len(self.data.train),
+            "train_samples": self.data.num_train_samples,
         }
 
     def _save_final(self, results: dict) -> None:

@@ -59,6 +59,6 @@ def load_rng_state(directory: Path, process_index: int) -> None:
     words = tensors["numpy"].numpy().astype(np.uint32)
     np.random.set_state((numpy["name"], words, numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(tensors["torch"])
-    cuda_states = [tensors[f"cuda.{index}"] for index in range(len(tensors)) if f"cuda.{index}" in tensors]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
+    cuda = sorted((int(key.removeprefix("cuda.")), state) for key, state in tensors.items() if key.startswith("cuda."))
+    if cuda and torch.cuda.is_available():  # a checkpoint written on GPU and resumed on CPU restores the CPU states
+        torch.cuda.set_rng_state_all([state for _, state in cuda])

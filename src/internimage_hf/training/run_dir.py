@@ -39,7 +39,8 @@ FINISHED_MODEL_PATTERNS = ("model-*-of-*.safetensors", "replica_checksum_*.txt")
 # Options a resumed run must share with the checkpoint: they fix the data order, the position in an epoch, the
 # model, the EMA and the optimizer state (AdamW's hyper-parameters come back from the checkpoint, so a changed
 # value would be silently ignored). Length (`--num_train_epochs`, `--max_steps`), logging, saving and evaluation
-# may change: a longer run continues the same one.
+# may change: a longer run continues the same one. So may `--skip_bad_images`: the sampler passes over skipped rows
+# without changing the order of the others, so a run that stopped on an unreadable image continues exactly.
 RESUME_OPTIONS = (
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
@@ -51,7 +52,6 @@ RESUME_OPTIONS = (
     "max_train_samples",
     "image_column",
     "label_column",
-    "skip_bad_images",
     "model",
     "image_size",
     "drop_path_rate",
@@ -67,7 +67,7 @@ RESUME_OPTIONS = (
 # Settings that are not options, with what a change means.
 DERIVED_SETTINGS = {
     "num_processes": "number of processes (accelerate launch --num_processes)",
-    "train_samples": "number of training images (the dataset, --max_train_samples or unreadable images changed)",
+    "train_samples": "number of training images (the dataset or --max_train_samples changed)",
     "label_names": "class names of the dataset",
 }
 
@@ -104,7 +104,7 @@ def check_resume_settings(recorded: dict, current: dict, checkpoint: Path) -> No
     raise CheckpointError(
         f"cannot resume from {checkpoint}: it was written with other settings ({lines}). A resumed run continues "
         "the same data order, model and optimizer, so these must match; rerun with the checkpoint's values, or "
-        "start a new run (another --output_dir, or --overwrite_output_dir)."
+        "start a new run without --resume (another --output_dir, or --overwrite_output_dir)."
     )
 
 
@@ -162,10 +162,11 @@ def claim_output_dir(output_dir: str | os.PathLike, run_id: str, resume_from: Pa
         return []
     if not overwrite:
         other = f" (run {owner.run_id})" if owner is not None else ""
+        resume = "--resume latest to continue that run, " if any(is_checkpoint_name(p.name) for p in outputs) else ""
         raise OutputDirError(
             f"--output_dir {output_dir} holds {describe_outputs(outputs)} of another training run{other}; a new run "
-            "there would mix its checkpoints and results with that run's. Pass --resume latest to continue that run, "
-            "--overwrite_output_dir to delete them and start a new run, or choose another --output_dir."
+            f"there would mix its checkpoints and results with that run's. Pass {resume}--overwrite_output_dir to "
+            "delete them and start a new run, or choose another --output_dir."
         )
     return outputs
 
