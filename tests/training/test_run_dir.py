@@ -106,6 +106,15 @@ def test_changed_process_count_is_named():
     check_resume_settings(recorded, {**current, "num_processes": 2}, "checkpoints/step_2")  # equal: no error
 
 
+def test_resume_accepts_the_same_dataset_folder_spelled_differently(imagefolder, tmp_path, monkeypatch):
+    base = ("--max_steps", "2", "--save_steps", "2")
+    make_trainer(run_args(imagefolder, tmp_path / "out", *base)).run()
+    monkeypatch.chdir(imagefolder.parent)
+    relative = f"{imagefolder.name}/"
+    trainer = make_trainer(run_args(relative, tmp_path / "out", *base, "--max_steps", "3", "--resume", "latest"))
+    assert trainer.run()["global_step"] == 3
+
+
 def test_resume_with_more_steps_continues_the_same_run(imagefolder, tmp_path):
     # A constant schedule, so a longer run is the same run continued (a cosine schedule would stretch).
     common = ("--lr_scheduler", "constant_with_warmup", "--save_total_limit", "0")
