@@ -63,9 +63,11 @@ __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2hal
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// floor(x) as a 32-bit integer in one conversion; callers only pass x inside (-1, size).
-__device__ __forceinline__ int floor_to_int(float x) { return __float2int_rd(x); }
-__device__ __forceinline__ int floor_to_int(double x) { return __double2int_rd(x); }
+// floor(x) as a float and, exactly, as a 32-bit integer; callers only pass x inside (-1, size).
+__device__ __forceinline__ float floor_acc(float x) { return floorf(x); }
+__device__ __forceinline__ double floor_acc(double x) { return floor(x); }
+__device__ __forceinline__ int to_int(float integral) { return __float2int_rz(integral); }
+__device__ __forceinline__ int to_int(double integral) { return __double2int_rz(integral); }
 
 __device__ __forceinline__ float exp_acc(float x) { return __expf(x); }
 __device__ __forceinline__ double exp_acc(double x) { return exp(x); }
@@ -76,11 +78,27 @@ struct alignas(sizeof(T) * VEC) Pack {
   T v[VEC];
 };
 
+template <int WORDS>
+struct alignas(4 * WORDS) Words {
+  uint32_t w[WORDS];
+};
+
 template <typename T, int VEC, typename A>
 __device__ __forceinline__ void load_pack(const T* ptr, A (&out)[VEC]) {
-  const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(ptr);
+  if constexpr (std::is_same<T, __nv_bfloat16>::value && VEC % 2 == 0) {
+    // A bfloat16 is the upper half of a float32: converting straight from each 32-bit word (a shift for the low
+    // element, a mask for the high one) saves unpacking the word into 16-bit halves first.
+    const Words<VEC / 2> words = *reinterpret_cast<const Words<VEC / 2>*>(ptr);
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) out[k] = to_acc(pk.v[k]);
+    for (int k = 0; k < VEC / 2; ++k) {
+      out[2 * k] = __uint_as_float(words.w[k] << 16);
+      out[2 * k + 1] = __uint_as_float(words.w[k] & 0xffff0000u);
+    }
+  } else {
+    const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(ptr);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) out[k] = to_acc(pk.v[k]);
+  }
 }
 
 template <typename T, int VEC, typename A>
@@ -95,29 +113,35 @@ __device__ __forceinline__ void store_pack(T* ptr, const A (&in)[VEC]) {
 template <typename G, int VEC, typename A>
 __device__ __forceinline__ void atomic_add_pack(G* ptr, const A (&in)[VEC]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (std::is_same<G, float>::value && VEC == 4) {
-    atomicAdd(reinterpret_cast<float4*>(ptr), make_float4(in[0], in[1], in[2], in[3]));
-    return;
-  }
-  if constexpr (std::is_same<G, float>::value && VEC == 2) {
-    atomicAdd(reinterpret_cast<float2*>(ptr), make_float2(in[0], in[1]));
-    return;
-  }
+  constexpr bool kVector = std::is_same<G, float>::value && (VEC == 2 || VEC == 4);
+#else
+  constexpr bool kVector = false;
 #endif
+  if constexpr (kVector && VEC == 4) {
+    atomicAdd(reinterpret_cast<float4*>(ptr), make_float4(in[0], in[1], in[2], in[3]));
+  } else if constexpr (kVector && VEC == 2) {
+    atomicAdd(reinterpret_cast<float2*>(ptr), make_float2(in[0], in[1]));
+  } else {
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) atomicAdd(ptr + k, static_cast<G>(in[k]));
+    for (int k = 0; k < VEC; ++k) atomicAdd(ptr + k, static_cast<G>(in[k]));
+  }
 }
 
-// The call's shape in the index type I, plus the constants of the sampling formula (see dcnv3_sampling.h):
-//   x = wo * stride_w - pad_w + c_w + s * (i * dilation_w - c_w + dx), likewise y.
+// The call's shape in the index type I and the constants of the sampling formula (see dcnv3_sampling.h):
+//   x = wo * stride_w - pad_w + c_w + s * (i * dilation_w - c_w + dx), likewise y,
+// evaluated as (base + s * tap) + s * dx so that the first part is computed once per tap column / row.
+// Built on the host and passed as the kernel argument, so the loops read ready-made 32-bit values.
 template <typename A, typename I>
 struct Geometry {
   I height, width, channels, group, group_channels, points, out_w, out_hw;
+  I row;  // width * channels: element distance between image rows
   I kernel_h, centre_tap;  // centre_tap: linear tap index skipped by remove_center, else -1
-  A height_f, width_f, scale, centre_x, centre_y, dilation_x, dilation_y;
-  I stride_w, stride_h, pad_w, pad_h;
+  I stride_w, stride_h;
+  A last_y, last_x;  // height - 1, width - 1: a corner row / column past them is zero padding
+  A height_f, width_f, scale, centre_x, centre_y, dilation_x, dilation_y, origin_x, origin_y;
+  bool remove_center;
 
-  __device__ __forceinline__ explicit Geometry(const Params& p)
+  __host__ __device__ explicit Geometry(const Params& p)
       : height(I(p.height)),
         width(I(p.width)),
         channels(I(p.channels)),
@@ -126,8 +150,13 @@ struct Geometry {
         points(I(p.points)),
         out_w(I(p.out_w)),
         out_hw(I(p.out_h * p.out_w)),
+        row(I(p.width * p.channels)),
         kernel_h(I(p.kernel_h)),
         centre_tap(p.remove_center ? I((p.kernel_w / 2) * p.kernel_h + p.kernel_h / 2) : I(-1)),
+        stride_w(I(p.stride_w)),
+        stride_h(I(p.stride_h)),
+        last_y(A(p.height - 1)),
+        last_x(A(p.width - 1)),
         height_f(A(p.height)),
         width_f(A(p.width)),
         scale(A(p.offset_scale)),
@@ -135,20 +164,19 @@ struct Geometry {
         centre_y(A(p.dilation_h * (p.kernel_h - 1) / 2)),
         dilation_x(A(p.dilation_w)),
         dilation_y(A(p.dilation_h)),
-        stride_w(I(p.stride_w)),
-        stride_h(I(p.stride_h)),
-        pad_w(I(p.pad_w)),
-        pad_h(I(p.pad_h)) {}
+        origin_x(A(p.dilation_w * (p.kernel_w - 1) / 2 - p.pad_w)),
+        origin_y(A(p.dilation_h * (p.kernel_h - 1) / 2 - p.pad_h)),
+        remove_center(p.remove_center) {}
 };
 
 // Where one (output pixel, group) sits and where its data lives.
 template <typename A, typename I>
 struct PixelGroup {
-  A base_x;          // regular-grid centre of the kernel window, in input pixels
+  A base_x;      // regular-grid centre of the kernel window, in input pixels
   A base_y;
-  I value_base;      // element offset of value[n, 0, 0, g * Cg]
-  I point_base;      // index of the group's first point in mask: (pixel * G + g) * P
-  I out_base;        // element offset of out[pixel, g * Cg]: (pixel * G + g) * Cg
+  I value_base;  // element offset of value[n, 0, 0, g * Cg]
+  I point_base;  // index of the group's first point in mask: (pixel * G + g) * P
+  I out_base;    // element offset of out[pixel, g * Cg]: (pixel * G + g) * Cg
 };
 
 template <typename A, typename I>
@@ -160,45 +188,56 @@ __device__ __forceinline__ PixelGroup<A, I> pixel_group(const Geometry<A, I>& ge
   const I ho = rest / geo.out_w;
   const I wo = rest - ho * geo.out_w;
   PixelGroup<A, I> r;
-  r.base_x = A(wo * geo.stride_w - geo.pad_w) + geo.centre_x;
-  r.base_y = A(ho * geo.stride_h - geo.pad_h) + geo.centre_y;
+  r.base_x = A(wo * geo.stride_w) + geo.origin_x;
+  r.base_y = A(ho * geo.stride_h) + geo.origin_y;
   r.value_base = n * geo.height * geo.width * geo.channels + g * geo.group_channels;
   r.point_base = pg * geo.points;
   r.out_base = pg * geo.group_channels;
   return r;
 }
 
-// Walks the kernel taps in point order (x-major: i over kernel_w outside, j over kernel_h inside), skipping the
-// centre with remove_center. x, y: the tap's regular-grid offset from the window centre, i * dilation_w - c_w.
-template <typename A, typename I>
-struct TapCursor {
-  I linear;
-  I j;
-  A x;
-  A y;
-
-  __device__ __forceinline__ explicit TapCursor(const Geometry<A, I>& geo)
-      : linear(0), j(0), x(-geo.centre_x), y(-geo.centre_y) {
-    if (geo.centre_tap == 0) step(geo);
-  }
-  __device__ __forceinline__ void step(const Geometry<A, I>& geo) {
-    ++linear;
-    ++j;
-    y += geo.dilation_y;
-    if (j == geo.kernel_h) {
-      j = 0;
-      y = -geo.centre_y;
-      x += geo.dilation_x;
+// Calls fn(q, x, y) for every sampling point q in order (x-major: i over kernel_w outside, j over kernel_h inside;
+// the centre skipped with remove_center), where (x, y) is the point's location before its learned offset:
+// base + s * (i * dilation_w - c_w, j * dilation_h - c_h); the sample sits at (x + s * dx, y + s * dy).
+// kKernel = 3 unrolls InternImage's 3x3 kernel completely (three distinct x and y per pixel, no loop); 0 walks any
+// size.
+template <int kKernel, typename A, typename I, typename Fn>
+__device__ __forceinline__ void for_each_point(const Geometry<A, I>& geo, const PixelGroup<A, I>& pg, Fn&& fn) {
+  if constexpr (kKernel == 3) {
+    const A xs[3] = {pg.base_x - geo.scale * geo.dilation_x, pg.base_x, pg.base_x + geo.scale * geo.dilation_x};
+    const A ys[3] = {pg.base_y - geo.scale * geo.dilation_y, pg.base_y, pg.base_y + geo.scale * geo.dilation_y};
+#pragma unroll
+    for (int t = 0; t < 9; ++t) {
+      if (t == 4 && geo.remove_center) continue;
+      const I q = (t > 4 && geo.remove_center) ? I(t - 1) : I(t);
+      fn(q, xs[t / 3], ys[t % 3]);
+    }
+  } else {
+    I linear = 0;
+    I j = 0;
+    A tap_x = -geo.centre_x;
+    A tap_y = -geo.centre_y;
+    for (I q = 0; q < geo.points; ++q) {
+      if (linear == geo.centre_tap) {  // skip the centre tap: one step along the kernel column
+        ++linear;
+        ++j;
+        tap_y += geo.dilation_y;
+      }
+      if (j == geo.kernel_h) {
+        j = 0;
+        tap_y = -geo.centre_y;
+        tap_x += geo.dilation_x;
+      }
+      fn(q, pg.base_x + geo.scale * tap_x, pg.base_y + geo.scale * tap_y);
+      ++linear;
+      ++j;
+      tap_y += geo.dilation_y;
     }
   }
-  __device__ __forceinline__ void next(const Geometry<A, I>& geo) {
-    step(geo);
-    if (linear == geo.centre_tap) step(geo);
-  }
-};
+}
 
-// Bilinear cell of one sample: the element offset of its (y0, x0) corner row, the fractional position and which
-// of the four corners lie inside the image.
+// Bilinear cell of one sample: its (y0, x0) corner row offset, the fractional position and which of the four
+// corners lie inside the image.
 template <typename A, typename I>
 struct Cell {
   I base;
@@ -211,23 +250,26 @@ struct Cell {
 template <typename A, typename I>
 __device__ __forceinline__ bool locate(const Geometry<A, I>& geo, A x, A y, Cell<A, I>& cell) {
   if (!(y > A(-1) && x > A(-1) && y < geo.height_f && x < geo.width_f)) return false;
-  const int x0 = floor_to_int(x);
-  const int y0 = floor_to_int(y);
-  cell.lx = x - A(x0);
-  cell.ly = y - A(y0);
-  cell.top = y0 >= 0;
-  cell.bottom = I(y0) < geo.height - 1;
-  cell.left = x0 >= 0;
-  cell.right = I(x0) < geo.width - 1;
-  cell.base = (I(y0) * geo.width + I(x0)) * geo.channels;
+  const A fx = floor_acc(x);
+  const A fy = floor_acc(y);
+  cell.lx = x - fx;
+  cell.ly = y - fy;
+  // Tested on the location, not on (x0, y0): floor(y) >= 0 iff y >= 0, floor(y) < H - 1 iff y < H - 1.
+  cell.top = y >= A(0);
+  cell.bottom = y < geo.last_y;
+  cell.left = x >= A(0);
+  cell.right = x < geo.last_x;
+  cell.base = I(to_int(fy)) * geo.row + I(to_int(fx)) * geo.channels;
   return true;
 }
 
-// What a sample outside the image adds in the reference (mask * 0, after grid_sample's zero padding): NaN when its
-// location or weight is not finite, else nothing.
+// Adds what a sample outside the image adds in the reference (weight * 0 after grid_sample's zero padding): NaN
+// when its location or weight is not finite, else nothing; v * 0 is +-0 exactly for finite v.
 template <typename A>
-__device__ __forceinline__ bool outside_is_nan(A x, A y, A m) {
-  return !(isfinite(x) && isfinite(y) && isfinite(m));
+__device__ __forceinline__ void add_outside_sample(A& outside, A x, A y, A m) {
+  outside = fma(x, A(0), outside);
+  outside = fma(y, A(0), outside);
+  outside = fma(m, A(0), outside);
 }
 
 // Point weights of one (pixel, group): the mask as given, or the softmax of its logits over the group's P points.
@@ -256,56 +298,55 @@ struct PointWeights {
   }
 };
 
-template <typename T, int VEC, typename A, typename I>
-__device__ __forceinline__ void add_corner(A (&acc)[VEC], const T* value, I index, A weight) {
+template <typename T, int VEC, typename A>
+__device__ __forceinline__ void add_corner(A (&acc)[VEC], const T* ptr, A weight) {
   A v[VEC];
-  load_pack<T, VEC>(value + index, v);
+  load_pack<T, VEC>(ptr, v);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) acc[k] += weight * v[k];
 }
 
-template <typename T, int VEC, typename I, bool kSoftmax>
+template <typename T, int VEC, typename I, int kKernel, bool kSoftmax>
 __global__ void __launch_bounds__(kThreads, 1)
     forward_kernel(const T* __restrict__ value, const T* __restrict__ offset, const T* __restrict__ mask,
-                   T* __restrict__ out, const Params params, const int lane_bits, const I total) {
+                   T* __restrict__ out, const Geometry<typename AccOf<T>::type, I> geo, const int lane_bits,
+                   const I total) {
   using A = typename AccOf<T>::type;
-  const Geometry<A, I> geo(params);
   const I lanes = I(1) << lane_bits;
-  const I row = geo.width * geo.channels;
   for (I t = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); t < total; t += I(gridDim.x) * I(blockDim.x)) {
     const PixelGroup<A, I> pg = pixel_group(geo, t >> lane_bits);
     const T* off = offset + 2 * pg.point_base;
     const T* msk = mask + pg.point_base;
-    const T* value_group = value + pg.value_base;
     const PointWeights<T, A, kSoftmax> weight_of(msk, geo.points);
+    // Usually one iteration (a group's channels fit lanes * VEC); unrolling would only add code.
+#pragma unroll 1
     for (I c0 = (t & (lanes - 1)) * VEC; c0 < geo.group_channels; c0 += lanes * VEC) {
+      const T* value_group = value + pg.value_base + c0;
       A acc[VEC];
 #pragma unroll
       for (int k = 0; k < VEC; ++k) acc[k] = A(0);
-      bool nan_sample = false;
-      TapCursor<A, I> tap(geo);
-      for (I q = 0; q < geo.points; ++q, tap.next(geo)) {
-        const A x = pg.base_x + geo.scale * (tap.x + to_acc(off[2 * q]));
-        const A y = pg.base_y + geo.scale * (tap.y + to_acc(off[2 * q + 1]));
+      A outside = A(0);  // 0, or NaN when a sample outside the image is NaN in the reference
+      for_each_point<kKernel>(geo, pg, [&](I q, A tap_x, A tap_y) {
+        const A x = tap_x + geo.scale * to_acc(off[2 * q]);
+        const A y = tap_y + geo.scale * to_acc(off[2 * q + 1]);
         const A m = weight_of(msk[q]);
         Cell<A, I> cell;
         if (!locate(geo, x, y, cell)) {
-          nan_sample |= outside_is_nan(x, y, m);
-          continue;
+          add_outside_sample(outside, x, y, m);
+          return;
         }
         const A top = (A(1) - cell.ly) * m;
         const A bottom = cell.ly * m;
         const A left = A(1) - cell.lx;
-        const I i00 = cell.base + c0;
-        if (cell.top && cell.left) add_corner<T, VEC>(acc, value_group, i00, top * left);
-        if (cell.top && cell.right) add_corner<T, VEC>(acc, value_group, i00 + geo.channels, top * cell.lx);
-        if (cell.bottom && cell.left) add_corner<T, VEC>(acc, value_group, i00 + row, bottom * left);
-        if (cell.bottom && cell.right) add_corner<T, VEC>(acc, value_group, i00 + row + geo.channels, bottom * cell.lx);
-      }
-      if (nan_sample) {
+        const T* p00 = value_group + cell.base;
+        const T* p10 = p00 + geo.row;
+        if (cell.top && cell.left) add_corner<T, VEC>(acc, p00, top * left);
+        if (cell.top && cell.right) add_corner<T, VEC>(acc, p00 + geo.channels, top * cell.lx);
+        if (cell.bottom && cell.left) add_corner<T, VEC>(acc, p10, bottom * left);
+        if (cell.bottom && cell.right) add_corner<T, VEC>(acc, p10 + geo.channels, bottom * cell.lx);
+      });
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) acc[k] = A(NAN);
-      }
+      for (int k = 0; k < VEC; ++k) acc[k] += outside;
       store_pack<T, VEC>(out + pg.out_base + c0, acc);
     }
   }
@@ -318,7 +359,7 @@ __device__ __forceinline__ A lanes_sum(A v, int lanes) {
 }
 
 // Partial derivatives of one sample w.r.t. its mask weight (`sampled`) and location (dx, dy), over this thread's
-// channels; scatters the value gradient of one corner as it goes.
+// channels.
 template <typename A>
 struct SampleGrads {
   A sampled = A(0);
@@ -326,11 +367,12 @@ struct SampleGrads {
   A dy = A(0);
 };
 
-template <typename T, typename G, int VEC, typename A, typename I>
-__device__ __forceinline__ void corner_backward(const T* value, G* grad_value, I index, const A (&gout)[VEC], A weight,
-                                                A m, A dweight_dx, A dweight_dy, SampleGrads<A>& grads) {
+// One corner of one sample: scatters its value gradient and accumulates the sample's partial derivatives.
+template <typename T, typename G, int VEC, typename A>
+__device__ __forceinline__ void corner_backward(const T* value, G* grad_value, const A (&gout)[VEC], A weight, A m,
+                                                A dweight_dx, A dweight_dy, SampleGrads<A>& grads) {
   A v[VEC];
-  load_pack<T, VEC>(value + index, v);
+  load_pack<T, VEC>(value, v);
   A dot = A(0);
   A scattered[VEC];
   const A wm = weight * m;
@@ -339,7 +381,7 @@ __device__ __forceinline__ void corner_backward(const T* value, G* grad_value, I
     dot += gout[k] * v[k];
     scattered[k] = wm * gout[k];
   }
-  atomic_add_pack<G, VEC>(grad_value + index, scattered);
+  atomic_add_pack<G, VEC>(grad_value, scattered);
   grads.sampled += weight * dot;
   grads.dx += dweight_dx * dot;
   grads.dy += dweight_dy * dot;
@@ -355,15 +397,16 @@ __device__ __forceinline__ void softmax_jacobian(T* grad_mask, const T* logits, 
 }
 
 // G is the grad_value accumulation type (float for half types).
-template <typename T, typename G, int VEC, typename I, bool kSoftmax>
+template <typename T, typename G, int VEC, typename I, int kKernel, bool kSoftmax>
 __global__ void __launch_bounds__(kThreads, 1)
     backward_kernel(const T* __restrict__ grad_output, const T* __restrict__ value, const T* __restrict__ offset,
                     const T* __restrict__ mask, G* __restrict__ grad_value, T* __restrict__ grad_offset,
-                    T* __restrict__ grad_mask, const Params params, const int lane_bits, const I total) {
+                    T* __restrict__ grad_mask, const Geometry<typename AccOf<T>::type, I> geo, const int lane_bits,
+                    const I total) {
   using A = typename AccOf<T>::type;
-  const Geometry<A, I> geo(params);
   const int lanes = 1 << lane_bits;
-  const I row = geo.width * geo.channels;
+  const I right = geo.channels;
+  const I down = geo.row;
   // Whole blocks iterate together so that every lane of a warp reaches the shuffles.
   const I padded = (total + I(blockDim.x) - 1) / I(blockDim.x) * I(blockDim.x);
   for (I start = I(blockIdx.x) * I(blockDim.x); start < padded; start += I(gridDim.x) * I(blockDim.x)) {
@@ -378,31 +421,32 @@ __global__ void __launch_bounds__(kThreads, 1)
     G* grad_value_group = grad_value + pg.value_base;
     const PointWeights<T, A, kSoftmax> weight_of(msk, geo.points);
     A weighted_sum = A(0);  // sum over points of p_q * d loss / d p_q, for the softmax Jacobian
-    TapCursor<A, I> tap(geo);
-    for (I q = 0; q < geo.points; ++q, tap.next(geo)) {
-      const A x = pg.base_x + geo.scale * (tap.x + to_acc(off[2 * q]));
-      const A y = pg.base_y + geo.scale * (tap.y + to_acc(off[2 * q + 1]));
+    for_each_point<kKernel>(geo, pg, [&](I q, A tap_x, A tap_y) {
+      const A x = tap_x + geo.scale * to_acc(off[2 * q]);
+      const A y = tap_y + geo.scale * to_acc(off[2 * q + 1]);
       const A m = weight_of(msk[q]);
       SampleGrads<A> grads;
       Cell<A, I> cell;
       if (active && locate(geo, x, y, cell)) {
         const A hy = A(1) - cell.ly;
         const A hx = A(1) - cell.lx;
+#pragma unroll 1
         for (I c0 = lane * VEC; c0 < geo.group_channels; c0 += I(lanes) * VEC) {
           A gout[VEC];
           load_pack<T, VEC>(go + c0, gout);
-          const I i00 = cell.base + c0;
-          if (cell.top && cell.left)
-            corner_backward<T, G, VEC>(value_group, grad_value_group, i00, gout, hy * hx, m, -hy, -hx, grads);
-          if (cell.top && cell.right)
-            corner_backward<T, G, VEC>(value_group, grad_value_group, i00 + geo.channels, gout, hy * cell.lx, m, hy,
-                                       -cell.lx, grads);
-          if (cell.bottom && cell.left)
-            corner_backward<T, G, VEC>(value_group, grad_value_group, i00 + row, gout, cell.ly * hx, m, -cell.ly, hx,
-                                       grads);
-          if (cell.bottom && cell.right)
-            corner_backward<T, G, VEC>(value_group, grad_value_group, i00 + row + geo.channels, gout,
-                                       cell.ly * cell.lx, m, cell.ly, cell.lx, grads);
+          const T* p00 = value_group + cell.base + c0;
+          G* g00 = grad_value_group + cell.base + c0;
+          if (cell.top && cell.left) corner_backward<T, G, VEC>(p00, g00, gout, hy * hx, m, -hy, -hx, grads);
+          if (cell.top && cell.right) {
+            corner_backward<T, G, VEC>(p00 + right, g00 + right, gout, hy * cell.lx, m, hy, -cell.lx, grads);
+          }
+          if (cell.bottom && cell.left) {
+            corner_backward<T, G, VEC>(p00 + down, g00 + down, gout, cell.ly * hx, m, -cell.ly, hx, grads);
+          }
+          if (cell.bottom && cell.right) {
+            corner_backward<T, G, VEC>(p00 + down + right, g00 + down + right, gout, cell.ly * cell.lx, m, cell.ly,
+                                       cell.lx, grads);
+          }
         }
       }
       grads.sampled = lanes_sum(grads.sampled, lanes);
@@ -416,7 +460,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         grad_offset[2 * k + 1] = from_acc<T>(m * geo.scale * grads.dy);
         weighted_sum += m * grads.sampled;
       }
-    }
+    });
     if (kSoftmax && active && lane == 0) {
       softmax_jacobian<T, A, I, kSoftmax>(grad_mask + pg.point_base, msk, weight_of, weighted_sum, geo.points);
     }
@@ -498,44 +542,58 @@ int64_t blocks_for(int64_t threads, int sm_count) {
   return std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(std::max(sm_count, 1)) * kBlocksPerSm));
 }
 
-// Calls fn.run<T, VEC, I, kSoftmax>() for the runtime (dtype, vec, wide, softmax). `wide` (64-bit indices) only
-// exists at VEC 1; Fn::max_vec<T>() caps the widths that are instantiated.
-template <typename T, int VEC, typename I, typename Fn>
+// What selects a kernel instantiation besides the dtype and the launch shape.
+struct Variant {
+  bool kernel3;  // 3x3 kernel (every InternImage model): the fully unrolled tap loop
+  bool softmax;  // mask holds logits
+};
+
+// Calls fn.run<T, VEC, I, kKernel, kSoftmax>() for the runtime (dtype, shape, variant). 64-bit indices exist only
+// at VEC 1 with the generic tap loop; Fn::max_vec<T>() caps the widths that are instantiated.
+template <typename T, int VEC, typename I, int kKernel, typename Fn>
 cudaError_t with_softmax(bool softmax, const Fn& fn) {
-  return softmax ? fn.template run<T, VEC, I, true>() : fn.template run<T, VEC, I, false>();
+  return softmax ? fn.template run<T, VEC, I, kKernel, true>() : fn.template run<T, VEC, I, kKernel, false>();
+}
+
+template <typename T, int VEC, typename Fn>
+cudaError_t with_kernel_size(Variant variant, const Fn& fn) {
+  return variant.kernel3 ? with_softmax<T, VEC, int32_t, 3>(variant.softmax, fn)
+                         : with_softmax<T, VEC, int32_t, 0>(variant.softmax, fn);
 }
 
 template <typename T, typename Fn>
-cudaError_t with_vec(int vec, bool wide, bool softmax, const Fn& fn) {
+cudaError_t with_vec(int vec, bool wide, Variant variant, const Fn& fn) {
   constexpr int kMax = Fn::template max_vec<T>();
-  if (wide) return vec == 1 ? with_softmax<T, 1, int64_t>(softmax, fn) : cudaErrorInvalidValue;
+  if (wide) return vec == 1 ? with_softmax<T, 1, int64_t, 0>(variant.softmax, fn) : cudaErrorInvalidValue;
   if constexpr (kMax >= 8) {
-    if (vec == 8) return with_softmax<T, 8, int32_t>(softmax, fn);
+    if (vec == 8) return with_kernel_size<T, 8>(variant, fn);
   }
   if constexpr (kMax >= 4) {
-    if (vec == 4) return with_softmax<T, 4, int32_t>(softmax, fn);
+    if (vec == 4) return with_kernel_size<T, 4>(variant, fn);
   }
   if constexpr (kMax >= 2) {
-    if (vec == 2) return with_softmax<T, 2, int32_t>(softmax, fn);
+    if (vec == 2) return with_kernel_size<T, 2>(variant, fn);
   }
-  if (vec == 1) return with_softmax<T, 1, int32_t>(softmax, fn);
+  if (vec == 1) return with_kernel_size<T, 1>(variant, fn);
   return cudaErrorInvalidValue;
 }
 
 template <typename Fn>
-cudaError_t dispatch(DType dtype, LaunchShape shape, bool softmax, const Fn& fn) {
+cudaError_t dispatch(DType dtype, LaunchShape shape, Variant variant, const Fn& fn) {
   switch (dtype) {
     case DType::kFloat32:
-      return with_vec<float>(shape.vec, shape.wide_index, softmax, fn);
+      return with_vec<float>(shape.vec, shape.wide_index, variant, fn);
     case DType::kFloat64:
-      return with_vec<double>(shape.vec, shape.wide_index, softmax, fn);
+      return with_vec<double>(shape.vec, shape.wide_index, variant, fn);
     case DType::kFloat16:
-      return with_vec<__half>(shape.vec, shape.wide_index, softmax, fn);
+      return with_vec<__half>(shape.vec, shape.wide_index, variant, fn);
     case DType::kBFloat16:
-      return with_vec<__nv_bfloat16>(shape.vec, shape.wide_index, softmax, fn);
+      return with_vec<__nv_bfloat16>(shape.vec, shape.wide_index, variant, fn);
   }
   return cudaErrorInvalidValue;
 }
+
+Variant variant_of(const Params& p, bool mask_logits) { return {p.kernel_h == 3 && p.kernel_w == 3, mask_logits}; }
 
 struct ForwardLaunch {
   const void* value;
@@ -552,11 +610,12 @@ struct ForwardLaunch {
     return int(16 / sizeof(T));
   }
 
-  template <typename T, int VEC, typename I, bool kSoftmax>
+  template <typename T, int VEC, typename I, int kKernel, bool kSoftmax>
   cudaError_t run() const {
-    forward_kernel<T, VEC, I, kSoftmax><<<unsigned(shape.blocks), kThreads, 0, stream>>>(
+    const Geometry<typename AccOf<T>::type, I> geo(p);
+    forward_kernel<T, VEC, I, kKernel, kSoftmax><<<unsigned(shape.blocks), kThreads, 0, stream>>>(
         static_cast<const T*>(value), static_cast<const T*>(offset), static_cast<const T*>(mask), static_cast<T*>(out),
-        p, log2_of(shape.lanes), I(total));
+        geo, log2_of(shape.lanes), I(total));
     return cudaGetLastError();
   }
 };
@@ -580,13 +639,14 @@ struct BackwardLaunch {
     return std::is_same<T, double>::value ? 1 : 4;
   }
 
-  template <typename T, int VEC, typename I, bool kSoftmax>
+  template <typename T, int VEC, typename I, int kKernel, bool kSoftmax>
   cudaError_t run() const {
     using G = typename AccOf<T>::type;
-    backward_kernel<T, G, VEC, I, kSoftmax><<<unsigned(shape.blocks), kThreads, 0, stream>>>(
+    const Geometry<G, I> geo(p);
+    backward_kernel<T, G, VEC, I, kKernel, kSoftmax><<<unsigned(shape.blocks), kThreads, 0, stream>>>(
         static_cast<const T*>(grad_output), static_cast<const T*>(value), static_cast<const T*>(offset),
         static_cast<const T*>(mask), static_cast<G*>(grad_value), static_cast<T*>(grad_offset),
-        static_cast<T*>(grad_mask), p, log2_of(shape.lanes), I(total));
+        static_cast<T*>(grad_mask), geo, log2_of(shape.lanes), I(total));
     return cudaGetLastError();
   }
 };
@@ -634,7 +694,7 @@ cudaError_t launch_forward(DType dtype, const void* value, const void* offset, c
   const LaunchShape shape = choose_forward_shape(dtype, p, value, out, device.sm_count);
   const int64_t total = total_threads(p, shape);
   if (total == 0) return cudaSuccess;
-  return dispatch(dtype, shape, mask_logits, ForwardLaunch{value, offset, mask, out, p, shape, total, stream});
+  return dispatch(dtype, shape, variant_of(p, mask_logits), ForwardLaunch{value, offset, mask, out, p, shape, total, stream});
 }
 
 cudaError_t launch_backward(DType dtype, const void* grad_output, const void* value, const void* offset,
@@ -647,7 +707,7 @@ cudaError_t launch_backward(DType dtype, const void* grad_output, const void* va
       choose_backward_shape(dtype, p, grad_output, value, grad_value_acc, device.sm_count, device.major);
   const int64_t total = total_threads(p, shape);
   if (total == 0) return cudaSuccess;
-  return dispatch(dtype, shape, mask_logits,
+  return dispatch(dtype, shape, variant_of(p, mask_logits),
                   BackwardLaunch{grad_output, value, offset, mask, grad_value_acc, grad_offset, grad_mask, p, shape,
                                  total, stream});
 }

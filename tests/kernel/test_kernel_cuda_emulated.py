@@ -251,9 +251,7 @@ def broken_tmp(tmp_path_factory):
 
 def test_self_check_off_by_one_border_is_caught(emu_build_dir, broken_tmp):
     """A right-column test that admits x0 = W - 1 reads one pixel past the row: wrong values or guard NaN."""
-    broken = _broken_copy(
-        broken_tmp, "border", "cell.right = I(x0) < geo.width - 1;", "cell.right = I(x0) <= geo.width - 1;"
-    )
+    broken = _broken_copy(broken_tmp, "border", "cell.right = x < geo.last_x;", "cell.right = x < geo.width_f;")
     emu = CudaEmulator(build_emulator(KERNEL_SRC, emu_build_dir, 800, kernel_file=broken))
     params = CASES["internimage_t"]
     value, offset, mask = make_inputs(params, batch=1, height=6, width=6, dtype=torch.float64, offset_range=3.0)

@@ -138,12 +138,19 @@ inline unsigned mask_or_full() { return 0xffffffffu; }
 inline unsigned mask_or_full(unsigned mask) { return mask; }
 }  // namespace emu
 
-// Device math: round-down conversions and the fast exponential (computed exactly here; the hardware's __expf
+// Device math: rounding conversions and the fast exponential (computed exactly here; the hardware's __expf
 // is an approximation within a few ulp).
 inline int __float2int_rd(float x) { return static_cast<int>(std::floor(x)); }
 inline int __double2int_rd(double x) { return static_cast<int>(std::floor(x)); }
+inline int __float2int_rz(float x) { return static_cast<int>(x); }
+inline int __double2int_rz(double x) { return static_cast<int>(x); }
 inline float __expf(float x) { return std::exp(x); }
-using std::isfinite;
+inline float __uint_as_float(unsigned int bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+using std::isfinite;  // floor, floorf and fma are the C library's, declared globally by <cmath>
 
 inline float atomicAdd(float* address, float value) {
   emu::record_atomic(address, 4, 1);
