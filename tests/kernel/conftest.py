@@ -1,7 +1,8 @@
 """Fixtures for the DCNv3 hub-kernel tests: build the kernel once per session (optionally cached) and load it.
 
 ``INTERNIMAGE_KERNEL_BUILD_CACHE=<dir>`` keeps builds across runs, keyed by variant, torch version and the
-source tree hash (so an edited kernel_src is rebuilt). ``INTERNIMAGE_KERNEL_CUDA_ARCHS`` sets the archs of
+source tree hash (so an edited kernel_src is rebuilt). ``INTERNIMAGE_KERNEL_PREBUILT=<root>`` uses a build root made
+by scripts/build_kernel.py for every variant it holds (scripts/gpu_check.sh builds once for its tests and benchmark). ``INTERNIMAGE_KERNEL_CUDA_ARCHS`` sets the archs of
 the single-arch CUDA build used by the resolver tests (default: the visible GPU, else 8.0).
 """
 
@@ -41,8 +42,11 @@ def _cache_key(backend: str) -> str:
 
 def _build(tmp_path_factory, backend: str, cuda_archs: str | None = None) -> BuiltKernel:
     cache = os.environ.get("INTERNIMAGE_KERNEL_BUILD_CACHE")
+    prebuilt = os.environ.get("INTERNIMAGE_KERNEL_PREBUILT")
     variant = kernel_build.variant_name(backend)
-    if cache:
+    if prebuilt and (Path(prebuilt) / "build" / variant / "metadata.json").exists():
+        root = Path(prebuilt)
+    elif cache:
         root = Path(cache) / _cache_key(backend)
         if not (root / "build" / variant / "metadata.json").exists():
             # Build next to the final place and rename, so concurrent sessions never see half a build.
