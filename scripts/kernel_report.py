@@ -8,8 +8,10 @@ unrolled, are divided by the points they hold) and the 64-bit float<->int conver
     python scripts/kernel_report.py                      # this checkout's kernel_src
     python scripts/kernel_report.py --before <git-rev>   # plus the same figures for a committed version
     python scripts/kernel_report.py --markdown           # the README table (forward and backward hot variants)
+    python scripts/kernel_report.py --atomics            # backward atomics: floats per 32-byte sector operation
 
-Needs nvcc (and c++filt for readable names).
+Needs nvcc (and c++filt for readable names); ``--atomics`` needs only a host C++ compiler: it runs the backward under
+the CUDA emulation (scripts/cuda_emu) and counts, per warp-wide atomic instruction, the distinct 32-byte sectors.
 """
 
 from __future__ import annotations
@@ -286,12 +288,51 @@ def markdown(before: dict | None, after: dict) -> str:
     return "\n".join(rows)
 
 
+def atomics_report(kernel_src: Path) -> list[str]:
+    """Floats per 32-byte sector operation of the backward's grad_value atomics, InternImage-T stage shapes (batch
+    2), for the sm_80 (scalar atomics, one thread per channel) and sm_90 (float4 atomics) builds."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emu"))
+    from emulator import CudaEmulator, build_emulator
+
+    lines = [
+        "| dtype | build | T stage (C, G, size) | floats per sector operation | atomic instructions |",
+        "|---|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in (800, 900):
+            emu = CudaEmulator(build_emulator(kernel_src, Path(tmp), arch))
+            emu.configure(sm_count=132, compute_capability=(arch // 100, 0))
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                for channels, groups, size in ((64, 4, 56), (128, 8, 28), (256, 16, 14), (512, 32, 7)):
+                    params = dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dilation_h=1,
+                                  dilation_w=1, group=groups, group_channels=channels // groups, offset_scale=1.0,
+                                  remove_center=False)  # fmt: skip
+                    gen = torch.Generator().manual_seed(0)
+                    value = torch.randn(2, size, size, channels, generator=gen).to(dtype)
+                    offset = torch.randn(2, size, size, groups * 18, generator=gen).to(dtype)
+                    logits = torch.randn(2, size, size, groups * 9, generator=gen).to(dtype)
+                    emu.reset_atomic_stats()
+                    emu.backward(torch.randn_like(value), value, offset, logits, params, mask_logits=True)
+                    stats = emu.atomic_stats()
+                    lines.append(
+                        f"| {str(dtype).removeprefix('torch.')} | sm_{arch // 10} | ({channels}, {groups}, {size}) "
+                        f"| {stats['floats'] / stats['sector_ops']:.2f} | {stats['instructions']:.0f} |"
+                    )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=REPO / "kernel_src", help="kernel source tree")
     parser.add_argument("--before", default=None, help="git revision to compare with")
     parser.add_argument("--markdown", action="store_true", help="print the before/after table of the hot variants")
+    parser.add_argument("--atomics", action="store_true", help="count the backward's atomics under the emulation")
     args = parser.parse_args(argv)
+    if args.atomics:
+        print("\n".join(atomics_report(args.src)))
+        return 0
     after = report(args.src)
     before = None
     if args.before:
