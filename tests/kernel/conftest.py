@@ -1,9 +1,10 @@
 """Fixtures for the DCNv3 hub-kernel tests: build the kernel once per session (optionally cached) and load it.
 
 ``INTERNIMAGE_KERNEL_BUILD_CACHE=<dir>`` keeps builds across runs, keyed by variant, torch version and the
-source tree hash (so an edited kernel_src is rebuilt). ``INTERNIMAGE_KERNEL_PREBUILT=<root>`` uses a build root made
-by scripts/build_kernel.py for every variant it holds (scripts/gpu_check.sh builds once for its tests and benchmark). ``INTERNIMAGE_KERNEL_CUDA_ARCHS`` sets the archs of
-the single-arch CUDA build used by the resolver tests (default: the visible GPU, else 8.0).
+source tree hash (so an edited kernel_src is rebuilt). ``INTERNIMAGE_KERNEL_PREBUILT=<root>`` uses a build root
+made by scripts/build_kernel.py for every variant it holds (scripts/gpu_check.sh builds once for its tests and
+benchmark). ``INTERNIMAGE_KERNEL_CUDA_ARCHS`` sets the archs of the single-arch CUDA build used by the resolver
+tests (default: the visible GPU, else 8.0).
 """
 
 from __future__ import annotations
