@@ -145,6 +145,35 @@ void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value, c
               p.out_h, ", ", p.out_w, ", ", p.channels, ")");
 }
 
+// The forward of both ops once the arguments are validated: the kernels index NHWC memory directly, so
+// channels-last-strided or sliced inputs are copied once here.
+at::Tensor run_forward(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask,
+                       const dcnv3::Params& p, bool mask_logits) {
+  const at::Tensor v = value.contiguous();
+  const at::Tensor o = offset.contiguous();
+  const at::Tensor m = mask.contiguous();
+#if defined(CUDA_KERNEL)
+  if (v.is_cuda()) return dcnv3::forward_cuda(v, o, m, p, mask_logits);
+#endif
+  TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
+  return dcnv3::forward_cpu(v, o, m, p, mask_logits);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(const at::Tensor& grad_output, const at::Tensor& value,
+                                                            const at::Tensor& offset, const at::Tensor& mask,
+                                                            const dcnv3::Params& p, bool mask_logits) {
+  check_grad_output(grad_output, value, p);
+  const at::Tensor g = grad_output.contiguous();
+  const at::Tensor v = value.contiguous();
+  const at::Tensor o = offset.contiguous();
+  const at::Tensor m = mask.contiguous();
+#if defined(CUDA_KERNEL)
+  if (v.is_cuda()) return dcnv3::backward_cuda(g, v, o, m, p, mask_logits);
+#endif
+  TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
+  return mask_logits ? dcnv3::softmax_backward_cpu(g, v, o, m, p) : dcnv3::backward_cpu(g, v, o, m, p);
+}
+
 }  // namespace
 
 at::Tensor dcnv3_forward(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, int64_t kernel_h,
@@ -153,15 +182,7 @@ at::Tensor dcnv3_forward(const at::Tensor& value, const at::Tensor& offset, cons
                          double offset_scale, bool remove_center) {
   const dcnv3::Params p = make_params(value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                       dilation_h, dilation_w, group, group_channels, offset_scale, remove_center);
-  // The kernels index NHWC memory directly; channels-last-strided or sliced inputs are copied once here.
-  const at::Tensor v = value.contiguous();
-  const at::Tensor o = offset.contiguous();
-  const at::Tensor m = mask.contiguous();
-#if defined(CUDA_KERNEL)
-  if (v.is_cuda()) return dcnv3::forward_cuda(v, o, m, p, /*mask_logits=*/false);
-#endif
-  TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
-  return dcnv3::forward_cpu(v, o, m, p, /*mask_logits=*/false);
+  return run_forward(value, offset, mask, p, /*mask_logits=*/false);
 }
 
 at::Tensor dcnv3_softmax_forward(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask_logits,
@@ -170,14 +191,7 @@ at::Tensor dcnv3_softmax_forward(const at::Tensor& value, const at::Tensor& offs
                                  int64_t group_channels, double offset_scale, bool remove_center) {
   const dcnv3::Params p = make_params(value, offset, mask_logits, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                       dilation_h, dilation_w, group, group_channels, offset_scale, remove_center);
-  const at::Tensor v = value.contiguous();
-  const at::Tensor o = offset.contiguous();
-  const at::Tensor m = mask_logits.contiguous();
-#if defined(CUDA_KERNEL)
-  if (v.is_cuda()) return dcnv3::forward_cuda(v, o, m, p, /*mask_logits=*/true);
-#endif
-  TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
-  return dcnv3::forward_cpu(v, o, m, p, /*mask_logits=*/true);
+  return run_forward(value, offset, mask_logits, p, /*mask_logits=*/true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
@@ -187,16 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
     bool remove_center) {
   const dcnv3::Params p = make_params(value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                       dilation_h, dilation_w, group, group_channels, offset_scale, remove_center);
-  check_grad_output(grad_output, value, p);
-  const at::Tensor g = grad_output.contiguous();
-  const at::Tensor v = value.contiguous();
-  const at::Tensor o = offset.contiguous();
-  const at::Tensor m = mask.contiguous();
-#if defined(CUDA_KERNEL)
-  if (v.is_cuda()) return dcnv3::backward_cuda(g, v, o, m, p, /*mask_logits=*/false);
-#endif
-  TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
-  return dcnv3::backward_cpu(g, v, o, m, p);
+  return run_backward(grad_output, value, offset, mask, p, /*mask_logits=*/false);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_softmax_backward(
@@ -206,16 +211,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_softmax_backward(
     bool remove_center) {
   const dcnv3::Params p = make_params(value, offset, mask_logits, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                       dilation_h, dilation_w, group, group_channels, offset_scale, remove_center);
-  check_grad_output(grad_output, value, p);
-  const at::Tensor g = grad_output.contiguous();
-  const at::Tensor v = value.contiguous();
-  const at::Tensor o = offset.contiguous();
-  const at::Tensor m = mask_logits.contiguous();
-#if defined(CUDA_KERNEL)
-  if (v.is_cuda()) return dcnv3::backward_cuda(g, v, o, m, p, /*mask_logits=*/true);
-#endif
-  TORCH_CHECK(v.is_cpu(), "dcnv3: no implementation for device ", v.device(), " in this build");
-  return dcnv3::softmax_backward_cpu(g, v, o, m, p);
+  return run_backward(grad_output, value, offset, mask_logits, p, /*mask_logits=*/true);
 }
 
 TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {

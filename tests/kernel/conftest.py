@@ -20,7 +20,7 @@ import pytest
 import torch
 from dcnv3_test_loader import load_variant
 
-from internimage_hf import kernel_build
+from internimage_hf import hub_kernels, kernel_build
 
 KERNEL_SRC = Path(__file__).resolve().parents[2] / "kernel_src"
 
@@ -105,3 +105,12 @@ def resolver_kernel_build(request) -> BuiltKernel:
 @pytest.fixture
 def kernels_module():
     return pytest.importorskip("kernels", reason="the `kernels` package is not installed")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No kernel-selecting environment variables and a fresh once-only log; returns the monkeypatch."""
+    monkeypatch.delenv(hub_kernels.KERNEL_ENV, raising=False)
+    monkeypatch.delenv(hub_kernels.REVISION_ENV, raising=False)
+    hub_kernels._logged.clear()
+    return monkeypatch

@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dcnv3_test_inputs import dcnv3_params, make_inputs, reference_core
+from dcnv3_test_inputs import (
+    CUDA_CASES,
+    DTYPE_TOLERANCE,
+    dcnv3_params,
+    make_inputs,
+    off_cell_boundaries,
+    reference_core,
+)
 from dcnv3_test_loader import load_variant
 
 from internimage_hf.dcnv3 import dcnv3_core
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-CASES = {
-    "internimage_t": dcnv3_params(group=4, group_channels=16),
-    # Cg = 5: scalar (vec 1) path, 8 lanes per (pixel, group) of which 3 idle in the shuffle reductions.
-    "odd_channels": dcnv3_params(group=3, group_channels=5, remove_center=True),
-    # Cg = 160: more chunks than 32 lanes (each thread loops over several vectors).
-    "wide_groups": dcnv3_params(group=2, group_channels=160, offset_scale=2.0),
-    "stride_dilation": dcnv3_params(group=2, group_channels=8, stride=2, dilation=2),
-    "kernel5": dcnv3_params(group=2, group_channels=32, kernel=5, remove_center=True),
-    # Rectangular kernel with different h / w stride, dilation and padding (catches h/w or i/j swaps);
-    # Cg = 6 gives vec 2 for every dtype (not a multiple of the 16-byte width).
-    "rect": {
-        **dcnv3_params(group=3, group_channels=6, kernel=3, kernel_w=5, remove_center=True),
-        "stride_w": 2,
-        "dilation_h": 2,
-        "pad_h": 2,
-        "pad_w": 1,
-    },
-}
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 4e-2}
+CASES = CUDA_CASES
+TOLERANCE = DTYPE_TOLERANCE
 
 
 @pytest.fixture(scope="module")
@@ -44,24 +34,12 @@ def _forward_backward(fn, inputs, params, grad):
     return out.detach(), [leaf.grad for leaf in leaves]
 
 
-def _off_cell_boundaries(offset, offset_scale):
-    """Offsets whose sampling locations sit 0.25..0.75 px inside a bilinear cell.
-
-    The offset gradient jumps where a location crosses an integer, so a location that rounding to a half
-    dtype moves onto (or across) a pixel centre would make the float64 comparison flaky. The location is
-    base + s * (tap + dx) with integer base and tap; for integer s, fractional(s * dx) decides the cell.
-    """
-    assert float(offset_scale).is_integer(), "jitter below assumes an integer offset_scale"
-    jitter = 0.25 + 0.5 * torch.rand(offset.shape, dtype=offset.dtype, device=offset.device)
-    return ((offset * offset_scale).round() + jitter) / offset_scale
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_float64_reference(cuda_kernel, case, dtype):
     params = CASES[case]
     value, offset, mask = make_inputs(params, batch=3, height=13, width=11, dtype=torch.float64, offset_range=2.0)
-    offset = _off_cell_boundaries(offset, params["offset_scale"])
+    offset = off_cell_boundaries(offset, params["offset_scale"])
     rounded = [t.to(dtype) for t in (value, offset, mask)]
     grad = torch.randn(value.shape[0], offset.shape[1], offset.shape[2], value.shape[3], dtype=torch.float64)
     ref_out, ref_grads = _forward_backward(dcnv3_core, [t.double() for t in rounded], params, grad.to(dtype).double())
@@ -94,7 +72,7 @@ def test_gradcheck_float64_cuda(cuda_kernel, params):
 def test_batch_sizes(cuda_kernel, batch):
     params = dcnv3_params(group=4, group_channels=16)
     value, offset, mask = make_inputs(params, batch=max(batch, 1), height=6, width=6, device="cuda")
-    offset = _off_cell_boundaries(offset, params["offset_scale"])  # 777k offsets: some would hit a cell edge
+    offset = off_cell_boundaries(offset, params["offset_scale"])  # 777k offsets: some would hit a cell edge
     value, offset, mask = value[:batch], offset[:batch], mask[:batch]
     grad = torch.randn(batch, 6, 6, value.shape[3], device="cuda")
     out, grads = _forward_backward(cuda_kernel.dcnv3, [value, offset, mask], params, grad)
@@ -200,7 +178,7 @@ def test_fused_softmax_on_cuda(cuda_kernel, dtype):
     """`dcnv3_softmax` is one kernel forward and one backward on CUDA (softmax and its Jacobian inside)."""
     params = CASES["internimage_t"]
     value, offset, logits = make_inputs(params, batch=2, height=9, width=9, dtype=torch.float64, mask_logits=True)
-    offset = _off_cell_boundaries(offset, params["offset_scale"])
+    offset = off_cell_boundaries(offset, params["offset_scale"])
     rounded = [t.to(dtype) for t in (value, offset, logits * 3)]
     grad = torch.randn(2, 9, 9, value.shape[3], dtype=torch.float64).to(dtype)
     ref_out, ref_grads = _forward_backward(

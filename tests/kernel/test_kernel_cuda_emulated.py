@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from dcnv3_test_inputs import dcnv3_params, make_inputs, reference_core
+from dcnv3_test_inputs import (
+    CUDA_CASES,
+    DTYPE_TOLERANCE,
+    dcnv3_params,
+    make_inputs,
+    off_cell_boundaries,
+    reference_core,
+)
 
 from internimage_hf.dcnv3 import dcnv3_core
 
@@ -25,24 +32,8 @@ from emulator import CudaEmulator, EmulationError, build_emulator  # noqa: E402
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no host C++ compiler")
 
 ARCHS = (800, 900)
-CASES = {
-    "internimage_t": dcnv3_params(group=4, group_channels=16),
-    # Cg = 5: scalar path, 8 lanes per (pixel, group) of which 3 only join the shuffle reductions.
-    "odd_channels": dcnv3_params(group=3, group_channels=5, remove_center=True),
-    # Cg = 160: more vectors than 32 lanes, each thread loops over several.
-    "wide_groups": dcnv3_params(group=2, group_channels=160, offset_scale=2.0),
-    "stride_dilation": dcnv3_params(group=2, group_channels=8, stride=2, dilation=2),
-    "kernel5": dcnv3_params(group=2, group_channels=32, kernel=5, remove_center=True),
-    # Rectangular kernel with different h / w stride, dilation and padding (catches h/w or i/j swaps).
-    "rect": {
-        **dcnv3_params(group=3, group_channels=6, kernel=3, kernel_w=5, remove_center=True),
-        "stride_w": 2,
-        "dilation_h": 2,
-        "pad_h": 2,
-        "pad_w": 1,
-    },
-}
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 4e-2}
+CASES = CUDA_CASES
+TOLERANCE = DTYPE_TOLERANCE
 
 
 def _build_dir(tmp_path_factory) -> Path:
@@ -66,13 +57,6 @@ def emulator(request, emu_build_dir) -> CudaEmulator:
     emu.configure(sm_count=1, compute_capability=(arch // 100, 0))
     emu.arch = arch
     return emu
-
-
-def _off_cell_boundaries(offset, offset_scale):
-    """Offsets whose sampling locations sit 0.25..0.75 px inside a bilinear cell (see test_kernel_cuda.py): the
-    offset gradient jumps at integer locations, where rounding to a half dtype would make comparisons flaky."""
-    jitter = 0.25 + 0.5 * torch.rand(offset.shape, dtype=offset.dtype, generator=torch.Generator().manual_seed(1))
-    return ((offset * offset_scale).round() + jitter) / offset_scale
 
 
 def _reference(value, offset, mask, params, grad, mask_logits):
@@ -99,7 +83,7 @@ def _assert_matches(out, grads, ref_out, ref_grads, dtype):
 def test_matches_float64_reference(emulator, case, dtype, mask_logits):
     params = CASES[case]
     value, offset, mask = make_inputs(params, batch=2, height=9, width=7, dtype=torch.float64, mask_logits=mask_logits)
-    offset = _off_cell_boundaries(offset, params["offset_scale"])
+    offset = off_cell_boundaries(offset, params["offset_scale"])
     value, offset, mask = (t.to(dtype) for t in (value, offset, mask))
     grad = torch.randn(value.shape[0], offset.shape[1], offset.shape[2], value.shape[3], dtype=torch.float64).to(dtype)
     ref_out, ref_grads = _reference(value, offset, mask, params, grad, mask_logits)
@@ -113,7 +97,7 @@ def test_matches_float64_reference(emulator, case, dtype, mask_logits):
 def test_misaligned_buffers_take_the_scalar_path(emulator, dtype):
     params = CASES["internimage_t"]
     value, offset, mask = make_inputs(params, batch=2, height=8, width=8, dtype=torch.float64, mask_logits=True)
-    offset = _off_cell_boundaries(offset, 1.0)
+    offset = off_cell_boundaries(offset, 1.0)
     value, offset, mask = (t.to(dtype) for t in (value, offset, mask))
     grad = torch.randn(2, 8, 8, value.shape[3], dtype=torch.float64).to(dtype)
     ref_out, ref_grads = _reference(value, offset, mask, params, grad, True)

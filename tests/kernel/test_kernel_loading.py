@@ -152,14 +152,6 @@ def test_cuda_variant_serves_cpu_tensors(cuda_kernel_build, golden_cases):
 
 
 @pytest.fixture
-def clean_env(monkeypatch):
-    monkeypatch.delenv(hub_kernels.KERNEL_ENV, raising=False)
-    monkeypatch.delenv(hub_kernels.REVISION_ENV, raising=False)
-    hub_kernels._logged.clear()
-    return monkeypatch
-
-
-@pytest.fixture
 def pinned(clean_env, tmp_path):
     """The package pin set to FAKE_COMMIT (the shipped file may be unpinned)."""
     clean_env.setattr(kernel_pin, "PIN_PATH", write_pin(tmp_path / "pin.json", FAKE_COMMIT))

@@ -28,14 +28,6 @@ def write_pin(path: Path, commit: str | None, **overrides) -> Path:
 
 
 @pytest.fixture
-def clean_env(monkeypatch):
-    monkeypatch.delenv(hub_kernels.KERNEL_ENV, raising=False)
-    monkeypatch.delenv(hub_kernels.REVISION_ENV, raising=False)
-    hub_kernels._logged.clear()
-    return monkeypatch
-
-
-@pytest.fixture
 def pinned(clean_env, tmp_path):
     clean_env.setattr(kernel_pin, "PIN_PATH", write_pin(tmp_path / "pin.json", PINNED))
     return clean_env
