@@ -1,8 +1,17 @@
-"""Model-card (README.md) text for converted InternImage checkpoints."""
+"""Model-card (README.md) text for converted InternImage checkpoints.
+
+The YAML front matter is written through `huggingface_hub.ModelCardData`: license, library, pipeline tag, tags,
+datasets, `base_model` (the official hub repo holding the same weights, for a known release) and a `model-index`
+with the official ImageNet-1k top-1 (`huggingface_hub.EvalResult`) where the official tables publish one.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from huggingface_hub import EvalResult, ModelCardData
+
+from .conversion.releases import Release, find_release
 
 PAPER_URL = "https://arxiv.org/abs/2211.05778"
 OFFICIAL_REPO_URL = "https://github.com/OpenGVLab/InternImage"
@@ -17,6 +26,11 @@ CITATION = """@inproceedings{wang2023internimage,
   year      = {2023}
 }"""
 
+# Where the top-1 values of the model-index come from (`conversion.releases.RELEASES` copies them).
+OFFICIAL_RESULTS_SOURCE = "InternImage official results (classification/README.md)"
+# Key order of the front matter; ModelCardData appends the model-index last.
+FRONT_MATTER_ORDER = ["license", "library_name", "pipeline_tag", "tags", "datasets", "base_model"]
+
 TASK_PIPELINE_TAGS = {
     "classification": "image-classification",
     "backbone": "image-feature-extraction",
@@ -28,9 +42,25 @@ TASK_PIPELINE_TAGS = {
 class ModelCardInfo:
     """What the card says about one converted checkpoint.
 
-    `task` is ``"classification"``, ``"backbone"`` (stage features for dense-prediction heads) or ``"upernet"``.
-    `metrics` are (name, value) pairs from the official result tables; `verification` is a sentence on the
-    numerical check run during conversion (or `None`).
+    Args:
+        title: the card's heading (the release name for a known classification checkpoint).
+        task: ``"classification"``, ``"backbone"`` (stage features for dense-prediction heads) or ``"upernet"``.
+        variant: model size (``"t"`` ... ``"g"``, or ``"custom-<channels>"``).
+        num_parameters: parameter count of the converted model.
+        image_size: evaluation resolution (square).
+        num_labels: classes of the head.
+        source: file or directory name the weights were read from.
+        source_url: download URL of a known release (its ``.pth`` or its official hub repo), else `None`.
+            A known release found from it sets `base_model` and the `model-index`.
+        pretraining: pre-training / fine-tuning data, as the official tables state it.
+        label_set: ``"ImageNet-1k"`` or ``"ImageNet-22k"`` when `config.id2label` holds those class names.
+        metrics: (name, value) pairs from the official result tables, shown in the card's results table.
+        notes: extra sentences for the "Source" section.
+        verification: a sentence on the numerical check run during conversion, or `None`.
+        repo_id: hub repo the card is written for (used in the usage snippets).
+        config_summary: config fields shown as a table.
+        base_model: hub repo id the weights were converted or fine-tuned from; default: the official hub repo of
+            the release named by `source_url`.
     """
 
     title: str
@@ -48,16 +78,69 @@ class ModelCardInfo:
     verification: str | None = None
     repo_id: str | None = None
     config_summary: dict[str, object] = field(default_factory=dict)
+    base_model: str | None = None
+
+
+def known_release(info: ModelCardInfo) -> Release | None:
+    """The official release the weights come from, read off `info.source_url` (its last part is the release name).
+
+    The converter sets `source_url` only for a known release: ``.../resolve/main/<release>.pth`` or
+    ``https://huggingface.co/OpenGVLab/<release>``.
+    """
+    return find_release(info.source_url.rsplit("/", 1)[-1]) if info.source_url else None
+
+
+def imagenet_eval_results(info: ModelCardInfo, release: Release | None) -> list[EvalResult]:
+    """The official ImageNet-1k top-1 (in %) of a classifier with the release's own 1000-class head, else ``[]``."""
+    if info.task != "classification" or release is None or release.top1 is None:
+        return []
+    if info.num_labels != release.num_classes:  # another head: the published accuracy is not this model's
+        return []
+    return [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type="imagenet-1k",
+            dataset_name="ImageNet-1k",
+            dataset_split="validation",
+            metric_type="accuracy",
+            metric_name=f"Top-1 accuracy (%) at {release.image_size}x{release.image_size}",
+            metric_value=release.top1,
+            source_name=OFFICIAL_RESULTS_SOURCE,
+            source_url=OFFICIAL_REPO_URL,
+        )
+    ]
+
+
+def model_card_data(info: ModelCardInfo) -> ModelCardData:
+    """The card's metadata: license, pipeline tag, tags, datasets, `base_model` and the `model-index`.
+
+    Args:
+        info: the facts of the converted checkpoint.
+
+    Returns:
+        A `huggingface_hub.ModelCardData`; `base_model` is `info.base_model`, else the official hub repo of the
+        release named by `info.source_url` (same weights), else absent. `model-index` holds the official
+        ImageNet-1k top-1 when `imagenet_eval_results` finds one.
+    """
+    release = known_release(info)
+    eval_results = imagenet_eval_results(info, release)
+    return ModelCardData(
+        license="mit",
+        library_name="transformers",
+        pipeline_tag=TASK_PIPELINE_TAGS[info.task],
+        tags=["internimage", "dcnv3", "vision", TASK_PIPELINE_TAGS[info.task]],
+        datasets=[{"ImageNet-1k": "imagenet-1k", "ImageNet-22k": "imagenet-21k"}[info.label_set]]
+        if info.label_set in ("ImageNet-1k", "ImageNet-22k")
+        else None,
+        base_model=info.base_model or (release.hub_repo if release else None),
+        model_name=info.title if eval_results else None,
+        eval_results=eval_results or None,
+    )
 
 
 def _front_matter(info: ModelCardInfo) -> str:
-    tags = ["internimage", "dcnv3", "vision", TASK_PIPELINE_TAGS[info.task]]
-    lines = ["---", "license: mit", "library_name: transformers", f"pipeline_tag: {TASK_PIPELINE_TAGS[info.task]}"]
-    lines += ["tags:"] + [f"- {tag}" for tag in tags]
-    datasets = {"ImageNet-1k": "imagenet-1k", "ImageNet-22k": "imagenet-21k"}.get(info.label_set or "")
-    if datasets:
-        lines += ["datasets:", f"- {datasets}"]
-    return "\n".join(lines + ["---"])
+    return f"---\n{model_card_data(info).to_yaml(original_order=FRONT_MATTER_ORDER)}\n---"
 
 
 def _architecture(info: ModelCardInfo) -> str:
@@ -145,7 +228,14 @@ logits = model(pixel_values).logits  # (batch, num_labels, height, width)"""
 
 
 def render_model_card(info: ModelCardInfo) -> str:
-    """The full README.md text: front matter, description, source, results, usage, license, citation."""
+    """The full README.md text: front matter, description, source, results, usage, license, citation.
+
+    Args:
+        info: the facts of the converted checkpoint.
+
+    Returns:
+        Markdown whose YAML front matter is `model_card_data(info)`; `huggingface_hub.ModelCard` parses it.
+    """
     sections = [
         _front_matter(info),
         f"# {info.title}",
@@ -164,4 +254,4 @@ def render_model_card(info: ModelCardInfo) -> str:
     return "\n\n".join(sections) + "\n"
 
 
-__all__ = ["ModelCardInfo", "render_model_card"]
+__all__ = ["ModelCardInfo", "imagenet_eval_results", "known_release", "model_card_data", "render_model_card"]
