@@ -99,8 +99,17 @@ def register_dcnv3_kernel_mapping(
     downloaded here (``kernels`` resolves lazily on the first kernelize).
 
     Args:
-        repo_id, revision, version, local_path, trust_remote_code: kernel selection and trust (see
-            `internimage_hf.kernel_source`).
+        repo_id: hub kernel repo ``org/name``; default: ``INTERNIMAGE_DCNV3_KERNEL`` (a hub id or a local path),
+            else ``internimage-hf/dcnv3``.
+        revision: hub branch, tag or 40-hex commit; default: ``INTERNIMAGE_DCNV3_KERNEL_REVISION``, else the commit
+            pinned in the package for the default repo. Not together with `version`.
+        version: kernel major version (follows the movable ``v<version>`` branch); not together with `revision`.
+        local_path: a local build root, its ``build/`` or one variant directory (takes precedence over the hub).
+        trust_remote_code: let ``kernels`` run hub code from a publisher the Hub does not flag as trusted (``True``
+            or a list of repo ids). Only the pinned default commit is trusted without it.
+
+    Returns:
+        The resolved `KernelSource` (repo and revision, or local path).
 
     Raises:
         ImportError: ``kernels`` is not installed.
@@ -171,8 +180,12 @@ def kernelize(
         mode: a ``kernels.Mode`` (or ``"inference"`` / ``"training"``); default from ``model.training``.
             Add ``kernels.Mode.TORCH_COMPILE`` when the model will be compiled.
         device: ``"cuda"`` or ``"cpu"``; default: the device of the model's parameters.
-        repo_id, revision, version, local_path: kernel selection (see `internimage_hf.kernel_source`); by default
-            the hub commit pinned in the package.
+        repo_id: hub kernel repo ``org/name``; default: ``INTERNIMAGE_DCNV3_KERNEL`` (a hub id or a local path),
+            else ``internimage-hf/dcnv3``.
+        revision: hub branch, tag or 40-hex commit; default: ``INTERNIMAGE_DCNV3_KERNEL_REVISION``, else the commit
+            pinned in the package for the default repo. Not together with `version`.
+        version: kernel major version (follows the movable ``v<version>`` branch); not together with `revision`.
+        local_path: a local build root, its ``build/`` or one variant directory (takes precedence over the hub).
         trust_remote_code: let ``kernels`` run hub code from a publisher the Hub does not flag as trusted (``True``
             or a list of repo ids). Only the pinned default commit is trusted without it.
 
@@ -241,6 +254,9 @@ def _describe_forward(module: nn.Module) -> str:
 
 def dcnv3_backend(model: nn.Module) -> str:
     """Which DCNv3 implementation ``model`` runs.
+
+    Args:
+        model: any module; its `internimage_hf.dcnv3.DCNv3Core` submodules are inspected (none: ``"pytorch"``).
 
     Returns:
         ``"pytorch"``, ``"hub:<repo>@v<version>"`` / ``"hub:<repo>@<revision>"``, ``"local:<path>"``, or

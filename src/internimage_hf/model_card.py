@@ -84,14 +84,27 @@ class ModelCardInfo:
 def known_release(info: ModelCardInfo) -> Release | None:
     """The official release the weights come from, read off `info.source_url` (its last part is the release name).
 
-    The converter sets `source_url` only for a known release: ``.../resolve/main/<release>.pth`` or
-    ``https://huggingface.co/OpenGVLab/<release>``.
+    Args:
+        info: the card facts; the converter sets `source_url` only for a known release, to
+            ``.../resolve/main/<release>.pth`` or ``https://huggingface.co/OpenGVLab/<release>``.
+
+    Returns:
+        The `conversion.releases.Release`, or `None` for weights of no known release.
     """
     return find_release(info.source_url.rsplit("/", 1)[-1]) if info.source_url else None
 
 
 def imagenet_eval_results(info: ModelCardInfo, release: Release | None) -> list[EvalResult]:
-    """The official ImageNet-1k top-1 (in %) of a classifier with the release's own 1000-class head, else ``[]``."""
+    """The official ImageNet-1k top-1 (in %) of a classifier with the release's own 1000-class head, else ``[]``.
+
+    Args:
+        info: the card facts (`task` and `num_labels` decide whether the published accuracy is this model's).
+        release: the release the weights come from (`known_release`), or `None`.
+
+    Returns:
+        One `huggingface_hub.EvalResult` (task image-classification, dataset imagenet-1k, split validation, metric
+        accuracy) or an empty list.
+    """
     if info.task != "classification" or release is None or release.top1 is None:
         return []
     if info.num_labels != release.num_classes:  # another head: the published accuracy is not this model's
