@@ -392,10 +392,71 @@ def test_push_to_hub_uses_hf_api(golden_cases, tmp_path, capsys):
     code = main([str(checkpoint), str(tmp_path / "out"), "--config", str(config), "--push_to_hub", "me/tiny"], api=api)
     assert code == 0
     assert api.calls[0][:2] == ("create_repo", "me/tiny")
-    assert api.calls[1] == (
-        "upload_folder", "me/tiny", ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
-    )  # fmt: skip
+    # Hub-bound output carries the modeling code (remote code) by default.
+    assert api.calls[1] == ("upload_folder", "me/tiny", sorted(CONVERTED_FILES + REMOTE_CODE_FILES))
     assert "me/tiny" in (tmp_path / "out" / "README.md").read_text()
+
+
+# --- remote code (the modeling code and auto_map, for loading without internimage_hf)
+
+CONVERTED_FILES = ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+REMOTE_CODE_FILES = [
+    "configuration_internimage_hf.py",
+    "conversion_keys_hf.py",
+    "dcnv3_hf.py",
+    "image_processing_internimage_hf.py",
+    "image_processing_pil_internimage_hf.py",
+    "modeling_internimage_hf.py",
+]
+
+
+def test_remote_code_on_request_and_off_for_the_hub(golden_cases, tmp_path, capsys):
+    golden = golden_cases["tiny_t"]
+    checkpoint = tmp_path / "ckpt.pth"
+    torch.save({"model": golden.state_dict}, checkpoint)
+    config = write_official_config(tmp_path / "config.json", golden)
+    code, err = run_main([checkpoint, tmp_path / "local", "--config", config, "--remote_code"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == sorted(CONVERTED_FILES + REMOTE_CODE_FILES)
+    auto_map = json.loads((tmp_path / "local" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForImageClassification"] == "modeling_internimage_hf.InternImageForImageClassification"
+    processor_map = json.loads((tmp_path / "local" / "preprocessor_config.json").read_text())["auto_map"]
+    assert set(processor_map["AutoImageProcessor"]) == {"torchvision", "pil"}
+    # With the package imported its own classes still load the directory.
+    assert (logits_of(tmp_path / "local", golden.input) - golden.logits).abs().max() < TOLERANCE
+
+    code, err = run_main([checkpoint, tmp_path / "plain", "--config", config], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == CONVERTED_FILES
+    assert "auto_map" not in json.loads((tmp_path / "plain" / "config.json").read_text())
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            pass
+
+        def upload_folder(self, folder_path, repo_id, **kwargs):
+            self.uploaded = sorted(p.name for p in Path(folder_path).iterdir())
+
+    api = FakeApi()
+    argv = [checkpoint, tmp_path / "hub", "--config", config, "--push_to_hub", "me/tiny", "--no_remote_code"]
+    assert main([str(a) for a in argv], api=api) == 0
+    assert api.uploaded == CONVERTED_FILES
+
+
+def test_upernet_output_has_no_remote_code(golden_cases, tmp_path, capsys):
+    golden = golden_cases["tiny_t"]
+    checkpoint = tmp_path / "upernet.pth"
+    torch.save({"state_dict": to_mmseg_names(build_reference_upernet(golden).state_dict(), golden)}, checkpoint)
+    config = write_official_config(tmp_path / "config.json", golden)
+    code, err = run_main([checkpoint, tmp_path / "asked", "--config", config, "--remote_code"], capsys)
+    assert code == 2
+    assert "--remote_code covers InternImage classification and backbone" in err
+    assert not (tmp_path / "asked").exists() and leftovers(tmp_path) == []
+
+    messages = []
+    convert_checkpoint(checkpoint, tmp_path / "seg", config_file=config, repo_id="me/seg", log=messages.append)
+    assert "remote code: not included (a UperNet checkpoint loads with internimage_hf installed)" in messages
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == CONVERTED_FILES
 
 
 # --- CLI script + fresh process

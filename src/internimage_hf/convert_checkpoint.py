@@ -10,7 +10,9 @@ Sources (detected automatically):
   backbone is converted (an `InternImageBackbone` checkpoint).
 
 The output directory holds ``config.json`` (with ImageNet class names for 1000/21841-class heads),
-``model.safetensors``, ``preprocessor_config.json`` and a model card ``README.md``. The steps live in
+``model.safetensors``, ``preprocessor_config.json`` and a model card ``README.md``; with ``--push_to_hub`` (or
+``--remote_code``) also the modeling code and ``auto_map`` (`internimage_hf.remote_code`), so that it loads with
+``trust_remote_code=True`` without ``internimage_hf``. The steps live in
 `internimage_hf.conversion`; this module is the command line over them and keeps their public names.
 """
 
@@ -46,6 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify_size", "--verify-size", type=int, help="input size for --verify (default 224)")
     parser.add_argument("--push_to_hub", "--push-to-hub", metavar="REPO", help="upload the result to this repo")
     parser.add_argument("--private", action="store_true", help="create the hub repo as private")
+    code = parser.add_mutually_exclusive_group()
+    code.add_argument(
+        "--remote_code",
+        "--remote-code",
+        action="store_true",
+        default=None,
+        help="also write the modeling code and auto_map, so the output loads with trust_remote_code=True where "
+        "internimage_hf is not installed (default: on with --push_to_hub)",
+    )
+    code.add_argument(
+        "--no_remote_code",
+        "--no-remote-code",
+        dest="remote_code",
+        action="store_false",
+        help="upload with --push_to_hub without the modeling code (loading then needs internimage_hf)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -61,7 +79,7 @@ def main(argv: list[str] | None = None, api=None) -> int:
         result = convert_checkpoint(
             args.source, args.output_dir, name=args.name, preset=args.preset, config_file=args.config_file,
             task=args.task, image_size=args.image_size, verify=args.verify, verify_size=args.verify_size,
-            repo_id=args.push_to_hub, overwrite=args.overwrite,
+            repo_id=args.push_to_hub, remote_code=args.remote_code, overwrite=args.overwrite,
         )  # fmt: skip
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..remote_code import RemoteCodeError, add_remote_code
 from .building import VERIFY_TOLERANCE, build_model, unused_keys, verify_converted
 from .errors import ConversionError
 from .output_dir import OutputDirectory
@@ -42,6 +43,7 @@ def convert_checkpoint(
     verify: bool = False,
     verify_size: int | None = None,
     repo_id: str | None = None,
+    remote_code: bool | None = None,
     overwrite: bool = False,
     log=print,
 ) -> ConversionResult:
@@ -51,6 +53,10 @@ def convert_checkpoint(
     image size and published accuracy. `preset` / `config_file` override the architecture. Arguments and the
     configuration are checked before any weight is read. Nothing is left at `output_dir` when any step fails, and
     `overwrite` only ever replaces a previous conversion (see `output_dir.OutputDirectory`).
+
+    `remote_code` also writes the modeling code and `auto_map` (`internimage_hf.remote_code`), so the output loads
+    with ``trust_remote_code=True`` where ``internimage_hf`` is not installed; `None` (the default) means "when the
+    output is bound for the Hub" (`repo_id` given). UperNet outputs cannot carry it (an explicit request is an error).
     """
     target = OutputDirectory(output_dir, source, overwrite=overwrite, log=log)
     if name and find_release(name) is None:
@@ -70,6 +76,7 @@ def convert_checkpoint(
         )  # fmt: skip
         for note in plan.notes:
             log(note)
+        include_code = _include_remote_code(remote_code, repo_id, plan.task, log)
         dropped = unused_keys(loaded, plan.task)
         if dropped:
             log(
@@ -92,9 +99,32 @@ def convert_checkpoint(
                     f"official hub key names agree to a max abs difference of {max_diff:.1e} on a random input."
                 )
             write_model_card(staging, card_info(plan, model, loaded, verification, repo_id))
+            if include_code:  # last: a failed step never leaves .py files, which the staging cleanup keeps
+                _write_remote_code(staging)
             target.publish(staging)
     log(f"wrote {target.path}")
     return ConversionResult(target.path, plan.task, model.config, count_parameters(model), max_diff, plan.notes)
+
+
+def _include_remote_code(remote_code: bool | None, repo_id: str | None, task: str, log) -> bool:
+    """Whether to write remote code: as asked, else for Hub-bound output; never for UperNet (its config nests ours)."""
+    wanted = repo_id is not None if remote_code is None else remote_code
+    if wanted and task == "upernet":
+        if remote_code:
+            raise ConversionError(
+                "--remote_code covers InternImage classification and backbone checkpoints; a UperNet checkpoint "
+                "loads with internimage_hf installed (drop --remote_code)"
+            )
+        log("remote code: not included (a UperNet checkpoint loads with internimage_hf installed)")
+        return False
+    return wanted
+
+
+def _write_remote_code(directory: Path) -> None:
+    try:
+        add_remote_code(directory)
+    except RemoteCodeError as error:
+        raise ConversionError(f"cannot write the remote code: {error}") from error
 
 
 def push_to_hub(output_dir: str | os.PathLike, repo_id: str, *, private: bool = False, api=None) -> str:
