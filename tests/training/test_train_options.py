@@ -52,6 +52,38 @@ def test_push_to_hub_uploads_model_processor_and_card(imagefolder, tmp_path, mon
     assert "eval_accuracy" in card and 'pipeline("image-classification", model="someone/digits-model")' in card
 
 
+@pytest.mark.parametrize(("flags", "with_code"), [([], True), (["--no_hub_remote_code"], False)])
+def test_push_to_hub_uploads_remote_code_unless_disabled(tmp_path, monkeypatch, flags, with_code):
+    import json
+
+    import huggingface_hub
+
+    from internimage_hf import InternImageConfig, InternImageForImageClassification, InternImageImageProcessorPil
+    from internimage_hf.training.arguments import parse_options
+    from internimage_hf.training.hub import push_to_hub
+
+    RecordingHfApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
+    output_dir = tmp_path / "digits-model"
+    config = InternImageConfig(channels=16, depths=[1, 1, 1, 1], groups=[1, 2, 4, 8], num_labels=3)
+    InternImageForImageClassification(config).save_pretrained(output_dir)
+    InternImageImageProcessorPil().save_pretrained(output_dir)
+    options = parse_options(["--output_dir", str(output_dir), "--push_to_hub", *flags])
+    assert options.hub_remote_code is with_code
+
+    push_to_hub(output_dir, options, {"eval_accuracy": 0.5})
+    assert RecordingHfApi.calls[1][1]["folder_path"] == str(output_dir)
+    assert (output_dir / "modeling_internimage_hf.py").exists() is with_code
+    auto_map = json.loads((output_dir / "config.json").read_text()).get("auto_map", {})
+    assert auto_map.get("AutoModelForImageClassification") == (
+        "modeling_internimage_hf.InternImageForImageClassification" if with_code else None
+    )
+    card = (output_dir / "README.md").read_text()
+    assert 'pipeline("image-classification", model="someone/digits-model")' in card
+    remote_usage = 'pipeline("image-classification", model="someone/digits-model", trust_remote_code=True)'
+    assert (remote_usage in card) is with_code
+
+
 @pytest.mark.slow
 def test_torch_compile_training_runs(imagefolder, tmp_path):
     pytest.importorskip("torch._inductor")

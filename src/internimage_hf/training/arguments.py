@@ -149,6 +149,11 @@ class TrainingOptions:
     project_name: str = _help("Tracker project/run name.", default="internimage")
     push_to_hub: bool = _help("Upload the final model, processor and model card.", default=False)
     hub_model_id: str | None = _help("Repository id for --push_to_hub. Default: the output_dir name.", default=None)
+    hub_remote_code: bool = _help(
+        "With --push_to_hub, also upload the modeling code and auto_map so the model loads with "
+        "trust_remote_code=True where internimage_hf is not installed (--no_hub_remote_code: without it).",
+        default=True,
+    )
     num_predictions: int = _help(
         "After training on the built-in digits: print pipeline() predictions for this many held-out images.", default=8
     )
