@@ -1,4 +1,9 @@
-"""Shared test fixtures: the reference data in `../shared` (golden outputs of the official implementation)."""
+"""Shared test fixtures: reference outputs of the official implementation.
+
+The golden files in `../shared/golden` (50 MB) when that folder is there; otherwise the compact fixtures in
+`tests/fixtures/` (same layout, tiny models of the same six styles; `scripts/make_parity_fixtures.py`), so the
+parity tests also run in a fresh clone.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+
+from internimage_hf.parity_fixtures import read_fixture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 GOLDEN_NAMES = ("tiny_t", "tiny_s", "tiny_l", "tiny_h", "tiny_g", "tiny_rc")
+FIXTURES_DIR = Path(__file__).parent / "fixtures"
 
 
 def find_shared_dir() -> Path | None:
@@ -29,13 +35,19 @@ def find_shared_dir() -> Path | None:
     return None
 
 
+def find_reference_dir() -> Path:
+    """Where the golden outputs come from: `<shared>/golden` (see `find_shared_dir`), else `tests/fixtures`."""
+    shared = find_shared_dir()
+    return shared / "golden" if shared is not None else FIXTURES_DIR
+
+
 class GoldenCase:
-    """One golden file: official weights (float32), input, logits, NHWC stage outputs and op cases."""
+    """One golden or fixture file: official weights (float32), input, logits, NHWC stage outputs and op cases."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.name = path.stem
-        self.metadata = json.loads(safe_open(str(path), "pt").metadata()["golden"])
-        tensors = load_file(str(path))
+        tensors, self.metadata = read_fixture(path)
         prefix = "state_dict."
         self.state_dict = {k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
         self.input = tensors["input"]
@@ -94,9 +106,26 @@ def shared_dir() -> Path:
     return path
 
 
+def load_cases(directory: Path) -> dict[str, GoldenCase]:
+    return {name: GoldenCase(directory / f"{name}.safetensors") for name in GOLDEN_NAMES}
+
+
 @pytest.fixture(scope="session")
-def golden_cases(shared_dir) -> dict[str, GoldenCase]:
-    return {name: GoldenCase(shared_dir / "golden" / f"{name}.safetensors") for name in GOLDEN_NAMES}
+def golden_cases() -> dict[str, GoldenCase]:
+    """The six golden cases: `../shared/golden` when present, else the compact fixtures of this repository."""
+    return load_cases(find_reference_dir())
+
+
+@pytest.fixture
+def reference_dir_finder():
+    """`find_reference_dir`, for tests of where the golden cases come from."""
+    return find_reference_dir
+
+
+@pytest.fixture(scope="session")
+def fixture_cases() -> dict[str, GoldenCase]:
+    """The compact fixtures of this repository, whether or not `../shared` is present."""
+    return load_cases(FIXTURES_DIR)
 
 
 @pytest.fixture(params=GOLDEN_NAMES)
