@@ -39,6 +39,7 @@ from internimage_hf.remote_code import (
     RemoteCodeError,
     add_remote_code,
     generate_module,
+    is_generated_file,
     remote_code_files,
     remote_code_modules,
     remote_module_name,
@@ -250,6 +251,20 @@ def test_add_remote_code_refuses_foreign_code_and_other_models(tmp_path):
     assert own_code.read_text() == "# my own modeling code\n"
     assert (tmp_path / "ckpt" / "config.json").read_text() == config_before
     assert not (tmp_path / "ckpt" / "configuration_internimage_hf.py").exists()
+    (tmp_path / "ckpt" / "dcnv3_hf.py").symlink_to(own_code)
+    own_code.unlink()
+    with pytest.raises(RemoteCodeError, match="dcnv3_hf.py exists and was not generated"):
+        add_remote_code(tmp_path / "ckpt")
+
+
+def test_generated_files_are_recognised(tmp_path):
+    save_checkpoint(tmp_path)
+    add_remote_code(tmp_path)
+    generated = sorted(p.name for p in tmp_path.iterdir() if is_generated_file(p))
+    assert generated == sorted(remote_code_files())
+    (tmp_path / "own.py").write_text("import torch\n")
+    (tmp_path / "link.py").symlink_to(tmp_path / "dcnv3_hf.py")
+    assert not is_generated_file(tmp_path / "own.py") and not is_generated_file(tmp_path / "link.py")
 
 
 # --- loading without the package
