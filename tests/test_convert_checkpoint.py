@@ -424,6 +424,12 @@ def test_remote_code_on_request_and_off_for_the_hub(golden_cases, tmp_path, caps
     assert set(processor_map["AutoImageProcessor"]) == {"torchvision", "pil"}
     # With the package imported its own classes still load the directory.
     assert (logits_of(tmp_path / "local", golden.input) - golden.logits).abs().max() < TOLERANCE
+    # The generated code counts as the converter's own output: --overwrite replaces it, even without remote code.
+    code, err = run_main([checkpoint, tmp_path / "local", "--config", config, "--remote_code", "--overwrite"], capsys)
+    assert code == 0, err
+    code, err = run_main([checkpoint, tmp_path / "local", "--config", config, "--overwrite"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == CONVERTED_FILES
 
     code, err = run_main([checkpoint, tmp_path / "plain", "--config", config], capsys)
     assert code == 0, err
