@@ -136,3 +136,93 @@ def test_integers_are_accepted_for_float_fields():
 def test_presets_cover_the_seven_official_sizes():
     assert sorted(PRESETS) == sorted(["t", "s", "b", "l", "xl", "h", "g"])
     assert [InternImageConfig.from_preset(n).image_size for n in ("t", "l", "h", "g")] == [224, 384, 640, 512]
+
+
+# ------------------------------------------------------------------------------ common config behaviour (ConfigTester)
+
+# What generic tooling passes (Transformers' ConfigTester passes `hidden_size=37` to every vision config).
+COMMON_INPUTS = {"hidden_size": 37, "num_channels": 3, "channels": 16, "depths": [1, 1, 2, 1], "groups": [2, 2, 4, 4]}
+HIDDEN_SIZE_LOGGER = "internimage_hf.configuration_internimage"
+
+
+def test_common_kwargs_are_accepted_and_hidden_size_follows_the_widths(caplog):
+    with caplog.at_level("WARNING", logger=HIDDEN_SIZE_LOGGER):
+        config = InternImageConfig(**COMMON_INPUTS)
+    assert config.hidden_size == 16 * 8 == config.hidden_sizes[-1]
+    assert "`hidden_size`=37 is ignored" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=HIDDEN_SIZE_LOGGER):
+        assert InternImageConfig(channels=16, groups=[2, 2, 4, 4], hidden_size=128).hidden_size == 128
+    assert not caplog.text, "a hidden_size that agrees with the widths is not worth a warning"
+    assert [InternImageConfig.from_preset(n).hidden_size for n in ("t", "s", "h", "g")] == [512, 640, 2560, 4096]
+
+
+@pytest.mark.parametrize("name, value", [("num_channels", 5), ("hidden_size", 7), ("num_labels", 4)])
+def test_common_properties_can_be_set(name, value):
+    config = InternImageConfig(**COMMON_INPUTS)
+    assert hasattr(config, name)
+    setattr(config, name, value)
+    assert getattr(config, name) == value
+
+
+def test_update_and_update_from_string():
+    config = InternImageConfig(**COMMON_INPUTS)
+    config.update({"hidden_size": 40, "drop_rate": 0.25, "custom_field": "x"})
+    assert (config.hidden_size, config.drop_rate, config.custom_field) == (40, 0.25, "x")
+    config.update_from_string("mlp_ratio=2.0,post_norm=true")
+    assert (config.mlp_ratio, config.post_norm) == (2.0, True)
+
+
+def test_changing_the_widths_keeps_hidden_size_consistent():
+    config = InternImageConfig(**COMMON_INPUTS)
+    config.channels = 32
+    assert config.hidden_size == 256
+    config.depths = [1, 1, 1, 1]
+    assert config.hidden_size == 256
+
+
+def test_to_json_string_and_file_round_trip(tmp_path):
+    config = InternImageConfig(**COMMON_INPUTS)
+    as_json = json.loads(config.to_json_string())
+    assert {k: as_json[k] for k in ("num_channels", "channels", "depths", "groups")} == {
+        k: COMMON_INPUTS[k] for k in ("num_channels", "channels", "depths", "groups")
+    }
+    assert as_json["hidden_size"] == 128
+    config.to_json_file(tmp_path / "config.json")
+    assert InternImageConfig.from_json_file(tmp_path / "config.json").to_dict() == config.to_dict()
+
+
+def test_to_dict_from_dict_round_trip_keeps_unknown_kwargs(tmp_path):
+    config = InternImageConfig(**COMMON_INPUTS, my_tool_setting=[1, 2], num_labels=5)
+    as_dict = config.to_dict()
+    assert as_dict["my_tool_setting"] == [1, 2] and as_dict["hidden_size"] == 128
+    assert InternImageConfig.from_dict(as_dict).to_dict() == as_dict
+    config.save_pretrained(tmp_path)
+    reloaded = InternImageConfig.from_pretrained(tmp_path)
+    assert reloaded.my_tool_setting == [1, 2]
+    assert reloaded.to_dict() == config.to_dict()
+
+
+def test_save_pretrained_from_pretrained_with_subfolder(tmp_path):
+    config = InternImageConfig(**COMMON_INPUTS)
+    config.save_pretrained(tmp_path / "sub")
+    reloaded = InternImageConfig.from_pretrained(tmp_path, subfolder="sub")
+    assert reloaded.to_dict() == config.to_dict()
+
+
+def test_disagreeing_hidden_size_in_a_config_file_is_ignored(tmp_path, caplog):
+    as_dict = {**InternImageConfig(**COMMON_INPUTS).to_dict(), "hidden_size": 999}
+    (tmp_path / "config.json").write_text(json.dumps(as_dict))
+    with caplog.at_level("WARNING", logger=HIDDEN_SIZE_LOGGER):
+        assert InternImageConfig.from_pretrained(tmp_path).hidden_size == 128
+    assert "`hidden_size`=999 is ignored" in caplog.text
+
+
+def test_num_labels_and_id2label():
+    config = InternImageConfig(**COMMON_INPUTS, num_labels=5)
+    assert len(config.id2label) == 5 and len(config.label2id) == 5
+    config.num_labels = 3
+    assert len(config.id2label) == 3 and len(config.label2id) == 3
+    named = InternImageConfig(**COMMON_INPUTS, id2label={"0": "cat", "1": "dog"})
+    assert named.num_labels == 2 and named.id2label == {0: "cat", 1: "dog"}
+    assert InternImageConfig.from_dict(named.to_dict()).id2label == {0: "cat", 1: "dog"}

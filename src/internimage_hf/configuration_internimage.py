@@ -1,6 +1,7 @@
 """InternImage model configuration."""
 
 import ast
+import logging
 import math
 
 from huggingface_hub.dataclasses import strict
@@ -80,6 +81,8 @@ PRESETS: dict[str, dict] = {
 SUPPORTED_CORE_OPS = ("DCNv3", "DCNv3_pytorch")
 SUPPORTED_ACTIVATIONS = ("GELU", "ReLU", "SiLU")
 
+logger = logging.getLogger(__name__)
+
 # Keys of the official remote-code `config.json` that only describe how the remote code is loaded.
 _REMOTE_CODE_CLASSES = ("configuration_internimage.", "modeling_internimage.")
 
@@ -128,6 +131,12 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
         layer_norm_eps: epsilon of every LayerNorm (1e-6 in the official models).
         image_size: training/evaluation resolution of the checkpoint.
         initializer_range: standard deviation of the truncated normal used for linear layers.
+        hidden_size: the last-stage width, `channels * 2**3` (what generic tooling such as
+            `VisionEncoderDecoderModel` reads). Derived, never an input of its own: it is set from the widths
+            when the config is built and whenever `channels` or `depths` is assigned; a different value passed
+            to the constructor (or found in a `config.json`) is ignored with a warning, because the model is built
+            from `channels` and a second, disagreeing width would mislead whatever reads it. It can be assigned
+            like any attribute (generic tools do), which changes nothing in the model.
         out_features / out_indices: stages returned by `InternImageBackbone`
             (names `"stem", "stage1", ..., "stage4"`).
     """
@@ -161,10 +170,12 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
     layer_norm_eps: float | int = 1e-6
     image_size: int = 224
     initializer_range: float | int = 0.02
+    hidden_size: int | None = None
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        requested_hidden_size = self.hidden_size
         num_classes = kwargs.pop("num_classes", None)
         if num_classes is not None and self.id2label is None and kwargs.get("num_labels") is None:
             kwargs["num_labels"] = int(num_classes)
@@ -180,6 +191,24 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
         )
         super().__post_init__(**kwargs)
         self.validate_architecture()
+        self._derive_hidden_size(requested_hidden_size)
+
+    def _derive_hidden_size(self, requested: int | None) -> None:
+        """Set `hidden_size` to the last-stage width; a disagreeing requested value is ignored with a warning."""
+        self.hidden_size = self.hidden_sizes[-1]
+        if requested not in (None, self.hidden_size):
+            logger.warning(
+                "InternImageConfig: `hidden_size`=%s is ignored; it is the last-stage width `channels` * 2**3 = %s "
+                "(set `channels` to change it)",
+                requested,
+                self.hidden_size,
+            )
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        # Keep the derived `hidden_size` equal to the last-stage width when the widths change after construction.
+        if name in ("channels", "depths") and "hidden_size" in self.__dict__ and self.depths:
+            super().__setattr__("hidden_size", self.hidden_sizes[-1])
 
     @staticmethod
     def _drop_remote_code_auto_map(kwargs: dict) -> None:
@@ -249,11 +278,6 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
     @property
     def num_features(self) -> int:
         """Channels of the last stage."""
-        return self.hidden_sizes[-1]
-
-    @property
-    def hidden_size(self) -> int:
-        """Channels of the last stage (the name encoder-decoder wrappers read)."""
         return self.hidden_sizes[-1]
 
     @classmethod
