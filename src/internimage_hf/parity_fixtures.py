@@ -166,7 +166,9 @@ def weight_recipe(module_name: str, module: nn.Module, param_name: str, shape) -
     if param_name in ("gamma1", "gamma2"):
         return -2, 0.75
     is_bias = param_name.endswith("bias")  # also q_bias/k_bias/v_bias
-    if module_name.endswith((".offset", ".mask")) or param_name.startswith("center_feature_scale_proj"):
+    if module_name.endswith(".offset"):  # offsets of about ±1 px (before offset_scale)
+        return (0, 0.0) if is_bias else (_fan_in_exponent(shape), 0.0)
+    if module_name.endswith(".mask") or param_name.startswith("center_feature_scale_proj"):
         return (0, 0.0) if is_bias else (_fan_in_exponent(shape) + 1, 0.0)
     return (-3, 0.0) if is_bias else (_fan_in_exponent(shape), 0.0)
 
