@@ -6,10 +6,11 @@ official-named weights under `state_dict.`, the `input`, the official `logits` a
 six DCNv3 core calls `op_cases.{j}.{input,offset,mask,output}`, and JSON metadata under `"golden"` (the official
 constructor kwargs, the op parameters, the official commit, the torch version).
 
-Every weight and input is drawn on a power-of-two grid (`grid_tensor`), so its float32 value is the same on every
-platform and torch version. Weights of at most `STORED_MAX_ELEMENTS` elements are stored as float32; the larger
-ones (mostly the H/G CLIP head, whose 4.2M parameters are fixed by the official code whatever the model size) are
-stored as their recipe (seed, exponent, centre) with the SHA-256 of their bytes, and rebuilt by `rebuild_weights`.
+Every weight, input, offset and mask logit is drawn on a power-of-two grid (`grid_tensor`), so its float32 value
+is the same on every platform and torch version. Weights of at most `STORED_MAX_ELEMENTS` elements are stored as
+float32; the larger ones (mostly the H/G CLIP head, whose 4.2M parameters are fixed by the official code whatever
+the model size) are stored as their recipe (seed, exponent, centre) with the SHA-256 of their bytes, and rebuilt by
+`rebuild_weights`.
 
 `make_fixtures` needs an OpenGVLab/InternImage checkout (never vendored here) and `timm`; it runs the official
 `classification/models/intern_image.py` on CPU with its PyTorch DCNv3 core (`core_op="DCNv3_pytorch"`).
@@ -96,8 +97,8 @@ def _op(kernel=3, stride=1, pad=1, dilation=1, group=2, group_channels=4, offset
     }  # fmt: skip
 
 
-# DCNv3 core calls: the parameters of the golden op cases (same order, in the official argument order) on small
-# NHWC inputs, as (params, (batch, height, width)).
+# DCNv3 core calls of the kinds the golden files hold (plain, offset_scale 2, remove_center with odd groups, stride
+# 2, dilation 2, 5x5 with remove_center) on small NHWC inputs, as (params, (batch, height, width)).
 OP_CASES: list[tuple[dict, tuple[int, int, int]]] = [
     (_op(group=4, group_channels=8), (2, 3, 4)),
     (_op(group=2, group_channels=8, offset_scale=2.0), (1, 5, 4)),
@@ -157,9 +158,9 @@ def weight_recipe(module_name: str, module: nn.Module, param_name: str, shape) -
     """(exponent, centre) of a weight's grid, chosen so that every part of the network does real work.
 
     Official inits leave DCNv3 offsets, masks and centre-feature gates at zero (every sample at its grid point,
-    uniform point weights) and layer scales at 1e-5; these recipes give offsets of a few pixels, clearly
-    non-uniform point weights and gates, layer scales in [0.5, 1), norms away from the identity and non-trivial
-    BatchNorm statistics. Other weights get a unit-gain uniform init, biases small non-zero values.
+    uniform point weights) and layer scales at 1e-5; these recipes give fractional offsets of about ±1 px (up to
+    about 3), clearly non-uniform point weights and gates, layer scales in [0.5, 1), norms away from the identity
+    and non-trivial BatchNorm statistics. Other weights get a unit-gain uniform init, biases small non-zero values.
     """
     if isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
         return {"weight": (-2, 1.0), "bias": (-3, 0.0), "running_mean": (-3, 0.0), "running_var": (-1, 1.0)}[param_name]
