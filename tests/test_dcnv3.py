@@ -1,11 +1,12 @@
 """The portable DCNv3 core (`internimage_hf.dcnv3_core`) and the DCNv3 operator module."""
 
+import warnings
+
 import pytest
 import torch
 
-from internimage_hf import InternImageConfig, dcnv3_core
-from internimage_hf.dcnv3 import DCNv3Core, dcnv3_output_size, softmax_over_points
-from internimage_hf.modeling_internimage import InternImageDCNv3
+from internimage_hf import InternImageConfig, InternImageModel, dcnv3_core
+from internimage_hf.dcnv3 import DCNv3Core, InternImageDCNv3, dcnv3_output_size, softmax_over_points
 
 
 def make_inputs(batch, height, width, group, group_channels, kernel=3, stride=1, pad=1, dilation=1,
@@ -122,7 +123,7 @@ def test_bad_inputs_raise_clear_errors(mutate, message):
 def test_operator_module_starts_on_the_regular_grid():
     """With zero offset/mask weights (the official init) the operator is output_proj(box-filter(input_proj(x)))."""
     config = InternImageConfig(channels=8, groups=(2, 2, 2, 2))
-    module = InternImageDCNv3(config, channels=8, group=2)
+    module = InternImageDCNv3.from_config(config, channels=8, group=2)
     for linear in (module.offset, module.mask):
         torch.nn.init.zeros_(linear.weight)
         torch.nn.init.zeros_(linear.bias)
@@ -153,3 +154,93 @@ def test_core_module_normalises_mask_logits():
     logits = torch.randn(mask.shape) * 3
     expected = dcnv3_core(value, offset, logits.unflatten(-1, (3, 9)).softmax(-1).flatten(-2), **params)
     torch.testing.assert_close(DCNv3Core()(value, offset, logits, *params.values()), expected)
+
+
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 2)])
+def test_traced_core_follows_the_input_size(stride, dilation):
+    """`torch.jit.trace` (the TorchScript ONNX exporter) must record the sampling grid and its normaliser as
+    shape computations, not as constants of the example size."""
+    pad = dilation
+
+    def core(value, offset, mask):
+        return dcnv3_core(value, offset, mask, 3, 3, stride, stride, pad, pad, dilation, dilation, 2, 4, 1.5, False)
+
+    def inputs(batch, height, width):
+        value, offset, mask, _ = make_inputs(batch, height, width, 2, 4, stride=stride, pad=pad, dilation=dilation)
+        return value, offset, mask
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the input checks run once, at trace time
+        traced = torch.jit.trace(core, inputs(1, 8, 9))
+    for shape in [(2, 13, 6), (3, 5, 17)]:
+        example = inputs(*shape)
+        torch.testing.assert_close(traced(*example), core(*example), atol=1e-6, rtol=0)
+
+
+OPERATOR_CONFIGS = {
+    "t": dict(),
+    "l": dict(offset_scale=2.0, layer_scale=1e-5, post_norm=True),
+    "h": dict(dw_kernel_size=5, center_feature_scale=True, act_layer="SiLU"),
+    "remove_center": dict(remove_center=True, layer_norm_eps=1e-5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPERATOR_CONFIGS))
+def test_operator_from_plain_arguments_matches_the_models(name):
+    """The operator built from plain arguments has the structure and outputs of the one the model builds."""
+    config = InternImageConfig(channels=16, depths=(1, 1, 1, 1), groups=(2, 4, 4, 8), **OPERATOR_CONFIGS[name])
+    built = InternImageModel(config).encoder.stages[1].layers[0].dcn
+    plain = InternImageDCNv3(
+        channels=32,
+        kernel_size=3,
+        dw_kernel_size=config.dw_kernel_size,
+        stride=1,
+        pad=1,
+        dilation=1,
+        group=4,
+        offset_scale=config.offset_scale,
+        act_layer=config.act_layer,
+        norm_layer="LN",
+        layer_norm_eps=config.layer_norm_eps,
+        center_feature_scale=config.center_feature_scale,
+        remove_center=config.remove_center,
+    )
+    assert [(n, type(m).__name__) for n, m in plain.named_modules()] == [
+        (n, type(m).__name__) for n, m in built.named_modules()
+    ]
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in built.state_dict().items()}
+    assert plain.depthwise_norm.eps == built.depthwise_norm.eps == config.layer_norm_eps
+    assert plain.points == built.points == 9 - int(config.remove_center)
+    generator = torch.Generator().manual_seed(0)
+    plain.load_state_dict({k: torch.randn(v.shape, generator=generator) for k, v in built.state_dict().items()})
+    built.load_state_dict(plain.state_dict())
+    hidden = torch.randn(2, 7, 6, 32, generator=generator)
+    torch.testing.assert_close(plain(hidden), built(hidden), atol=0, rtol=0)
+    from_config = InternImageDCNv3.from_config(config, channels=32, group=4)
+    from_config.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(from_config(hidden), built(hidden), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(channels=10, group=4), "`group` \\(4\\) must divide `channels` \\(10\\)"),
+        (dict(channels=0), "`channels` must be a positive int"),
+        (dict(kernel_size=2.0), "`kernel_size` must be a positive int"),
+        (dict(stride=2), "stride=1"),
+        (dict(pad=0), "2 \\* pad == dilation \\* \\(kernel_size - 1\\)"),
+        (dict(kernel_size=4), "kernel_size=4"),
+        (dict(dw_kernel_size=4), "`dw_kernel_size` must be odd"),
+        (dict(act_layer="gelu"), "`act_layer` must be one of"),
+        (dict(norm_layer="BN"), "`norm_layer` must be 'LN'"),
+    ],
+)
+def test_operator_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        InternImageDCNv3(**{"channels": 16, "group": 4, **kwargs})
+
+
+def test_operator_with_dilation_keeps_the_spatial_size():
+    module = InternImageDCNv3(channels=8, kernel_size=5, dilation=2, group=2, remove_center=True)
+    assert (module.pad, module.points) == (4, 24)
+    assert module(torch.randn(1, 9, 10, 8)).shape == (1, 9, 10, 8)

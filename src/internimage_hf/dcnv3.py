@@ -18,6 +18,8 @@ coordinates and zeros outside the image. With ``remove_center`` the centre tap i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +34,18 @@ except ImportError:  # pragma: no cover - exercised in environments without `ker
             return cls
 
         return decorate
+
+
+if TYPE_CHECKING:
+    from .configuration_internimage import InternImageConfig
+
+# Activation names of the official implementation (its `build_act_layer`).
+ACTIVATIONS = {"GELU": nn.GELU, "ReLU": nn.ReLU, "SiLU": nn.SiLU}
+
+
+def build_activation(name: str) -> nn.Module:
+    """The activation module for an official activation name (``"GELU"``, ``"ReLU"`` or ``"SiLU"``)."""
+    return ACTIVATIONS[name]()
 
 
 def dcnv3_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
@@ -89,6 +103,18 @@ def _tap_positions(kernel_h, kernel_w, dilation_h, dilation_w, remove_center, dt
     return taps
 
 
+def _size_tensor(width, height, dtype, device) -> torch.Tensor:
+    """``[width, height]`` as a tensor that follows the input shape in every tracer.
+
+    Under `torch.jit.trace` (the TorchScript ONNX exporter) sizes are 0-d tensors and `torch.tensor` would freeze
+    their example values into the graph, so they are stacked instead. Everywhere else (eager, `torch.export`,
+    `torch.compile`) `torch.tensor` is right: there `torch.as_tensor` of a symbolic size would specialise it.
+    """
+    if torch.jit.is_tracing():
+        return torch.stack([width, height]).to(dtype=dtype, device=device)
+    return torch.tensor([width, height], dtype=dtype, device=device)
+
+
 def dcnv3_core(
     value: torch.Tensor,
     offset: torch.Tensor,
@@ -141,7 +167,7 @@ def dcnv3_core(
     base_x = torch.arange(out_w, dtype=compute_dtype, device=value.device) * stride_w - pad_w + centre_w
     base_y = torch.arange(out_h, dtype=compute_dtype, device=value.device) * stride_h - pad_h + centre_h
     base = torch.stack(torch.meshgrid(base_x, base_y, indexing="xy"), dim=-1)  # (H_out, W_out, 2)
-    size = torch.tensor([width, height], dtype=compute_dtype, device=value.device)
+    size = _size_tensor(width, height, compute_dtype, value.device)
     constant = (2 * (base[:, :, None, None, :] + offset_scale * taps) + 1) / size - 1  # (H_out, W_out, 1, P, 2)
     offset_c = offset_c.reshape(batch, out_h, out_w, group, points, 2)
     grid = torch.addcmul(constant, offset_c, 2 * offset_scale / size)
@@ -203,3 +229,138 @@ class DCNv3Core(nn.Module):
             value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
             dilation_h, dilation_w, group, group_channels, offset_scale, remove_center,
         )  # fmt: skip
+
+
+class InternImageDCNv3(nn.Module):
+    """The DCNv3 operator with its projections: ``(N, H, W, channels)`` -> ``(N, H, W, channels)``, channels-last.
+
+    A depthwise convolution + LayerNorm + activation of the input predicts, for every pixel and group, the
+    offsets and weight logits of `P` sampling points (`P = kernel_size**2`, one fewer with `remove_center`);
+    `core` (a `DCNv3Core`, replaceable by the hub kernel) softmax-normalises the weights and aggregates the
+    projected input (`input_proj`) at those points; `output_proj` mixes the result. The arguments and defaults
+    are those of the official `DCNv3` module, so the layer can be used in any network; `from_config` builds
+    it the way an InternImage stage does.
+
+    Args:
+        channels: input and output width `C`.
+        kernel_size: side of the regular sampling grid.
+        dw_kernel_size: odd kernel of the depthwise convolution that predicts offsets and weights
+            (`None`: `kernel_size`).
+        stride, pad, dilation: of the sampling grid. The operator keeps the spatial size (the offsets are
+            predicted per input pixel), so `stride` must be 1 and `2 * pad` must equal `dilation * (kernel_size - 1)`
+            (`pad=None`: that value).
+        group: number of groups; must divide `channels`. Each group samples its own points.
+        offset_scale: scale applied to the grid and the predicted offsets (2.0 in InternImage-L/XL).
+        act_layer: activation after the depthwise convolution: `"GELU"`, `"ReLU"` or `"SiLU"`.
+        norm_layer: normalisation after the depthwise convolution; only `"LN"` (LayerNorm), the official models'.
+        layer_norm_eps: epsilon of that LayerNorm.
+        center_feature_scale: blend the output with the projected input by a learned per-group sigmoid gate.
+        remove_center: drop the centre sampling point (needs an odd `kernel_size`).
+    """
+
+    def __init__(
+        self,
+        channels: int = 64,
+        kernel_size: int = 3,
+        dw_kernel_size: int | None = None,
+        stride: int = 1,
+        pad: int | None = None,
+        dilation: int = 1,
+        group: int = 4,
+        offset_scale: float = 1.0,
+        act_layer: str = "GELU",
+        norm_layer: str = "LN",
+        layer_norm_eps: float = 1e-6,
+        center_feature_scale: bool = False,
+        remove_center: bool = False,
+    ) -> None:
+        super().__init__()
+        pad = dilation * (kernel_size - 1) // 2 if pad is None else pad
+        dw_kernel_size = dw_kernel_size or kernel_size
+        _check_operator_arguments(channels, kernel_size, dw_kernel_size, stride, pad, dilation, group, act_layer,
+                                  norm_layer, remove_center)  # fmt: skip
+        self.channels = channels
+        self.group = group
+        self.group_channels = channels // group
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.pad = pad
+        self.dilation = dilation
+        self.offset_scale = offset_scale
+        self.remove_center = bool(remove_center)
+        self.points = kernel_size * kernel_size - int(self.remove_center)
+
+        self.input_proj = nn.Linear(channels, channels)
+        self.depthwise_conv = nn.Conv2d(
+            channels, channels, kernel_size=dw_kernel_size, padding=(dw_kernel_size - 1) // 2, groups=channels
+        )
+        self.depthwise_norm = nn.LayerNorm(channels, eps=layer_norm_eps)
+        self.depthwise_act = build_activation(act_layer)
+        self.offset = nn.Linear(channels, group * self.points * 2)
+        self.mask = nn.Linear(channels, group * self.points)
+        self.output_proj = nn.Linear(channels, channels)
+        self.center_feature_scale = center_feature_scale
+        if center_feature_scale:
+            self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros(group, channels))
+            self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
+        self.core = DCNv3Core()
+
+    @classmethod
+    def from_config(
+        cls, config: InternImageConfig, channels: int, group: int, kernel_size: int = 3
+    ) -> InternImageDCNv3:
+        """The operator of an InternImage block of width `channels` with `group` groups, as `config` sets it up."""
+        return cls(
+            channels=channels,
+            kernel_size=kernel_size,
+            dw_kernel_size=config.dw_kernel_size,
+            group=group,
+            offset_scale=config.offset_scale,
+            act_layer=config.act_layer,
+            norm_layer=config.norm_layer,
+            layer_norm_eps=config.layer_norm_eps,
+            center_feature_scale=config.center_feature_scale,
+            remove_center=config.remove_center,
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        value = self.input_proj(hidden_states)
+        query = self.depthwise_conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        query = self.depthwise_act(self.depthwise_norm(query))
+        offset = self.offset(query)
+        mask_logits = self.mask(query)  # the core normalises them with a softmax over each group's points
+        output = self.core(
+            value, offset, mask_logits, self.kernel_size, self.kernel_size, self.stride, self.stride, self.pad,
+            self.pad, self.dilation, self.dilation, self.group, self.group_channels, self.offset_scale,
+            self.remove_center,
+        )  # fmt: skip
+        if self.center_feature_scale:
+            gate = F.linear(query, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias).sigmoid()
+            gate = gate.repeat_interleave(self.group_channels, dim=-1)
+            output = output * (1 - gate) + value * gate
+        return self.output_proj(output)
+
+
+def _check_operator_arguments(
+    channels, kernel_size, dw_kernel_size, stride, pad, dilation, group, act_layer, norm_layer, remove_center
+):
+    for name, number in (("channels", channels), ("kernel_size", kernel_size), ("dw_kernel_size", dw_kernel_size),
+                         ("stride", stride), ("dilation", dilation), ("group", group)):  # fmt: skip
+        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+            raise ValueError(f"InternImageDCNv3: `{name}` must be a positive int, got {number!r}")
+    if channels % group:
+        raise ValueError(f"InternImageDCNv3: `group` ({group}) must divide `channels` ({channels})")
+    if stride != 1 or 2 * pad != dilation * (kernel_size - 1):
+        raise ValueError(
+            "InternImageDCNv3 keeps the spatial size (offsets are predicted per input pixel): it needs stride=1 and "
+            f"2 * pad == dilation * (kernel_size - 1), got stride={stride}, pad={pad}, dilation={dilation}, "
+            f"kernel_size={kernel_size}"
+        )
+    if dw_kernel_size % 2 == 0:
+        raise ValueError(f"InternImageDCNv3: `dw_kernel_size` must be odd, got {dw_kernel_size}")
+    if act_layer not in ACTIVATIONS:
+        raise ValueError(f"InternImageDCNv3: `act_layer` must be one of {sorted(ACTIVATIONS)}, got {act_layer!r}")
+    if norm_layer != "LN":
+        raise ValueError(f"InternImageDCNv3: `norm_layer` must be 'LN' (LayerNorm), got {norm_layer!r}")
+    if remove_center and kernel_size % 2 == 0:
+        raise ValueError(f"InternImageDCNv3: `remove_center` needs an odd `kernel_size`, got {kernel_size}")

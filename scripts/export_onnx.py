@@ -1,0 +1,18 @@
+#!/usr/bin/env python
+"""Export an InternImage model to ONNX with dynamic batch, height and width (the dynamo exporter).
+
+    python scripts/export_onnx.py MODEL OUTPUT.onnx [--task classification|base|backbone] [--image-size N]
+        [--static] [--torchscript] [--opset N] [--verify]
+
+MODEL is a checkpoint directory or hub id (`from_pretrained`), or `preset:t` etc. for a randomly initialised
+model. `--verify` runs the file with onnxruntime at 224x224, 256x320 and 32x32, batch 1 and 2, and prints the
+largest difference from PyTorch. Needs `pip install onnx onnxruntime onnxscript` (the `dev` extra). All logic
+lives in `internimage_hf.export`.
+"""
+
+import sys
+
+from internimage_hf.export import main
+
+if __name__ == "__main__":
+    sys.exit(main())
