@@ -2,12 +2,14 @@
 
 Inside the stages activations are channels-last ``(N, H, W, C)`` like the official implementation (every
 projection is a `nn.Linear`); everything a user sees (`hidden_states`, `last_hidden_state`, backbone
-`feature_maps`) is channels-first ``(N, C, H, W)``.
+`feature_maps`) is channels-first ``(N, C, H, W)``: a view of the channels-last tensor (memory format
+`torch.channels_last`), which the network itself continues from, so gradients reach it (Grad-CAM, attribution).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,16 @@ def build_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def to_channels_first(hidden_states: torch.Tensor) -> torch.Tensor:
+    """``(N, H, W, C)`` -> ``(N, C, H, W)`` view in channels-last memory: no copy, stays in the autograd graph."""
+    return hidden_states.permute(0, 3, 1, 2)
+
+
+def to_channels_last(hidden_states: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` -> ``(N, H, W, C)`` view; the inverse of `to_channels_first`."""
+    return hidden_states.permute(0, 2, 3, 1)
+
+
 def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     """Stochastic depth per sample: zero whole residual branches with probability `drop_prob`."""
     if drop_prob == 0.0 or not training:
@@ -66,7 +78,7 @@ class InternImageDropPath(nn.Module):
 
 
 class InternImageStem(nn.Module):
-    """Two stride-2 3x3 convolutions: ``(N, 3, H, W)`` -> ``(N, H/4, W/4, C)`` channels-last."""
+    """Two stride-2 3x3 convolutions: ``(N, 3, H, W)`` -> ``(N, C, H/4, W/4)`` (a view of a channels-last tensor)."""
 
     def __init__(self, config: InternImageConfig) -> None:
         super().__init__()
@@ -80,7 +92,7 @@ class InternImageStem(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.norm1(self.conv1(pixel_values).permute(0, 2, 3, 1))
         hidden = self.act(hidden).permute(0, 3, 1, 2)
-        return self.norm2(self.conv2(hidden).permute(0, 2, 3, 1))
+        return to_channels_first(self.norm2(self.conv2(hidden).permute(0, 2, 3, 1)))
 
 
 class InternImageDownsample(nn.Module):
@@ -215,8 +227,9 @@ class InternImageLayer(GradientCheckpointingLayer):
 class InternImageStage(nn.Module):
     """A stage: blocks, optional post-norms after selected blocks, level norm, then an optional downsample.
 
-    Returns ``(stage_output, next_input)``: the stage output ``(N, H, W, C)`` before downsampling (what
-    detection/segmentation heads consume) and the downsampled input of the next stage (or `None`).
+    Takes ``(N, H, W, C)``; returns ``(stage_output, next_input)``: the stage output ``(N, C, H, W)`` before
+    downsampling (what detection/segmentation heads consume) and the downsampled input of the next stage
+    ``(N, H/2, W/2, 2C)`` (or `None`).
     """
 
     def __init__(self, config: InternImageConfig, index: int, drop_path_rates: list[float]) -> None:
@@ -243,8 +256,10 @@ class InternImageStage(nn.Module):
                 hidden_states = self.post_norms[self.post_norm_block_ids.index(block_id)](hidden_states)
         if self.use_norm:
             hidden_states = self.norm(hidden_states)
-        next_input = self.downsample(hidden_states) if self.downsample is not None else None
-        return hidden_states, next_input
+        # The downsample reads the very tensor handed out as the stage output, so that tensor gets gradients.
+        stage_output = to_channels_first(hidden_states)
+        next_input = self.downsample(to_channels_last(stage_output)) if self.downsample is not None else None
+        return stage_output, next_input
 
 
 def drop_path_schedule(config: InternImageConfig) -> list[list[float]]:
@@ -259,24 +274,20 @@ def drop_path_schedule(config: InternImageConfig) -> list[list[float]]:
 
 
 class InternImageEncoder(nn.Module):
-    """The four stages. Input ``(N, H/4, W/4, C)``; returns every stage output, channels-last."""
+    """The four stages: stem output ``(N, C, H/4, W/4)`` -> the stage outputs ``(N, C * 2**i, H / 2**(i+2), ...)``."""
 
     def __init__(self, config: InternImageConfig) -> None:
         super().__init__()
         schedule = drop_path_schedule(config)
         self.stages = nn.ModuleList([InternImageStage(config, i, schedule[i]) for i in range(len(config.depths))])
 
-    def forward(self, hidden_states: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, embeddings: torch.Tensor) -> list[torch.Tensor]:
+        hidden_states = to_channels_last(embeddings)
         stage_outputs = []
         for stage in self.stages:
             stage_output, hidden_states = stage(hidden_states)
             stage_outputs.append(stage_output)
         return stage_outputs
-
-
-def to_channels_first(hidden_states: torch.Tensor) -> torch.Tensor:
-    """``(N, H, W, C)`` -> contiguous ``(N, C, H, W)``."""
-    return hidden_states.permute(0, 3, 1, 2).contiguous()
 
 
 class InternImagePreTrainedModel(PreTrainedModel):
@@ -399,7 +410,8 @@ class InternImageModel(InternImagePreTrainedModel):
     """InternImage stem and stages, with a global-average-pooled output.
 
     Outputs: `last_hidden_state` ``(N, 8C, H/32, W/32)``, `pooler_output` ``(N, 8C)`` and, on request,
-    `hidden_states` = (stem ``(N, C, H/4, W/4)``, stage 1..4 outputs before downsampling), all channels-first.
+    `hidden_states` = (stem ``(N, C, H/4, W/4)``, stage 1..4 outputs before downsampling), all channels-first
+    views in channels-last memory; each is the tensor the network continues from, so `retain_grad()` works.
     """
 
     def __init__(self, config: InternImageConfig) -> None:
@@ -412,9 +424,9 @@ class InternImageModel(InternImagePreTrainedModel):
         self._enable_checkpointing_from_config()
 
     def forward_stages(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run stem and stages: returns the stem output and the four stage outputs, all channels-last."""
-        stem_output = self.embeddings(self._check_pixel_values(pixel_values))
-        return stem_output, self.encoder(self.dropout(stem_output))
+        """Run stem and stages: returns the stem output and the four stage outputs, all ``(N, C_i, H_i, W_i)``."""
+        embedding_output = self.embeddings(self._check_pixel_values(pixel_values))
+        return embedding_output, self.encoder(self.dropout(embedding_output))
 
     def forward(
         self,
@@ -427,14 +439,10 @@ class InternImageModel(InternImagePreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        stem_output, stage_outputs = self.forward_stages(pixel_values)
-        last_hidden_state = to_channels_first(stage_outputs[-1])
+        embedding_output, stage_outputs = self.forward_stages(pixel_values)
+        last_hidden_state = stage_outputs[-1]
         pooled_output = self.pooler(last_hidden_state).flatten(1)
-        hidden_states = None
-        if output_hidden_states:
-            hidden_states = tuple(to_channels_first(h) for h in [stem_output, *stage_outputs[:-1]]) + (
-                last_hidden_state,
-            )
+        hidden_states = (embedding_output, *stage_outputs) if output_hidden_states else None
         if not return_dict:
             return tuple(v for v in (last_hidden_state, pooled_output, hidden_states) if v is not None)
         return BaseModelOutputWithPoolingAndNoAttention(
@@ -532,11 +540,27 @@ class InternImageClipHead(nn.Module):
         return self.fc_norm(self.attention_pool(tokens))
 
 
+@dataclass
+class InternImageImageClassifierOutput(ImageClassifierOutputWithNoAttention):
+    """`ImageClassifierOutputWithNoAttention` plus, on request, the head's feature before the classifier.
+
+    Args:
+        pre_logits (`torch.FloatTensor` of shape `(batch_size, head_features)`, *optional*):
+            What the classifier layer reads (`logits == model.classifier(pre_logits)`): the pooled output of the
+            conv head for T..XL (``int(8C * cls_scale)`` features, 1152 for InternImage-T), the attention-pooled,
+            projected and normalised feature of the CLIP-projector head for H/G (768 features). Returned when
+            `output_pre_logits=True`; an image embedding for retrieval or linear probing.
+    """
+
+    pre_logits: torch.FloatTensor | None = None
+
+
 class InternImageForImageClassification(InternImagePreTrainedModel):
     """InternImage with its official classification head (conv head for T..XL, CLIP-projector head for H/G).
 
     `labels` select the loss by `config.problem_type`: single-label cross-entropy, multi-label BCE or
-    regression (MSE). Returns logits ``(N, num_labels)``.
+    regression (MSE). Returns logits ``(N, num_labels)`` and, with `output_pre_logits=True`, the head's feature
+    the classifier reads (`pre_logits`).
     """
 
     accepts_loss_kwargs = False
@@ -556,8 +580,23 @@ class InternImageForImageClassification(InternImagePreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_pre_logits: bool = False,
         **kwargs,
-    ) -> tuple | ImageClassifierOutputWithNoAttention:
+    ) -> tuple | InternImageImageClassifierOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Images, normalised by the image processor; at least 32x32 (multiples of 32 for H/G).
+            labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor`, *optional*):
+                Class indices (single-label), multi-hot targets (multi-label) or regression targets; the loss
+                follows `config.problem_type`.
+            output_hidden_states (`bool`, *optional*):
+                Return the stem and the four stage outputs (they stay in the autograd graph).
+            return_dict (`bool`, *optional*):
+                Return an `InternImageImageClassifierOutput` instead of a tuple.
+            output_pre_logits (`bool`, *optional*, defaults to `False`):
+                Also return `pre_logits`, the head's feature before the classifier (appended last in tuples).
+        """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -569,25 +608,27 @@ class InternImageForImageClassification(InternImagePreTrainedModel):
                     f"`pixel_values` is {height}x{width}; the CLIP-projector head of InternImage-H/G needs a height "
                     "and width that are multiples of 32"
                 )
-        stem_output, stage_outputs = self.internimage.forward_stages(pixel_values)
-        # Channels-last-strided NCHW views: the head's convolutions read them without a copy.
-        logits = self.classifier(self.head([h.permute(0, 3, 1, 2) for h in stage_outputs]))
+        embedding_output, stage_outputs = self.internimage.forward_stages(pixel_values)
+        pre_logits = self.head(stage_outputs)
+        logits = self.classifier(pre_logits)
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
-        hidden_states = None
-        if output_hidden_states:
-            hidden_states = tuple(to_channels_first(h) for h in [stem_output, *stage_outputs])
+        hidden_states = (embedding_output, *stage_outputs) if output_hidden_states else None
+        pre_logits = pre_logits if output_pre_logits else None
         if not return_dict:
-            return tuple(v for v in (loss, logits, hidden_states) if v is not None)
-        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states)
+            return tuple(v for v in (loss, logits, hidden_states, pre_logits) if v is not None)
+        return InternImageImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=hidden_states, pre_logits=pre_logits
+        )
 
 
 class InternImageBackbone(BackboneMixin, InternImagePreTrainedModel):
     """InternImage as a feature extractor for dense-prediction heads (UperNet, Mask2Former, DETR family).
 
     `feature_maps` are the raw stage outputs before downsampling, channels-first, for `config.out_features`
-    (any of ``"stem", "stage1", ..., "stage4"``): exactly what the official mmdet/mmseg backbone emits.
+    (any of ``"stem", "stage1", ..., "stage4"``): exactly what the official mmdet/mmseg backbone emits. They are
+    views in channels-last memory of the tensors the network continues from, so gradients reach each of them.
     """
 
     has_attentions = False
@@ -613,13 +654,11 @@ class InternImageBackbone(BackboneMixin, InternImagePreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        stem_output = self.embeddings(self._check_pixel_values(pixel_values))
-        stage_outputs = self.encoder(self.dropout(stem_output))
-        all_states = dict(zip(self.stage_names, [stem_output, *stage_outputs], strict=True))
-        wanted = set(self.out_features) | (set(self.stage_names) if output_hidden_states else set())
-        channels_first = {name: to_channels_first(all_states[name]) for name in self.stage_names if name in wanted}
-        feature_maps = tuple(channels_first[name] for name in self.out_features)
-        hidden_states = tuple(channels_first[name] for name in self.stage_names) if output_hidden_states else None
+        embedding_output = self.embeddings(self._check_pixel_values(pixel_values))
+        stage_outputs = self.encoder(self.dropout(embedding_output))
+        all_states = dict(zip(self.stage_names, [embedding_output, *stage_outputs], strict=True))
+        feature_maps = tuple(all_states[name] for name in self.out_features)
+        hidden_states = tuple(all_states.values()) if output_hidden_states else None
         if not return_dict:
             return tuple(v for v in (feature_maps, hidden_states) if v is not None)
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=None)
@@ -629,5 +668,6 @@ __all__ = [
     "InternImageBackbone",
     "InternImageForImageClassification",
     "InternImageModel",
+    "InternImageImageClassifierOutput",
     "InternImagePreTrainedModel",
 ]
