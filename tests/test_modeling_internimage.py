@@ -90,7 +90,7 @@ def test_backbone_inside_auto_backbone_matches_golden(golden_cases):
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     assert not missing and all(k.startswith(("head.", "classifier.")) for k in unexpected)
     outputs = backbone(golden.input)
-    assert backbone.channels == [32, 64, 128, 256]
+    assert backbone.channels == [golden.model_kwargs["channels"] * 2**i for i in range(4)]
     assert_matches_golden(golden, stage_outputs=list(outputs.feature_maps))
     # Views of the channels-last tensors the network continues from (no copy), dense in channels-last memory.
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in outputs.feature_maps)

@@ -7,7 +7,7 @@ from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from .configuration_internimage import PRESETS, InternImageConfig
 from .conversion import convert_official_state_dict
-from .dcnv3 import DCNv3Core, dcnv3_core
+from .dcnv3 import DCNv3Core, InternImageDCNv3, dcnv3_core
 from .hub_kernels import dcnv3_backend, kernelize, register_dcnv3_kernel_mapping
 from .image_processing_internimage import InternImageImageProcessor
 from .image_processing_pil_internimage import InternImageImageProcessorPil
@@ -15,6 +15,7 @@ from .kernel_pin import KernelPinError
 from .modeling_internimage import (
     InternImageBackbone,
     InternImageForImageClassification,
+    InternImageImageClassifierOutput,
     InternImageModel,
     InternImagePreTrainedModel,
 )
@@ -43,7 +44,9 @@ __all__ = [
     "DCNv3Core",
     "InternImageBackbone",
     "InternImageConfig",
+    "InternImageDCNv3",
     "InternImageForImageClassification",
+    "InternImageImageClassifierOutput",
     "InternImageImageProcessor",
     "InternImageImageProcessorPil",
     "InternImageModel",

@@ -26,7 +26,7 @@ from transformers.modeling_outputs import (
 
 from .configuration_internimage import InternImageConfig
 from .conversion import official_hub_key_mapping
-from .dcnv3 import DCNv3Core, use_kernel_forward_from_hub
+from .dcnv3 import InternImageDCNv3, build_activation, use_kernel_forward_from_hub
 
 # Constants of the official CLIP-projector head of InternImage-H/G.
 CLIP_PRETRAIN_EMBED_DIM = 1024
@@ -35,12 +35,6 @@ CLIP_ATTENTION_HEADS = 16
 CLIP_POOL_STRIDE = 2
 # The network downsamples by 32; smaller inputs collapse several stages to a single pixel.
 MIN_INPUT_SIZE = 32
-
-ACTIVATIONS = {"GELU": nn.GELU, "ReLU": nn.ReLU, "SiLU": nn.SiLU}
-
-
-def build_activation(name: str) -> nn.Module:
-    return ACTIVATIONS[name]()
 
 
 def to_channels_first(hidden_states: torch.Tensor) -> torch.Tensor:
@@ -128,61 +122,6 @@ class InternImageMLP(nn.Module):
         return self.dropout(self.fc2(hidden_states))
 
 
-class InternImageDCNv3(nn.Module):
-    """DCNv3 operator with its projections: ``(N, H, W, C)`` -> ``(N, H, W, C)``.
-
-    A depthwise convolution + LayerNorm + activation of the input predicts, for every pixel and group, the
-    offsets and weight logits of `P` sampling points; `core` (a `DCNv3Core`, replaceable by the hub kernel)
-    softmax-normalises the weights and aggregates the projected input at those points.
-    """
-
-    def __init__(self, config: InternImageConfig, channels: int, group: int, kernel_size: int = 3) -> None:
-        super().__init__()
-        self.channels = channels
-        self.group = group
-        self.group_channels = channels // group
-        self.kernel_size = kernel_size
-        self.stride = 1
-        self.pad = (kernel_size - 1) // 2
-        self.dilation = 1
-        self.offset_scale = config.offset_scale
-        self.remove_center = bool(config.remove_center)
-        self.points = kernel_size * kernel_size - int(self.remove_center)
-        dw_kernel_size = config.dw_kernel_size or kernel_size
-
-        self.input_proj = nn.Linear(channels, channels)
-        self.depthwise_conv = nn.Conv2d(
-            channels, channels, kernel_size=dw_kernel_size, padding=(dw_kernel_size - 1) // 2, groups=channels
-        )
-        self.depthwise_norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
-        self.depthwise_act = build_activation(config.act_layer)
-        self.offset = nn.Linear(channels, group * self.points * 2)
-        self.mask = nn.Linear(channels, group * self.points)
-        self.output_proj = nn.Linear(channels, channels)
-        self.center_feature_scale = config.center_feature_scale
-        if self.center_feature_scale:
-            self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros(group, channels))
-            self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
-        self.core = DCNv3Core()
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        value = self.input_proj(hidden_states)
-        query = self.depthwise_conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        query = self.depthwise_act(self.depthwise_norm(query))
-        offset = self.offset(query)
-        mask_logits = self.mask(query)  # the core normalises them with a softmax over each group's points
-        output = self.core(
-            value, offset, mask_logits, self.kernel_size, self.kernel_size, self.stride, self.stride, self.pad,
-            self.pad, self.dilation, self.dilation, self.group, self.group_channels, self.offset_scale,
-            self.remove_center,
-        )  # fmt: skip
-        if self.center_feature_scale:
-            gate = F.linear(query, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias).sigmoid()
-            gate = gate.repeat_interleave(self.group_channels, dim=-1)
-            output = output * (1 - gate) + value * gate
-        return self.output_proj(output)
-
-
 class InternImageLayer(GradientCheckpointingLayer):
     """One InternImage block: DCNv3 and MLP residual branches on ``(N, H, W, C)``.
 
@@ -196,7 +135,7 @@ class InternImageLayer(GradientCheckpointingLayer):
         self.use_layer_scale = config.layer_scale is not None
         self.use_res_post_norm = config.res_post_norm and not self.use_layer_scale
         self.norm1 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
-        self.dcn = InternImageDCNv3(config, channels, group)
+        self.dcn = InternImageDCNv3.from_config(config, channels, group)
         self.norm2 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
         self.mlp = InternImageMLP(config, channels)
         self.drop_path = InternImageDropPath(drop_path_rate)
@@ -547,7 +486,7 @@ class InternImageImageClassifierOutput(ImageClassifierOutputWithNoAttention):
     Args:
         pre_logits (`torch.FloatTensor` of shape `(batch_size, head_features)`, *optional*):
             What the classifier layer reads (`logits == model.classifier(pre_logits)`): the pooled output of the
-            conv head for T..XL (``int(8C * cls_scale)`` features, 1152 for InternImage-T), the attention-pooled,
+            conv head for T..XL (``int(8C * cls_scale)`` features, 768 for InternImage-T), the attention-pooled,
             projected and normalised feature of the CLIP-projector head for H/G (768 features). Returned when
             `output_pre_logits=True`; an image embedding for retrieval or linear probing.
     """
