@@ -17,6 +17,9 @@ DOC_PAGE = Path(__file__).resolve().parents[1] / "docs" / "model_doc" / "interni
 # Modules whose public classes and functions must carry an `Args:` section naming each parameter. Owners add their
 # module here once its docstrings have one (see the report of issue 13 for the names still missing).
 ARGS_CHECKED_MODULES = {
+    "internimage_hf.conversion.keys",
+    "internimage_hf.dcnv3",
+    "internimage_hf.modeling_internimage",
     "internimage_hf.hub_kernels",
     "internimage_hf.image_processing_internimage",
     "internimage_hf.image_processing_pil_internimage",

@@ -137,6 +137,16 @@ def dcnv3_core(
     Runs on any device and in float32/float64, and in float16/bfloat16 without autocast: half inputs are
     computed in float32 and the result is cast back. Differentiable in ``value``, ``offset`` and ``mask``.
 
+    Args:
+        value: ``(N, H, W, group * group_channels)`` channels-last input.
+        offset: ``(N, H_out, W_out, group * P * 2)`` offsets in pixels; channel ``(g * P + p) * 2`` is dx, ``+ 1`` dy.
+        mask: ``(N, H_out, W_out, group * P)`` already-normalised point weights.
+        kernel_h, kernel_w: kernel size (``P = kernel_h * kernel_w``, minus one with `remove_center`).
+        stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w: as in a convolution; they give H_out, W_out.
+        group, group_channels: channel groups and channels per group.
+        offset_scale: multiplies the tap positions and offsets.
+        remove_center: skip the centre tap (odd kernels only).
+
     Returns:
         ``(N, H_out, W_out, group * group_channels)`` in ``value.dtype``.
     """
@@ -201,9 +211,18 @@ def softmax_over_points(mask_logits: torch.Tensor, group: int) -> torch.Tensor:
 class DCNv3Core(nn.Module):
     """Stateless DCNv3 core: softmax over each group's points, then `dcnv3_core` sampling.
 
-    The hub kernel replaces this forward (see `internimage_hf.kernelize`); on CPU it fuses the softmax into
-    the sampling op. Inputs: value ``(N, H, W, G*Cg)``, offset ``(N, Ho, Wo, G*P*2)``, mask_logits
-    ``(N, Ho, Wo, G*P)`` (before the softmax) -> ``(N, Ho, Wo, G*Cg)``.
+    The hub kernel replaces this forward (see `internimage_hf.kernelize`) and fuses the softmax into the
+    sampling op. It has no parameters and no constructor arguments; the arguments below are `forward`'s.
+
+    Args:
+        value: ``(N, H, W, G*Cg)`` channels-last input.
+        offset: ``(N, Ho, Wo, G*P*2)`` sampling offsets in pixels.
+        mask_logits: ``(N, Ho, Wo, G*P)`` point weights before the softmax over each group's points.
+        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group, group_channels,
+            offset_scale, remove_center: as in `dcnv3_core`.
+
+    Returns:
+        ``(N, Ho, Wo, G*Cg)``.
     """
 
     def forward(

@@ -230,7 +230,12 @@ class InternImageEncoder(nn.Module):
 
 
 class InternImagePreTrainedModel(PreTrainedModel):
-    """Weight initialisation, checkpoint-format handling and the shared class attributes."""
+    """Weight initialisation, checkpoint-format handling and the shared class attributes.
+
+    Args:
+        config (`InternImageConfig`): the model configuration; the weights are initialised as the official model
+            does, `from_pretrained` then loads a checkpoint.
+    """
 
     config_class = InternImageConfig
     config: InternImageConfig
@@ -351,6 +356,10 @@ class InternImageModel(InternImagePreTrainedModel):
     Outputs: `last_hidden_state` ``(N, 8C, H/32, W/32)``, `pooler_output` ``(N, 8C)`` and, on request,
     `hidden_states` = (stem ``(N, C, H/4, W/4)``, stage 1..4 outputs before downsampling), all channels-first
     views in channels-last memory; each is the tensor the network continues from, so `retain_grad()` works.
+
+    Args:
+        config (`InternImageConfig`): the model configuration; the weights are initialised as the official model
+            does, `from_pretrained` then loads a checkpoint.
     """
 
     def __init__(self, config: InternImageConfig) -> None:
@@ -484,6 +493,10 @@ class InternImageImageClassifierOutput(ImageClassifierOutputWithNoAttention):
     """`ImageClassifierOutputWithNoAttention` plus, on request, the head's feature before the classifier.
 
     Args:
+        loss (`torch.FloatTensor` of shape `(1,)`, *optional*): the loss, when `labels` were given.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): classification scores before softmax.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): stem and stage outputs, with
+            `output_hidden_states=True`.
         pre_logits (`torch.FloatTensor` of shape `(batch_size, head_features)`, *optional*):
             What the classifier layer reads (`logits == model.classifier(pre_logits)`): the pooled output of the
             conv head for T..XL (``int(8C * cls_scale)`` features, 768 for InternImage-T), the attention-pooled,
@@ -500,6 +513,10 @@ class InternImageForImageClassification(InternImagePreTrainedModel):
     `labels` select the loss by `config.problem_type`: single-label cross-entropy, multi-label BCE or
     regression (MSE). Returns logits ``(N, num_labels)`` and, with `output_pre_logits=True`, the head's feature
     the classifier reads (`pre_logits`).
+
+    Args:
+        config (`InternImageConfig`): the model configuration; the weights are initialised as the official model
+            does, `from_pretrained` then loads a checkpoint.
     """
 
     accepts_loss_kwargs = False
@@ -568,6 +585,10 @@ class InternImageBackbone(BackboneMixin, InternImagePreTrainedModel):
     `feature_maps` are the raw stage outputs before downsampling, channels-first, for `config.out_features`
     (any of ``"stem", "stage1", ..., "stage4"``): exactly what the official mmdet/mmseg backbone emits. They are
     views in channels-last memory of the tensors the network continues from, so gradients reach each of them.
+
+    Args:
+        config (`InternImageConfig`): the model configuration; the weights are initialised as the official model
+            does, `from_pretrained` then loads a checkpoint.
     """
 
     has_attentions = False

@@ -71,6 +71,12 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[
     Accepts the released `.pth` names (pass ``checkpoint["model"]``) and the official hub names.
     The result loads with `model.load_state_dict(..., strict=True)`; `InternImageModel` and
     `InternImageBackbone` take the keys under ``internimage.`` with that prefix removed.
+
+    Args:
+        state_dict: the official weights, keyed by the `.pth` or hub names.
+
+    Returns:
+        The same tensors under this package's names.
     """
     if "model" in state_dict and isinstance(state_dict["model"], Mapping):
         raise ValueError("pass the weights, `checkpoint['model']`, not the whole released checkpoint")
