@@ -21,5 +21,7 @@ download kernels==0.17.2
 # hypothesis is in the image too, but pin the version the tests were written against (pure Python; its
 # dependencies attrs and sortedcontainers are in the image).
 download hypothesis==6.170.17
+# ninja: torch.utils.cpp_extension needs it to build the official DCNv3 op when OFFICIAL_DCNV3_SRC is given.
+download ninja
 ls -la .whl
 du -sh .whl
