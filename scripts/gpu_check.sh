@@ -44,7 +44,7 @@ note "gpu_check $( [ $SMOKE = 1 ] && echo '--smoke ' )started $(date -u +%FT%TZ)
 if compgen -G ".whl/*.whl" > /dev/null; then
   if $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu_check_site .whl/*.whl \
       > "$OUT/wheels.log" 2>&1; then
-    export PYTHONPATH="$PYTHONPATH:/tmp/gpu_check_site"
+    export PYTHONPATH="$PYTHONPATH:/tmp/gpu_check_site" PATH="/tmp/gpu_check_site/bin:$PATH"  # ninja's script
     note "wheels: installed $(ls .whl | tr '\n' ' ')"
   else
     note "wheels: install failed (see wheels.log); tests that need kernels will skip"
