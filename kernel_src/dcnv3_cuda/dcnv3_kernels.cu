@@ -651,21 +651,18 @@ struct BackwardLaunch {
   }
 };
 
-LaunchShape finish_shape(const Params& p, int vec, int sm_count) {
-  LaunchShape shape{vec, lanes_for(p.group_channels, vec), 0, false};
-  int64_t total = p.batch * p.out_h * p.out_w * p.group * shape.lanes;
-  if (!fits_int32(p, shape.lanes, blocks_for(total, sm_count))) {
-    shape.vec = 1;
-    shape.lanes = lanes_for(p.group_channels, 1);
-    shape.wide_index = true;
-    total = p.batch * p.out_h * p.out_w * p.group * shape.lanes;
-  }
-  shape.blocks = blocks_for(total, sm_count);
-  return shape;
-}
-
 int64_t total_threads(const Params& p, const LaunchShape& shape) {
   return p.batch * p.out_h * p.out_w * p.group * shape.lanes;
+}
+
+// Lanes and grid for a vector width; the scalar 64-bit-index shape when 32-bit indices would not reach.
+LaunchShape finish_shape(const Params& p, int vec, int sm_count) {
+  LaunchShape shape{vec, lanes_for(p.group_channels, vec), 0, false};
+  if (!fits_int32(p, shape.lanes, blocks_for(total_threads(p, shape), sm_count))) {
+    shape = {1, lanes_for(p.group_channels, 1), 0, true};
+  }
+  shape.blocks = blocks_for(total_threads(p, shape), sm_count);
+  return shape;
 }
 
 }  // namespace
