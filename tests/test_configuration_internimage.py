@@ -218,6 +218,18 @@ def test_disagreeing_hidden_size_in_a_config_file_is_ignored(tmp_path, caplog):
     assert "`hidden_size`=999 is ignored" in caplog.text
 
 
+def test_hidden_sizes_is_accepted_but_follows_channels(caplog):
+    with caplog.at_level("WARNING", logger=HIDDEN_SIZE_LOGGER):
+        agreeing = InternImageConfig(**COMMON_INPUTS, hidden_sizes=[16, 32, 64, 128])
+    assert "hidden_sizes" not in caplog.text, "a value that agrees with the widths is not worth a warning"
+    with caplog.at_level("WARNING", logger=HIDDEN_SIZE_LOGGER):
+        config = InternImageConfig(**COMMON_INPUTS, hidden_sizes=[8, 16, 32, 64])
+        config.hidden_sizes = [1, 2, 3, 4]
+    assert config.hidden_sizes == agreeing.hidden_sizes == [16, 32, 64, 128]
+    assert caplog.text.count("`hidden_sizes`=") == 2
+    assert "hidden_sizes" not in config.to_dict()
+
+
 def test_num_labels_and_id2label():
     config = InternImageConfig(**COMMON_INPUTS, num_labels=5)
     assert len(config.id2label) == 5 and len(config.label2id) == 5

@@ -137,8 +137,13 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
             to the constructor (or found in a `config.json`) is ignored with a warning, because the model is built
             from `channels` and a second, disagreeing width would mislead whatever reads it. It can be assigned
             like any attribute (generic tools do), which changes nothing in the model.
+        hidden_sizes: the stage widths `channels * 2**i`, read-only in effect: accepted as a keyword or an
+            assignment for generic tooling, and ignored with a warning when it disagrees with `channels`.
         out_features / out_indices: stages returned by `InternImageBackbone`
             (names `"stem", "stage1", ..., "stage4"`).
+
+    Every other keyword (`num_labels`, `id2label`, `label2id`, `problem_type`, `dtype`, ...) is an argument of
+    `transformers.PreTrainedConfig` and means what it means there; unknown keywords are kept as attributes.
     """
 
     model_type = "internimage"
@@ -274,6 +279,18 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
     def hidden_sizes(self) -> list[int]:
         """Channels of each stage: `channels * 2**i`."""
         return [self.channels * 2**i for i in range(len(self.depths))]
+
+    @hidden_sizes.setter
+    def hidden_sizes(self, value) -> None:
+        # Generic tooling passes `hidden_sizes` as a kwarg or assigns it; like `hidden_size`, the widths come from
+        # `channels`, so a disagreeing value is ignored with a warning rather than building a second truth.
+        if value is not None and list(value) != self.hidden_sizes:
+            logger.warning(
+                "InternImageConfig: `hidden_sizes`=%s is ignored; the stage widths are `channels` * 2**i = %s "
+                "(set `channels` to change them)",
+                list(value),
+                self.hidden_sizes,
+            )
 
     @property
     def num_features(self) -> int:
