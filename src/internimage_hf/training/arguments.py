@@ -44,15 +44,11 @@ def _help(text: str, **kwargs):
 
 
 @dataclass
-class TrainingOptions:
-    """Everything `scripts/train.py` accepts; see `--help` or README "## Training"."""
+class CommonTrainingOptions:
+    """The options every training script shares (model, data, optimisation, output); subclasses add the task's."""
 
     # --- model ---
-    model: str | None = _help(
-        "Preset (`tiny`, `t`, `s`, `b`, `l`, `xl`, `h`, `g`: random init), a local directory or a hub id "
-        "(pretrained; the classifier is replaced when the label set differs). Default: `tiny` on digits, else `t`.",
-        default=None,
-    )
+    model: str | None = _help("Preset (random init), a local directory or a hub id (pretrained).", default=None)
     drop_path_rate: float | None = _help("Stochastic-depth rate (overrides the model config).", default=None)
     layer_scale: float | None = _help("Layer-scale init value for presets (overrides the preset).", default=None)
     image_size: int | None = _help("Training/eval resolution. Default: the model config's `image_size`.", default=None)
@@ -61,11 +57,7 @@ class TrainingOptions:
     use_kernel: bool = _help("Swap the DCNv3 core for the hub kernel (`internimage_hf.kernelize`).", default=False)
 
     # --- data ---
-    dataset: str | None = _help(
-        "A `datasets` hub name or a local `imagefolder` directory (train/<class>/*.png, optional "
-        "validation/ or test/). Default: scikit-learn's bundled digits, resized to 32x32.",
-        default=None,
-    )
+    dataset: str | None = _help("A `datasets` hub name or a local directory.", default=None)
     dataset_config: str | None = _help("Hub dataset configuration name.", default=None)
     train_split: str = _help("Training split.", default="train")
     eval_split: str | None = _help(
@@ -74,28 +66,9 @@ class TrainingOptions:
     )
     eval_fraction: float = _help("Held-out fraction of train when there is no eval split.", default=0.2)
     image_column: str | None = _help("Image column. Default: `image` or `img`.", default=None)
-    label_column: str | None = _help("Label column. Default: `label`, `labels` or `fine_label`.", default=None)
     max_train_samples: int | None = _help("Truncate the training set (debugging).", default=None)
     max_eval_samples: int | None = _help("Truncate the evaluation set (debugging).", default=None)
     dataloader_num_workers: int = _help("DataLoader worker processes.", default=0)
-    skip_bad_images: bool = _help(
-        "Decode every image once at start and leave out those that cannot be read (logged with their count and "
-        "first names). Without it, an unreadable image stops the run with an error naming the file and split.",
-        default=False,
-    )
-
-    # --- augmentation (torchvision.transforms.v2) ---
-    train_crop: Literal["random_resized", "resize"] | None = _help(
-        "`random_resized` (RandomResizedCrop + horizontal flip, needs torchvision) or `resize` (the eval "
-        "transform). Default: random_resized, or resize on digits.",
-        default=None,
-    )
-    randaugment: bool = _help("RandAugment (2 ops, magnitude `--randaugment_magnitude`).", default=False)
-    randaugment_magnitude: int = _help("RandAugment magnitude (official: 9).", default=9)
-    random_erasing: float = _help("Random-erasing probability (official: 0.25).", default=0.0)
-    mixup: float = _help("MixUp alpha; 0 disables (official: 0.8).", default=0.0)
-    cutmix: float = _help("CutMix alpha; 0 disables (official: 1.0).", default=0.0)
-    label_smoothing: float | None = _help("Label smoothing (official: 0.1).", default=None)
 
     # --- optimisation ---
     learning_rate: float | None = _help("Peak AdamW learning rate (official: 5e-4).", default=None)
@@ -127,7 +100,7 @@ class TrainingOptions:
     )
 
     # --- output, logging, checkpoints ---
-    output_dir: str | None = _help("Where everything goes. Default: outputs/digits on the built-in data.", default=None)
+    output_dir: str | None = _help("Where everything goes.", default=None)
     overwrite_output_dir: bool = _help(
         "Start a new run in an output_dir that holds another run's checkpoints or finished model, deleting them "
         "(only those files). Without it such a directory is refused.",
@@ -147,6 +120,48 @@ class TrainingOptions:
     )
     report_to: str = _help("Accelerate trackers: none, all, tensorboard, wandb, ... (comma-separated).", default="none")
     project_name: str = _help("Tracker project/run name.", default="internimage")
+    write_replica_checksums: bool = _help(
+        "Each process writes a checksum of its final weights to output_dir (checks that DDP replicas agree).",
+        default=False,
+    )
+
+
+@dataclass
+class TrainingOptions(CommonTrainingOptions):
+    """Everything `scripts/train.py` accepts; see `--help` or README "## Training"."""
+
+    model: str | None = _help(
+        "Preset (`tiny`, `t`, `s`, `b`, `l`, `xl`, `h`, `g`: random init), a local directory or a hub id "
+        "(pretrained; the classifier is replaced when the label set differs). Default: `tiny` on digits, else `t`.",
+        default=None,
+    )
+    dataset: str | None = _help(
+        "A `datasets` hub name or a local `imagefolder` directory (train/<class>/*.png, optional "
+        "validation/ or test/). Default: scikit-learn's bundled digits, resized to 32x32.",
+        default=None,
+    )
+    label_column: str | None = _help("Label column. Default: `label`, `labels` or `fine_label`.", default=None)
+    skip_bad_images: bool = _help(
+        "Decode every image once at start and leave out those that cannot be read (logged with their count and "
+        "first names). Without it, an unreadable image stops the run with an error naming the file and split.",
+        default=False,
+    )
+
+    # --- augmentation (torchvision.transforms.v2) ---
+    train_crop: Literal["random_resized", "resize"] | None = _help(
+        "`random_resized` (RandomResizedCrop + horizontal flip, needs torchvision) or `resize` (the eval "
+        "transform). Default: random_resized, or resize on digits.",
+        default=None,
+    )
+    randaugment: bool = _help("RandAugment (2 ops, magnitude `--randaugment_magnitude`).", default=False)
+    randaugment_magnitude: int = _help("RandAugment magnitude (official: 9).", default=9)
+    random_erasing: float = _help("Random-erasing probability (official: 0.25).", default=0.0)
+    mixup: float = _help("MixUp alpha; 0 disables (official: 0.8).", default=0.0)
+    cutmix: float = _help("CutMix alpha; 0 disables (official: 1.0).", default=0.0)
+    label_smoothing: float | None = _help("Label smoothing (official: 0.1).", default=None)
+
+    # --- output ---
+    output_dir: str | None = _help("Where everything goes. Default: outputs/digits on the built-in data.", default=None)
     push_to_hub: bool = _help("Upload the final model, processor and model card.", default=False)
     hub_model_id: str | None = _help("Repository id for --push_to_hub. Default: the output_dir name.", default=None)
     hub_remote_code: bool = _help(
@@ -156,10 +171,6 @@ class TrainingOptions:
     )
     num_predictions: int = _help(
         "After training on the built-in digits: print pipeline() predictions for this many held-out images.", default=8
-    )
-    write_replica_checksums: bool = _help(
-        "Each process writes a checksum of its final weights to output_dir (checks that DDP replicas agree).",
-        default=False,
     )
 
 

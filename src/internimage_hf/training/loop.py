@@ -105,11 +105,15 @@ class Trainer:
 
     The main process holds `output_dir`'s lock from construction until `run()` returns (or construction fails),
     so a second run on the same directory fails at start.
+
+    This class trains an image classifier; another task overrides the task hooks (`_check_requirements`,
+    `_prepare_data`, `_resume_settings`, `_build_model`, `_build_image_processor`, `_make_loaders`, `_compute_loss`,
+    `_evaluate`, `_push_to_hub`) and keeps the run-dir, lock, checkpoint, resume and Accelerate machinery.
     """
 
     def __init__(self, options) -> None:
         self.options = options
-        check_torchvision(options)
+        self._check_requirements()
         self.accelerator = build_accelerator(options)
         self._lock = OutputDirLock(options.output_dir) if self.accelerator.is_main_process else None
         if self._lock is not None:
@@ -154,15 +158,13 @@ class Trainer:
 
         # Same seed on every process for init; `device_specific` so drop-path masks differ per process.
         set_seed(options.seed)
-        self.data = prepare_classification_data(options)
-        self.run_record.settings = resume_settings(
-            options, self.accelerator.num_processes, len(self.data.train), self.data.label_names
-        )
+        self.data = self._prepare_data()
+        self.run_record.settings = self._resume_settings()
         if self.resumed_run is not None:
             check_resume_settings(self.resumed_run.settings, self.run_record.settings, self.resume_path)
-        model = build_model(options, self.data.id2label, self.data.label2id)
+        model = self._build_model()
         self.image_size = model_image_size(model, options)
-        self.image_processor = build_image_processor(self.image_size)
+        self.image_processor = self._build_image_processor()
         set_seed(options.seed, device_specific=True)
         if options.gradient_checkpointing:
             enable_gradient_checkpointing(model)
@@ -171,13 +173,60 @@ class Trainer:
         self._build_loaders()
         self._build_optimization(model)
 
+    # --- task hooks (image classification) ----------------------------------------------------------------
+
+    def _check_requirements(self) -> None:
+        """Fail before anything starts when an option needs a package that is missing."""
+        check_torchvision(self.options)
+
+    def _prepare_data(self):
+        """The task's data object: `.train`, `.eval`, `.label_names`, `.num_train_samples`."""
+        return prepare_classification_data(self.options)
+
+    def _resume_settings(self) -> dict:
+        """The settings a resume of this run must keep (see `run_dir.resume_settings`)."""
+        return resume_settings(
+            self.options, self.accelerator.num_processes, len(self.data.train), self.data.label_names
+        )
+
+    def _build_model(self):
+        return build_model(self.options, self.data.id2label, self.data.label2id)
+
+    def _build_image_processor(self):
+        """The processor saved with the model (its transform is the evaluation transform)."""
+        return build_image_processor(self.image_size)
+
+    def _make_loaders(self):
+        """(train loader, eval loader, training dataset, sampler); the loop sets the epoch of the last two."""
+        transform = build_train_transform(self.options, self.image_processor, self.image_size)
+        self.batch_mix = build_batch_mix(self.options, len(self.data.label_names))
+        return build_dataloaders(self.data, self.options, self.image_processor, transform)
+
+    def _compute_loss(self, batch) -> torch.Tensor:
+        """The training loss of one micro-batch (called under `accelerator.accumulate`)."""
+        pixel_values, targets = batch["pixel_values"], batch["labels"]
+        if self.batch_mix is not None:
+            pixel_values, targets = self.batch_mix(pixel_values, targets)
+        with self.accelerator.autocast():
+            logits = self.model(pixel_values=pixel_values).logits
+        return classification_loss(logits, targets, self.options.label_smoothing)
+
+    def _evaluate(self, model) -> dict[str, float]:
+        """Metrics of `model` on the whole eval set (all processes)."""
+        return evaluate(model, self.eval_loader, self.accelerator)
+
+    def _push_to_hub(self, output_dir: Path, results: dict) -> None:
+        """Upload the saved model with a model card (`--push_to_hub`; main process only)."""
+        if self.options.push_to_hub:
+            from .hub import push_to_hub
+
+            push_to_hub(output_dir, self.options, results)
+
+    # ------------------------------------------------------------------------------------------------------
+
     def _build_loaders(self) -> None:
         options = self.options
-        transform = build_train_transform(options, self.image_processor, self.image_size)
-        train_loader, eval_loader, self.train_set, self.sampler = build_dataloaders(
-            self.data, options, self.image_processor, transform
-        )
-        self.batch_mix = build_batch_mix(options, len(self.data.label_names))
+        train_loader, eval_loader, self.train_set, self.sampler = self._make_loaders()
         # Length of the loader each process sees (after sharding), hence steps per epoch.
         batches = math.ceil(len(self.sampler) / options.per_device_train_batch_size)
         self.batches_per_epoch = math.ceil(batches / self.accelerator.num_processes)
@@ -297,13 +346,8 @@ class Trainer:
     def _train_micro_batch(self, batch) -> float:
         """Forward, backward and (on accumulation boundaries) clip, optimizer and scheduler step."""
         options, accelerator = self.options, self.accelerator
-        pixel_values, targets = batch["pixel_values"], batch["labels"]
-        if self.batch_mix is not None:
-            pixel_values, targets = self.batch_mix(pixel_values, targets)
         with accelerator.accumulate(self.model):
-            with accelerator.autocast():
-                logits = self.model(pixel_values=pixel_values).logits
-            loss = classification_loss(logits, targets, options.label_smoothing)
+            loss = self._compute_loss(batch)
             accelerator.backward(loss)
             if accelerator.sync_gradients and options.max_grad_norm:
                 accelerator.clip_grad_norm_(self.model.parameters(), options.max_grad_norm)
@@ -324,9 +368,9 @@ class Trainer:
 
     def _evaluate_all(self, state: TrainingState) -> dict[str, float]:
         """Evaluate the online model and, if kept, the EMA model; the saved model's metrics come first."""
-        online = evaluate(self.model, self.eval_loader, self.accelerator)
+        online = self._evaluate(self.model)
         metrics = {f"eval_online_{k}": v for k, v in online.items()} if self.ema is not None else {}
-        main = evaluate(self.ema.module, self.eval_loader, self.accelerator) if self.ema is not None else online
+        main = self._evaluate(self.ema.module) if self.ema is not None else online
         metrics.update({f"eval_{k}": v for k, v in main.items()})
         self.accelerator.log({k.replace("eval_", "eval/", 1): v for k, v in metrics.items()}, step=state.global_step)
         if self.accelerator.is_main_process:
@@ -369,10 +413,7 @@ class Trainer:
                 self.ema.module.save_pretrained(output_dir)
             self.image_processor.save_pretrained(output_dir)
             (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-            if options.push_to_hub:
-                from .hub import push_to_hub
-
-                push_to_hub(output_dir, options, results)
+            self._push_to_hub(output_dir, results)
         accelerator.wait_for_everyone()
 
 
