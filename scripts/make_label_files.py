@@ -1,13 +1,24 @@
 #!/usr/bin/env python
-"""Write the ImageNet-1k and ImageNet-22k label files shipped in `internimage_hf/data/`.
+"""Write the label files shipped in `internimage_hf/data/`: ImageNet (classification) and segmentation datasets.
 
-The label names come from the synset lists that the `timm` wheel ships (no network access beyond PyPI is
-needed)::
+ImageNet-1k and ImageNet-22k names come from the synset lists that the `timm` wheel ships (no network access
+beyond PyPI is needed)::
 
     pip download --no-deps timm -d /tmp/timm_wheel
     python scripts/make_label_files.py /tmp/timm_wheel/timm-*.whl
     # or, with the wheel already unpacked:
     python scripts/make_label_files.py /path/to/timm/data/_info
+
+ADE20K (150), Cityscapes (19) and COCO-Stuff 164k (171) names come from the dataset metadata (`METAINFO`) of
+mmsegmentation, the reference implementation of the official InternImage segmentation models::
+
+    .venv-ref/bin/python scripts/make_label_files.py --segmentation     # the installed mmseg (make_reference_env.sh)
+    python scripts/make_label_files.py --segmentation --mmseg-source mmsegmentation-1.2.2-py3-none-any.whl
+
+The class tuples are read from the package's source (`mmseg/datasets/{ade,cityscapes,coco_stuff}.py`) as Python
+literals, without importing mmseg (its import needs mmcv's compiled ops). Names are stripped of surrounding
+whitespace: mmseg spells ADE20K class 7 ``"bed "``. Class indices are the model output channels: ADE20K index 0 is
+"wall" (mmseg drops the annotation's "other" 0 with ``reduce_zero_label``), Cityscapes uses the 19 train ids.
 
 Inputs read from `timm/data/_info/`:
 
@@ -29,6 +40,8 @@ which is not part of the fall11 release; the official file maps it to index 1113
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import json
 import sys
 import zipfile
@@ -38,6 +51,12 @@ INFO_DIR = "timm/data/_info"
 FILES = ("imagenet_synsets.txt", "imagenet22k_synsets.txt", "imagenet_synset_to_lemma.txt")
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "src" / "internimage_hf" / "data"
 EXPECTED_COUNTS = {"imagenet1k": 1000, "imagenet22k": 21841}
+# dataset -> (module of the mmseg package, dataset class, number of classes)
+MMSEG_DATASETS = {
+    "ade20k": ("datasets/ade.py", "ADE20KDataset", 150),
+    "cityscapes": ("datasets/cityscapes.py", "CityscapesDataset", 19),
+    "coco_stuff": ("datasets/coco_stuff.py", "COCOStuffDataset", 171),
+}
 
 
 def read_timm_info(source: Path) -> dict[str, str]:
@@ -75,14 +94,57 @@ def check_class_to_idx(path: Path, synsets_22k: list[str]) -> None:
     print(f"{path}: same 21,841-class order as imagenet22k_synsets.txt")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("timm_source", type=Path, help="a timm wheel (.whl) or its unpacked timm/data/_info dir")
-    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--check-class-to-idx", type=Path, help="official meta_data/22k_class_to_idx.json")
-    args = parser.parse_args(argv)
+def installed_mmseg_dir() -> Path:
+    """The directory of the installed `mmseg` package, found without importing it."""
+    spec = importlib.util.find_spec("mmseg")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(
+            "mmsegmentation is not installed; run `bash scripts/make_reference_env.sh` or pass --mmseg-source"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
-    texts = read_timm_info(args.timm_source)
+
+def read_mmseg_module(source: Path, module: str) -> str:
+    """The text of `mmseg/<module>` from an mmsegmentation wheel or from the `mmseg` package directory."""
+    if source.is_file():
+        with zipfile.ZipFile(source) as wheel:
+            return wheel.read(f"mmseg/{module}").decode("utf-8")
+    return (source / module).read_text(encoding="utf-8")
+
+
+def metainfo_classes(module_text: str, class_name: str) -> tuple[str, ...]:
+    """``METAINFO["classes"]`` of `class_name`, evaluated as a literal from the module's source."""
+    for node in ast.parse(module_text).body:
+        if not (isinstance(node, ast.ClassDef) and node.name == class_name):
+            continue
+        for statement in node.body:
+            targets = statement.targets if isinstance(statement, ast.Assign) else []
+            if [getattr(t, "id", None) for t in targets] == ["METAINFO"] and isinstance(statement.value, ast.Call):
+                keywords = {k.arg: k.value for k in statement.value.keywords}
+                if "classes" in keywords:
+                    return tuple(ast.literal_eval(keywords["classes"]))
+    raise SystemExit(f"no METAINFO = dict(classes=...) in class {class_name}")
+
+
+def segmentation_labels(source: Path) -> dict[str, dict[str, str]]:
+    """{dataset: {"<class index>": name}} for every dataset of `MMSEG_DATASETS`, counts checked."""
+    labels = {}
+    for dataset, (module, class_name, expected) in MMSEG_DATASETS.items():
+        names = [name.strip() for name in metainfo_classes(read_mmseg_module(source, module), class_name)]
+        if len(names) != expected or len(set(names)) != expected:
+            raise SystemExit(f"{class_name}: expected {expected} distinct classes, found {len(set(names))}")
+        labels[dataset] = {str(i): name for i, name in enumerate(names)}
+    return labels
+
+
+def write_labels(path: Path, id2label: dict[str, str]) -> None:
+    # One entry per line keeps diffs readable; ensure_ascii=False keeps names like "café" legible.
+    path.write_text(json.dumps(id2label, indent=0, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {path} ({len(id2label)} classes)")
+
+
+def write_imagenet_labels(timm_source: Path, output_dir: Path, class_to_idx: Path | None) -> None:
+    texts = read_timm_info(timm_source)
     lemmas = parse_lemmas(texts["imagenet_synset_to_lemma.txt"])
     synsets = {
         "imagenet1k": texts["imagenet_synsets.txt"].split(),
@@ -91,15 +153,33 @@ def main(argv: list[str] | None = None) -> None:
     for name, expected in EXPECTED_COUNTS.items():
         if len(synsets[name]) != expected:
             raise SystemExit(f"{name}: expected {expected} synsets, found {len(synsets[name])}")
-    if args.check_class_to_idx:
-        check_class_to_idx(args.check_class_to_idx, synsets["imagenet22k"])
+    if class_to_idx:
+        check_class_to_idx(class_to_idx, synsets["imagenet22k"])
+    for name, names in synsets.items():
+        write_labels(output_dir / f"{name}_labels.json", id2label(names, lemmas))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "timm_source", type=Path, nargs="?", help="a timm wheel (.whl) or its unpacked timm/data/_info dir"
+    )
+    parser.add_argument("--segmentation", action="store_true", help="write the ADE20K/Cityscapes/COCO-Stuff files")
+    parser.add_argument(
+        "--mmseg-source", type=Path, help="an mmsegmentation wheel or mmseg package dir (default: the installed one)"
+    )
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--check-class-to-idx", type=Path, help="official meta_data/22k_class_to_idx.json")
+    args = parser.parse_args(argv)
+    if args.timm_source is None and not args.segmentation:
+        parser.error("pass a timm source (ImageNet files), --segmentation, or both")
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    for name, names in synsets.items():
-        path = args.output_dir / f"{name}_labels.json"
-        # One entry per line keeps diffs readable; ensure_ascii=False keeps names like "café" legible.
-        path.write_text(json.dumps(id2label(names, lemmas), indent=0, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"wrote {path} ({len(names)} classes)")
+    if args.segmentation:
+        for dataset, id2label_map in segmentation_labels(args.mmseg_source or installed_mmseg_dir()).items():
+            write_labels(args.output_dir / f"{dataset}_labels.json", id2label_map)
+    if args.timm_source is not None:
+        write_imagenet_labels(args.timm_source, args.output_dir, args.check_class_to_idx)
 
 
 if __name__ == "__main__":
