@@ -21,8 +21,10 @@ NO_DECAY_NAME_PARTS = ("norm", "layer_scale", "bias")
 
 
 def stage_depths(model: nn.Module) -> list[int]:
-    """Blocks per stage of an InternImage model (classifier, base model or backbone)."""
-    return list(model.config.depths)
+    """Blocks per stage of an InternImage model (classifier, base model, backbone) or of the InternImage backbone
+    of a dense-prediction model (UperNet, Mask2Former: `config.backbone_config`)."""
+    config = model.config
+    return list(config.depths if hasattr(config, "depths") else config.backbone_config.depths)
 
 
 def layer_id_for(name: str, depths: list[int]) -> int:

@@ -84,9 +84,11 @@ def new_run_id() -> str:
 # Settings a resume must keep
 
 
-def resume_settings(options, num_processes: int, train_samples: int, label_names: list[str]) -> dict:
-    """The values `check_resume_settings` compares, as JSON types."""
-    settings = {name: getattr(options, name) for name in RESUME_OPTIONS}
+def resume_settings(
+    options, num_processes: int, train_samples: int, label_names: list[str], names: tuple[str, ...] = RESUME_OPTIONS
+) -> dict:
+    """The values `check_resume_settings` compares, as JSON types (`names`: the options a resume must keep)."""
+    settings = {name: getattr(options, name) for name in names}
     if options.dataset is not None and os.path.isdir(options.dataset):
         settings["dataset"] = os.path.realpath(options.dataset)  # `data/` from elsewhere names the same folder
     settings.update(num_processes=num_processes, train_samples=train_samples, label_names=list(label_names))
