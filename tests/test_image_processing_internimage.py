@@ -189,3 +189,46 @@ def test_warns_when_float_images_look_already_rescaled(backend, layout, caplog):
 def test_empty_list_is_a_clear_value_error(backend, images):
     with pytest.raises(ValueError, match="`images` is empty"):
         backend()(images, return_tensors="pt")
+
+
+# --- semantic-segmentation post-processing
+
+
+def half_and_half_logits() -> torch.Tensor:
+    """Logits (2, 3, 4, 4): image 0 is class 1 on the left half and class 2 on the right; image 1 is all class 0."""
+    logits = torch.zeros(2, 3, 4, 4)
+    logits[0, 1, :, :2] = 5.0
+    logits[0, 2, :, 2:] = 5.0
+    logits[1, 0] = 1.0
+    return logits
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_post_process_semantic_segmentation(backend):
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    outputs = SemanticSegmenterOutput(logits=half_and_half_logits())
+    processor = backend()
+
+    native = processor.post_process_semantic_segmentation(outputs)
+    assert [tuple(m.shape) for m in native] == [(4, 4), (4, 4)]
+    assert native[0].dtype == torch.int64
+    assert native[0][:, :2].eq(1).all() and native[0][:, 2:].eq(2).all() and native[1].eq(0).all()
+
+    # Resized to each image's own size (bilinear on the logits, then argmax): the halves scale with the width.
+    resized = processor.post_process_semantic_segmentation(outputs, target_sizes=[(6, 10), (3, 5)])
+    assert [tuple(m.shape) for m in resized] == [(6, 10), (3, 5)]
+    assert resized[0][:, :5].eq(1).all() and resized[0][:, 5:].eq(2).all() and resized[1].eq(0).all()
+    as_tensor = processor.post_process_semantic_segmentation(outputs, target_sizes=torch.tensor([[6, 10], [3, 5]]))
+    assert all(torch.equal(a, b) for a, b in zip(as_tensor, resized, strict=True))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_post_process_semantic_segmentation_needs_one_size_per_image(backend):
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    outputs = SemanticSegmenterOutput(logits=half_and_half_logits())
+    with pytest.raises(
+        ValueError, match=r"`target_sizes` must hold one \(height, width\) per image: got 1 for a batch"
+    ):
+        backend().post_process_semantic_segmentation(outputs, target_sizes=[(6, 10)])

@@ -102,7 +102,44 @@ class InternImageInputsMixin:
         return super().process_image(image, *args, **kwargs)
 
 
-class InternImageImageProcessor(InternImageInputsMixin, TorchvisionBackend):
+class InternImageSegmentationMixin:
+    """Post-processing of semantic-segmentation outputs, shared by both backends.
+
+    Its presence is what lets `pipeline("image-segmentation")` run a `UperNetForSemanticSegmentation` with an
+    InternImage processor (the pipeline looks the method up on the image processor).
+    """
+
+    def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list[torch.Tensor]:
+        """Class-index maps from the logits of a semantic-segmentation model (e.g. a converted UperNet).
+
+        Args:
+            outputs: the model output; its `logits` have shape ``(batch, num_labels, height, width)``.
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape ``(batch, 2)``, *optional*): the
+                ``(height, width)`` to resize each image's logits to (bilinear) before the argmax, usually the
+                original image sizes; `None` keeps the logits' size.
+
+        Returns:
+            `list[torch.Tensor]`: `batch` maps of shape ``(height, width)`` holding class indices (int64).
+        """
+        logits = outputs.logits
+        if target_sizes is None:
+            return list(logits.argmax(dim=1))
+        if len(target_sizes) != len(logits):
+            raise ValueError(
+                f"`target_sizes` must hold one (height, width) per image: got {len(target_sizes)} for a batch of "
+                f"{len(logits)}"
+            )
+        maps = []
+        for image_logits, size in zip(logits, target_sizes, strict=True):
+            size = tuple(int(side) for side in size)
+            resized = torch.nn.functional.interpolate(
+                image_logits[None], size=size, mode="bilinear", align_corners=False
+            )
+            maps.append(resized[0].argmax(dim=0))
+        return maps
+
+
+class InternImageImageProcessor(InternImageInputsMixin, InternImageSegmentationMixin, TorchvisionBackend):
     """InternImage image processor on the torchvision backend: the official evaluation transform.
 
     Pass `size`/`crop_size` for the 384/512/640 checkpoints; `InternImageImageProcessorPil` is the same transform
@@ -127,7 +164,7 @@ class InternImageImageProcessor(InternImageInputsMixin, TorchvisionBackend):
     Every argument can also be passed to the call (``processor(images, size=..., return_tensors="pt")``), which
     returns `pixel_values` of shape ``(batch, 3, crop_height, crop_width)``. Before the transform each image is
     made upright from its EXIF orientation (PIL images) and 16-bit images are scaled to 8 bits; an empty list
-    raises `ValueError`.
+    raises `ValueError`. `post_process_semantic_segmentation` turns segmentation logits into class-index maps.
     """
 
     resample = PILImageResampling.BICUBIC

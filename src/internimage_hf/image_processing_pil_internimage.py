@@ -3,10 +3,10 @@
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
-from .image_processing_internimage import DEFAULT_IMAGE_SIZE, InternImageInputsMixin
+from .image_processing_internimage import DEFAULT_IMAGE_SIZE, InternImageInputsMixin, InternImageSegmentationMixin
 
 
-class InternImageImageProcessorPil(InternImageInputsMixin, PilBackend):
+class InternImageImageProcessorPil(InternImageInputsMixin, InternImageSegmentationMixin, PilBackend):
     """InternImage image processor on the PIL backend (used where torchvision is not installed).
 
     The same transform as `InternImageImageProcessor`, computed with PIL and NumPy; pass `size`/`crop_size` for the
@@ -31,7 +31,7 @@ class InternImageImageProcessorPil(InternImageInputsMixin, PilBackend):
     Every argument can also be passed to the call (``processor(images, size=..., return_tensors="pt")``), which
     returns `pixel_values` of shape ``(batch, 3, crop_height, crop_width)``. Before the transform each image is
     made upright from its EXIF orientation (PIL images) and 16-bit images are scaled to 8 bits; an empty list
-    raises `ValueError`.
+    raises `ValueError`. `post_process_semantic_segmentation` turns segmentation logits into class-index maps.
     """
 
     resample = PILImageResampling.BICUBIC
