@@ -35,6 +35,7 @@ TASK_PIPELINE_TAGS = {
     "classification": "image-classification",
     "backbone": "image-feature-extraction",
     "upernet": "image-segmentation",
+    "mask2former": "image-segmentation",
 }
 
 
@@ -44,7 +45,8 @@ class ModelCardInfo:
 
     Args:
         title: the card's heading (the release name for a known classification checkpoint).
-        task: ``"classification"``, ``"backbone"`` (stage features for dense-prediction heads) or ``"upernet"``.
+        task: ``"classification"``, ``"backbone"`` (stage features for dense-prediction heads), ``"upernet"`` or
+            ``"mask2former"``.
         variant: model size (``"t"`` ... ``"g"``, or ``"custom-<channels>"``).
         num_parameters: parameter count of the converted model.
         image_size: evaluation resolution (square).
@@ -53,7 +55,8 @@ class ModelCardInfo:
         source_url: download URL of a known release (its ``.pth`` or its official hub repo), else `None`.
             A known release found from it sets `base_model` and the `model-index`.
         pretraining: pre-training / fine-tuning data, as the official tables state it.
-        label_set: ``"ImageNet-1k"`` or ``"ImageNet-22k"`` when `config.id2label` holds those class names.
+        label_set: the dataset whose class names `config.id2label` holds (``"ImageNet-1k"``, ``"ImageNet-22k"``,
+            ``"ADE20K"`` ...), else `None`.
         metrics: (name, value) pairs from the official result tables, shown in the card's results table.
         notes: extra sentences for the "Source" section.
         verification: a sentence on the numerical check run during conversion, or `None`.
@@ -164,7 +167,11 @@ def _architecture(info: ModelCardInfo) -> str:
         "the official detection/segmentation backbone feeds to FPN/UperNet",
         "upernet": f"an UperNet semantic-segmentation model with {info.num_labels} classes "
         "(`transformers.UperNetForSemanticSegmentation` with an InternImage backbone)",
+        "mask2former": f"a Mask2Former segmentation model with {info.num_labels} classes "
+        "(`transformers.Mask2FormerForUniversalSegmentation` with an InternImage backbone)",
     }[info.task]
+    if info.task in ("upernet", "mask2former") and info.label_set:
+        head += f" ({info.label_set} class names in `config.id2label`)"
     rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in info.config_summary.items())
     table = f"\n\n| config field | value |\n|---|---|\n{rows}" if rows else ""
     return (
@@ -223,6 +230,22 @@ processor = AutoImageProcessor.from_pretrained("{repo}")
 backbone = InternImageBackbone.from_pretrained("{repo}").eval()
 feature_maps = backbone(**processor(images=image, return_tensors="pt")).feature_maps  # 4 maps, NCHW"""
         model_var = "backbone"
+    elif info.task == "mask2former":
+        code = f"""import internimage_hf  # registers InternImage as a Transformers backbone (needed to load the config)
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation, pipeline
+
+processor = AutoImageProcessor.from_pretrained("{repo}")
+model = Mask2FormerForUniversalSegmentation.from_pretrained("{repo}").eval()
+image = Image.open("scene.jpg")
+with torch.no_grad():
+    outputs = model(**processor(images=image, return_tensors="pt"))
+class_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]  # (H, W) ids
+
+# or named masks, one per class present
+segments = pipeline("image-segmentation", model="{repo}", subtask="semantic")(image)"""
+        model_var = "model"
     else:
         code = f"""import internimage_hf  # registers InternImage as a Transformers backbone (needed to load the config)
 from transformers import UperNetForSemanticSegmentation

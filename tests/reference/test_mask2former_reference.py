@@ -16,6 +16,7 @@ import torch
 
 pytest.importorskip("mmengine", reason="reference implementations not installed: bash scripts/make_reference_env.sh")
 
+from official_mask2former import official_head_shapes  # noqa: E402
 from transformers import Mask2FormerForUniversalSegmentation  # noqa: E402
 
 from internimage_hf import InternImageConfig  # noqa: E402
@@ -121,6 +122,10 @@ def test_converted_mask2former_matches_mmdet(case, h_backbone):
     backbone_config, backbone_weights = h_backbone
     head = build_mmdet_head([backbone_config.channels * 2**i for i in range(4)], seed=len(case), **HEADS[case])
     official = {**backbone_weights, **official_names(head.state_dict())}
+    # the official layout the main-environment tests write synthetic checkpoints in is exactly mmdet's, renamed
+    in_channels = [backbone_config.channels * 2**i for i in range(4)]
+    layout = official_head_shapes(in_channels, **HEADS[case])
+    assert {k: tuple(v.shape) for k, v in official.items() if k.startswith("decode_head.")} == layout
 
     head_weights = {k: v for k, v in official.items() if k.startswith("decode_head.")}
     config = build_mask2former_config(backbone_config, head_weights, num_heads=HEADS[case]["heads"])

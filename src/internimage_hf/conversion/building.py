@@ -6,13 +6,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from transformers import UperNetForSemanticSegmentation
+from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, UperNetForSemanticSegmentation
 
 from ..configuration_internimage import InternImageConfig
 from ..modeling_internimage import InternImageBackbone, InternImageForImageClassification
 from .errors import ConversionError
 from .keys import convert_mmseg_head_key, convert_official_backbone_key, convert_official_state_dict, strip_ddp_prefix
-from .planning import ConversionPlan, build_upernet_config
+from .mask2former import build_mask2former_config, convert_mask2former_head_state_dict
+from .planning import SEGMENTATION_TASKS, ConversionPlan, build_upernet_config, segmentation_label_names
+from .releases import SegmentationRelease
 from .sources import Source, is_backbone_key, official_to_hub_names
 
 VERIFY_TOLERANCE = 1e-4
@@ -62,7 +64,7 @@ def unused_keys(source: Source, task: str) -> list[str]:
     """Source weights the task leaves out (a detector's neck and heads, a classifier's head for a backbone)."""
     if task == "classification":
         return []
-    kept = set(source.head_state_dict) if task == "upernet" else set()
+    kept = set(source.head_state_dict) if task in SEGMENTATION_TASKS else set()
     if source.kind == "mmlab":
         backbone_keys = {"backbone." + k for k in source.backbone_state_dict}
         return sorted(k for k in strip_ddp_prefix(source.state_dict) if k not in backbone_keys and k not in kept)
@@ -83,6 +85,36 @@ def convert_upernet_weights(source: Source) -> dict[str, torch.Tensor]:
     return converted
 
 
+def convert_mask2former_weights(source: Source) -> dict[str, torch.Tensor]:
+    converted = {"model.pixel_level_module.encoder." + k: v for k, v in convert_backbone_weights(source).items()}
+    converted.update(convert_mask2former_head_state_dict(source.head_state_dict))
+    return converted
+
+
+def check_segmentation_release(config: Mask2FormerConfig, release: SegmentationRelease) -> None:
+    """The head read off the weights must be the release's (classes, queries, width, heads); else it is another model.
+
+    The head count is read off the sampling offsets assuming 4 points per head and level (`infer_num_heads`).
+    """
+    found = {"classes": config.num_labels, "queries": config.num_queries, "hidden_dim": config.hidden_dim}
+    expected = {"classes": release.num_classes, "queries": release.num_queries, "hidden_dim": release.hidden_dim}
+    found["heads"], expected["heads"] = config.num_attention_heads, release.num_heads
+    if found != expected:
+        raise ConversionError(
+            f"the checkpoint's Mask2Former head ({found}) is not that of {release.name} ({expected}); "
+            "pass the right --name, or none"
+        )
+
+
+def build_mask2former(plan: ConversionPlan, source: Source) -> torch.nn.Module:
+    release = plan.segmentation_release
+    config = build_mask2former_config(plan.config, source.head_state_dict)
+    if release is not None:
+        check_segmentation_release(config, release)
+    config.update(segmentation_label_names(plan, config.num_labels))
+    return materialise(Mask2FormerForUniversalSegmentation, config, convert_mask2former_weights(source), "Mask2Former")
+
+
 def build_model(plan: ConversionPlan, source: Source) -> torch.nn.Module:
     """The converted model with the source weights, after a strict key/shape check."""
     if plan.task == "classification":
@@ -90,7 +122,10 @@ def build_model(plan: ConversionPlan, source: Source) -> torch.nn.Module:
         return materialise(InternImageForImageClassification, plan.config, convert_classification_weights(source), what)
     if plan.task == "backbone":
         return materialise(InternImageBackbone, plan.config, convert_backbone_weights(source), "InternImageBackbone")
+    if plan.task == "mask2former":
+        return build_mask2former(plan, source)
     upernet_config = build_upernet_config(plan.config, source.head_state_dict)
+    upernet_config.update(segmentation_label_names(plan, upernet_config.num_labels))
     return materialise(UperNetForSemanticSegmentation, upernet_config, convert_upernet_weights(source), "UperNet")
 
 
@@ -99,7 +134,8 @@ def verify_converted(directory: Path, plan: ConversionPlan, source: Source, veri
 
     The reference loads the source weights in official hub names through the model's own `from_pretrained`
     key mapping (Transformers' renaming machinery), independent of the ``re.sub`` conversion used for writing.
-    Returns the largest absolute difference of logits (classification, UperNet) or feature maps (backbone).
+    Returns the largest absolute difference of logits (classification, UperNet; Mask2Former: class and mask
+    logits) or feature maps (backbone).
     """
     size = verify_size or min(plan.image_size, 224)
     size = max(32, size - size % 32)  # the H/G head needs multiples of 32
@@ -118,8 +154,18 @@ def verify_converted(directory: Path, plan: ConversionPlan, source: Source, veri
             reference = _reference(InternImageBackbone, plan.config, hub_weights)
             pairs = zip(converted(pixel_values).feature_maps, reference(pixel_values).feature_maps, strict=True)
             return max((a - b).abs().max().item() for a, b in pairs)
-        converted = UperNetForSemanticSegmentation.from_pretrained(directory).eval()
         backbone = _reference(InternImageBackbone, plan.config, hub_weights)
+        if plan.task == "mask2former":
+            converted = Mask2FormerForUniversalSegmentation.from_pretrained(directory).eval()
+            weights = {"model.pixel_level_module.encoder." + k: v for k, v in backbone.state_dict().items()}
+            weights.update(convert_mask2former_head_state_dict(source.head_state_dict))
+            reference = materialise(Mask2FormerForUniversalSegmentation, converted.config, weights, "Mask2Former")
+            ours, theirs = converted(pixel_values), reference(pixel_values)
+            return max(
+                (ours.class_queries_logits - theirs.class_queries_logits).abs().max().item(),
+                (ours.masks_queries_logits - theirs.masks_queries_logits).abs().max().item(),
+            )
+        converted = UperNetForSemanticSegmentation.from_pretrained(directory).eval()
         weights = {"backbone." + k: v for k, v in backbone.state_dict().items()}
         weights.update({convert_mmseg_head_key(k): v for k, v in source.head_state_dict.items()})
         reference = materialise(UperNetForSemanticSegmentation, converted.config, weights, "UperNet")

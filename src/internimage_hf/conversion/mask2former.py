@@ -178,13 +178,12 @@ def infer_num_heads(head: Mapping[str, torch.Tensor]) -> int:
 
 
 def build_mask2former_config(
-    backbone_config, head: Mapping[str, torch.Tensor], num_heads: int | None = None, **kwargs
+    backbone_config, head: Mapping[str, torch.Tensor], num_heads: int | None = None
 ) -> Mask2FormerConfig:
     """`Mask2FormerConfig` whose sizes are read off the official head weights (``decode_head.*`` names).
 
     `num_heads` (from a release table) is checked against the weights; without it the head count is inferred
     assuming 4 sampling points. Settings Transformers cannot express raise a `ConversionError` naming them.
-    `kwargs` (``id2label`` ...) go to the config.
     """
     levels = _weight(head, "pixel_decoder.level_encoding.weight").shape[0]
     if levels != NUM_FEATURE_LEVELS or _weight(head, "level_embed.weight").shape[0] != NUM_FEATURE_LEVELS:
@@ -216,7 +215,6 @@ def build_mask2former_config(
         enforce_input_projection=any(k.startswith(HEAD_PREFIX + "decoder_input_projs.") for k in head),
         no_object_weight=NO_OBJECT_WEIGHT,
         num_labels=int(_weight(head, "cls_embed.weight").shape[0]) - 1,
-        **kwargs,
     )
 
 

@@ -11,7 +11,7 @@ from .building import VERIFY_TOLERANCE, build_model, unused_keys, verify_convert
 from .errors import ConversionError
 from .output_dir import OutputDirectory
 from .planning import check_image_size, plan_conversion, read_config_file
-from .releases import RELEASES, find_release
+from .releases import MASK2FORMER_RELEASES, RELEASES, find_release, find_segmentation_release
 from .sources import load_source
 from .writing import card_info, count_parameters, write_converted, write_model_card
 
@@ -50,7 +50,8 @@ def convert_checkpoint(
     """Convert `source` into a Hugging Face directory at `output_dir`.
 
     `name` (or the source's file/directory name) selects a known release: its preset, class count, label names,
-    image size and published accuracy. `preset` / `config_file` override the architecture. Arguments and the
+    image size and published accuracy (classification releases and the official Mask2Former segmentation releases).
+    `preset` / `config_file` override the architecture. Arguments and the
     configuration are checked before any weight is read. Nothing is left at `output_dir` when any step fails, and
     `overwrite` only ever replaces a previous conversion (see `output_dir.OutputDirectory`).
 
@@ -59,20 +60,22 @@ def convert_checkpoint(
     output is bound for the Hub" (`repo_id` given). UperNet outputs cannot carry it (an explicit request is an error).
     """
     target = OutputDirectory(output_dir, source, overwrite=overwrite, log=log)
-    if name and find_release(name) is None:
-        raise ConversionError(f"unknown release {name!r}; known: {', '.join(sorted(RELEASES))}")
+    if name and find_release(name) is None and find_segmentation_release(name) is None:
+        known = ", ".join(sorted({*RELEASES, *MASK2FORMER_RELEASES}))
+        raise ConversionError(f"unknown release {name!r}; known: {known}")
     check_image_size(image_size, "image_size")
     check_image_size(verify_size, "verify_size", limit=MAX_VERIFY_SIZE)
     if config_file is not None:
         read_config_file(config_file)  # fail on a bad config now rather than after reading gigabytes of weights
     release = find_release(name) or find_release(Path(source).name)
+    segmentation_release = find_segmentation_release(name) or find_segmentation_release(Path(source).name)
     with target:
         loaded = load_source(source)
         if loaded.ignored_keys:
             log(f"ignoring non-weight entries of the checkpoint: {', '.join(loaded.ignored_keys)}")
         plan = plan_conversion(
             loaded, task=task, preset=preset, config_file=Path(config_file) if config_file else None, release=release,
-            image_size=image_size,
+            image_size=image_size, segmentation_release=segmentation_release,
         )  # fmt: skip
         for note in plan.notes:
             log(note)
@@ -107,15 +110,17 @@ def convert_checkpoint(
 
 
 def _include_remote_code(remote_code: bool | None, repo_id: str | None, task: str, log) -> bool:
-    """Whether to write remote code: as asked, else for Hub-bound output; never for UperNet (its config nests ours)."""
+    """Whether to write remote code: as asked, else for Hub-bound output; never for a segmentation model (UperNet,
+    Mask2Former), whose config nests ours."""
     wanted = repo_id is not None if remote_code is None else remote_code
-    if wanted and task == "upernet":
+    head = {"upernet": "UperNet", "mask2former": "Mask2Former"}.get(task)
+    if wanted and head:
         if remote_code:
             raise ConversionError(
-                "--remote_code covers InternImage classification and backbone checkpoints; a UperNet checkpoint "
+                f"--remote_code covers InternImage classification and backbone checkpoints; a {head} checkpoint "
                 "loads with internimage_hf installed (drop --remote_code)"
             )
-        log("remote code: not included (a UperNet checkpoint loads with internimage_hf installed)")
+        log(f"remote code: not included (a {head} checkpoint loads with internimage_hf installed)")
         return False
     return wanted
 

@@ -12,13 +12,14 @@ import torch
 from transformers import UperNetConfig
 
 from ..configuration_internimage import PRESETS, InternImageConfig
-from ..labels import has_imagenet_labels, imagenet_id2label
+from ..labels import has_imagenet_labels, imagenet_id2label, segmentation_id2label
 from .errors import ConversionError
-from .releases import Release, parse_mmseg_name
+from .releases import Release, SegmentationRelease, dataset_label_set, parse_mmseg_name
 from .sources import Source, read_json
 from .validation import SIZE_LIMITS, build_config, check_config_values, official_config_kwargs
 
-TASKS = ("classification", "backbone", "upernet")
+TASKS = ("classification", "backbone", "upernet", "mask2former")
+SEGMENTATION_TASKS = ("upernet", "mask2former")
 STAGE_FEATURES = ["stage1", "stage2", "stage3", "stage4"]
 # mmseg defaults of the official UperNet configs (`_base_/models/upernet_r50.py`); pool scales are not
 # recoverable from the weights (only their number is).
@@ -55,17 +56,23 @@ def has_layer_scale(backbone_state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 @dataclass
 class ConversionPlan:
-    """Everything decided before building the model: task, backbone config, labels, image size, release."""
+    """Everything decided before building the model: task, backbone config, labels, image size, release.
+
+    `segmentation_release` is the official Mask2Former release the source is; `segmentation_labels` the
+    `labels.segmentation_id2label` set of a segmentation head (its names go into the head's config).
+    """
 
     task: str
     config: InternImageConfig
     image_size: int
     release: Release | None
     notes: list[str] = field(default_factory=list)
+    segmentation_release: SegmentationRelease | None = None
+    segmentation_labels: str | None = None
 
 
 def base_config_kwargs(
-    source: Source, preset: str | None, config_file: Path | None, release: Release | None
+    source: Source, preset: str | None, config_file: Path | None, release: Release | SegmentationRelease | None
 ) -> tuple[dict, str]:
     """Architecture kwargs and a description of where they came from (priority: file, hub dir, release, preset)."""
     if config_file is not None:
@@ -85,16 +92,20 @@ def base_config_kwargs(
 
 
 def decide_task(source: Source, task: str) -> str:
-    """``auto`` -> classification for classifier checkpoints, upernet for mmseg UperNet, else backbone."""
+    """``auto`` -> classification for classifier checkpoints, upernet / mask2former for those heads, else backbone."""
     if task != "auto":
         if task not in TASKS:
             raise ConversionError(f"unknown task {task!r}; choose auto or one of {TASKS}")
         if task == "upernet" and not source.has_upernet_head:
             raise ConversionError(f"{source.path} has no mmseg UperNet decode head (decode_head.psp_modules.*)")
+        if task == "mask2former" and not source.has_mask2former_head:
+            raise ConversionError(f"{source.path} has no Mask2Former decode head (decode_head.transformer_decoder.*)")
         if task == "classification" and source.kind == "mmlab":
             raise ConversionError(f"{source.path} is a detection/segmentation checkpoint without a classification head")
         return task
     if source.kind == "mmlab":
+        if source.has_mask2former_head:
+            return "mask2former"
         return "upernet" if source.has_upernet_head else "backbone"
     return "classification"
 
@@ -113,15 +124,22 @@ def plan_conversion(
     config_file: Path | None = None,
     release: Release | None = None,
     image_size: int | None = None,
+    segmentation_release: SegmentationRelease | None = None,
 ) -> ConversionPlan:
-    """Decide the task and build the `InternImageConfig` (labels included) for `source`."""
+    """Decide the task and build the `InternImageConfig` (labels included) for `source`.
+
+    `segmentation_release` (an official Mask2Former checkpoint) gives the architecture, crop size and label set of
+    a Mask2Former source; it is an error for any other task.
+    """
     task = decide_task(source, task)
-    kwargs, origin = base_config_kwargs(source, preset, config_file, release)
+    if segmentation_release is not None and task != "mask2former":
+        raise ConversionError(f"{segmentation_release.name} is a Mask2Former release, but the task is {task}")
+    kwargs, origin = base_config_kwargs(source, preset, config_file, release or segmentation_release)
     notes = [f"architecture from {origin}"]
     num_classes = kwargs.pop("num_classes", None)
     kwargs.pop("num_labels", None)
     backbone_weights = source.backbone_state_dict
-    if task in ("backbone", "upernet"):
+    if task in ("backbone", *SEGMENTATION_TASKS):
         # Detection/segmentation configs use layer_scale=1.0 even for T (gammas in the checkpoint); the value
         # only matters at initialisation, the presence of the parameters is what must match the weights.
         wants_scale = has_layer_scale(backbone_weights)
@@ -129,8 +147,9 @@ def plan_conversion(
             kwargs["layer_scale"] = 1.0 if wants_scale else None
             notes.append(f"layer_scale set to {kwargs['layer_scale']} to match the checkpoint's gamma weights")
         kwargs["out_features"] = list(STAGE_FEATURES)
-    parsed = parse_mmseg_name(source.path.name) if task == "upernet" else None
-    size = image_size or (release.image_size if release else None) or source.image_size or (parsed and parsed[1])
+    parsed = parse_mmseg_name(source.path.name) if task in SEGMENTATION_TASKS else None
+    release_size = release.image_size if release else (segmentation_release and segmentation_release.crop_size)
+    size = image_size or release_size or source.image_size or (parsed and parsed[1])
     size = size or kwargs.get("image_size")
     kwargs["image_size"] = int(size or PRESETS["t"]["image_size"])
     if task == "classification":
@@ -142,7 +161,23 @@ def plan_conversion(
             kwargs["id2label"] = imagenet_id2label(int(num_classes))
             kwargs["label2id"] = {label: i for i, label in kwargs["id2label"].items()}
     config = build_config(kwargs, origin)
-    return ConversionPlan(task, config, kwargs["image_size"], release, notes)
+    labels = None
+    if task in SEGMENTATION_TASKS:
+        labels = segmentation_release.label_set if segmentation_release else dataset_label_set(source.path.name)
+    return ConversionPlan(task, config, kwargs["image_size"], release, notes, segmentation_release, labels)
+
+
+def segmentation_label_names(plan: ConversionPlan, num_labels: int) -> dict:
+    """``id2label``/``label2id`` config kwargs for a segmentation head: the plan's label set when its size matches."""
+    if plan.segmentation_labels is None:
+        return {}
+    id2label = segmentation_id2label(plan.segmentation_labels)
+    if len(id2label) != num_labels:
+        plan.notes.append(
+            f"no class names: the head has {num_labels} classes, the {plan.segmentation_labels} set {len(id2label)}"
+        )
+        return {}
+    return {"id2label": id2label, "label2id": {name: index for index, name in id2label.items()}}
 
 
 def build_upernet_config(backbone_config: InternImageConfig, heads: Mapping[str, torch.Tensor]) -> UperNetConfig:
@@ -173,4 +208,11 @@ def build_upernet_config(backbone_config: InternImageConfig, heads: Mapping[str,
     )
 
 
-__all__ = ["TASKS", "ConversionPlan", "check_image_size", "plan_conversion", "read_config_file"]
+__all__ = [
+    "TASKS",
+    "ConversionPlan",
+    "check_image_size",
+    "plan_conversion",
+    "read_config_file",
+    "segmentation_label_names",
+]

@@ -86,7 +86,114 @@ UPERNET_ADE20K: dict[str, tuple[int, float, float]] = {
     "xl": (640, 55.0, 55.3),
     "h": (896, 59.9, 60.3),
 }
-_MMSEG_NAME = re.compile(r"upernet_internimage_(t|s|b|l|xl|h|g)_(\d+)(?:x\d+)?_")
+_MMSEG_NAME = re.compile(r"(?:upernet|mask2former)_internimage_(t|s|b|l|xl|h|g)_(\d+)(?:x\d+)?_")
+# Dataset words of the official segmentation file names -> `labels.segmentation_id2label` sets. A name like
+# ``..._cocostuff2ade20k`` names the fine-tuning chain, so the word found last is the model's own dataset.
+_DATASET_WORDS = {"ade20k": "ade20k", "cityscapes": "cityscapes", "cocostuff": "coco_stuff"}
+
+
+@dataclass(frozen=True)
+class SegmentationRelease:
+    """One official Mask2Former semantic-segmentation checkpoint (segmentation/README.md and its config).
+
+    `miou` is the published (single-scale, multi-scale) validation mIoU in %; `label_set` the
+    `labels.segmentation_id2label` set whose names the head's classes are (`None`: no shipped names); `test_scale`
+    the official test resize (long side, short side), whole-image inference unless `slide` gives the sliding-window
+    crop; `num_queries`/`hidden_dim`/`num_heads` the head's size, checked against the weights.
+    """
+
+    name: str
+    dataset: str
+    label_set: str | None
+    num_classes: int
+    crop_size: int
+    miou: tuple[float, float] | None
+    pretraining: str
+    num_queries: int
+    hidden_dim: int
+    num_heads: int
+    test_scale: tuple[int, int]
+    reduce_zero_label: bool
+    reported_params: str
+    config: str
+    preset: str = "h"
+    slide: int | None = None
+
+    @property
+    def pth_file(self) -> str:
+        return f"{self.name}.pth"
+
+    @property
+    def pth_url(self) -> str:
+        return RELEASE_BASE_URL + self.pth_file
+
+
+_H_BACKBONE = "InternImage-H (joint 427M images -> ImageNet-22k) backbone"
+_LARGE_HEAD = dict(num_queries=200, hidden_dim=1024, num_heads=32)  # ADE20K / COCO-Stuff: 1024-d, 32 heads
+_BASE_HEAD = dict(num_queries=100, hidden_dim=256, num_heads=8)  # the Mask2Former paper's head
+# segmentation/README.md (method, backbone, resolution, mIoU ss/ms, #params, download) and the configs it links
+# (num_classes, num_queries, widths, heads, test pipeline, reduce_zero_label, load_from). All are InternImage-H.
+MASK2FORMER_RELEASES: dict[str, SegmentationRelease] = {
+    r.name: r
+    for r in (
+        SegmentationRelease(
+            "mask2former_internimage_h_896_80k_cocostuff2ade20k", "ADE20K", "ade20k", 150, 896, (62.6, 62.9),
+            f"{_H_BACKBONE}; Mask2Former on COCO-Stuff-164K, then ADE20K", **_LARGE_HEAD, test_scale=(3584, 896),
+            reduce_zero_label=True, reported_params="1.31B",
+            config="ade20k/mask2former_internimage_h_896_80k_cocostuff2ade20k_ss.py",
+        ),
+        SegmentationRelease(
+            "mask2former_internimage_h_1024x1024_80k_mapillary2cityscapes", "Cityscapes", "cityscapes", 19, 1024,
+            (86.37, 86.96), f"{_H_BACKBONE}; Mask2Former on Mapillary Vistas, then Cityscapes", **_BASE_HEAD,
+            test_scale=(2048, 1024), reduce_zero_label=False, reported_params="1094M", slide=1024,
+            config="cityscapes/mask2former_internimage_h_1024x1024_80k_mapillary2cityscapes.py",
+        ),
+        SegmentationRelease(
+            "mask2former_internimage_h_896_80k_cocostuff164k", "COCO-Stuff-164K", "coco_stuff", 171, 896, (52.6, 52.8),
+            f"{_H_BACKBONE}; COCO-Stuff-164K", **_LARGE_HEAD, test_scale=(3584, 896), reduce_zero_label=False,
+            reported_params="1.31B", config="coco_stuff164k/mask2former_internimage_h_896_80k_cocostuff164k.py",
+        ),
+        SegmentationRelease(
+            "mask2former_internimage_h_512_40k_cocostuff164k_to_10k", "COCO-Stuff-10K", "coco_stuff", 171, 512,
+            (59.2, 59.6), f"{_H_BACKBONE}; Mask2Former on COCO-Stuff-164K, then COCO-Stuff-10K", **_LARGE_HEAD,
+            test_scale=(2048, 512), reduce_zero_label=True, reported_params="1.28B",
+            config="coco_stuff10k/mask2former_internimage_h_512_40k_cocostuff164k_to_10k.py",
+        ),
+        SegmentationRelease(
+            "mask2former_internimage_h_480_40k_pascal_context_59", "Pascal-Context-59", None, 59, 480, (69.7, 70.3),
+            f"{_H_BACKBONE}; Pascal-Context-59", **_BASE_HEAD, test_scale=(4096, 520), reduce_zero_label=True,
+            reported_params="1.07B", config="pascal_context/mask2former_internimage_h_480_40k_pascal_context_59.py",
+        ),
+        SegmentationRelease(
+            "mask2former_internimage_h_480_40k_nyu", "NYU-Depth-V2", None, 40, 480, (67.1, 68.1),
+            f"{_H_BACKBONE}; NYU-Depth-V2", **_BASE_HEAD, test_scale=(640, 480), reduce_zero_label=True,
+            reported_params="1.07B", config="nyu_depth_v2/mask2former_internimage_h_480_40k_nyu.py",
+        ),
+        # Mapillary Vistas with the 19 Cityscapes classes (num_classes=19, validated on Cityscapes val in its
+        # config): the pre-training of the Cityscapes model; no mIoU published.
+        SegmentationRelease(
+            "mask2former_internimage_h_896x896_80k_mapillary", "Mapillary Vistas", "cityscapes", 19, 896, None,
+            f"{_H_BACKBONE}; Mapillary Vistas", **_BASE_HEAD, test_scale=(2048, 1024), reduce_zero_label=False,
+            reported_params="1094M", slide=896, config="mapillary/mask2former_internimage_h_896x896_80k_mapillary.py",
+        ),
+    )
+}  # fmt: skip
+
+
+def _release_key(name: str) -> str:
+    return Path(str(name).rstrip("/")).name.removesuffix(".pth").lower()
+
+
+def find_segmentation_release(name: str | None) -> SegmentationRelease | None:
+    """The Mask2Former release called `name` (file stem or file name), else `None`."""
+    return MASK2FORMER_RELEASES.get(_release_key(name)) if name else None
+
+
+def dataset_label_set(name: str) -> str | None:
+    """The `labels.segmentation_id2label` set an official segmentation file name ends with, if any."""
+    stem = _release_key(name)
+    found = [(stem.rfind(word), label_set) for word, label_set in _DATASET_WORDS.items() if word in stem]
+    return max(found)[1] if found else None
 
 
 def parse_mmseg_name(name: str) -> tuple[str, int] | None:
@@ -97,10 +204,17 @@ def parse_mmseg_name(name: str) -> tuple[str, int] | None:
 
 def find_release(name: str | None) -> Release | None:
     """The release called `name` (a file stem, directory name or hub repo id also work), else `None`."""
-    if not name:
-        return None
-    key = Path(str(name).rstrip("/")).name.removesuffix(".pth").lower()
-    return RELEASES.get(key)
+    return RELEASES.get(_release_key(name)) if name else None
 
 
-__all__ = ["RELEASES", "UPERNET_ADE20K", "Release", "find_release", "parse_mmseg_name"]
+__all__ = [
+    "MASK2FORMER_RELEASES",
+    "RELEASES",
+    "UPERNET_ADE20K",
+    "Release",
+    "SegmentationRelease",
+    "dataset_label_set",
+    "find_release",
+    "find_segmentation_release",
+    "parse_mmseg_name",
+]

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from .errors import ConversionError
 from .keys import UPERNET_HEAD_PREFIXES, split_backbone_state_dict, strip_ddp_prefix
+from .mask2former import has_mask2former_head
 from .validation import check_config_values
 
 
@@ -28,7 +29,8 @@ class Source:
     """A checkpoint read into memory, normalised to official (``.pth``) key names.
 
     `kind` is ``"classification"`` (official names, maybe a head), ``"hub"`` (an official hub directory) or
-    ``"mmlab"`` (mmdet/mmseg `state_dict`: official backbone names under ``backbone.`` plus head weights).
+    ``"mmlab"`` (mmdet/mmseg `state_dict`: official backbone names under ``backbone.`` plus head weights: an
+    mmseg UperNet or the official repo's Mask2Former).
     """
 
     path: Path
@@ -47,7 +49,7 @@ class Source:
 
     @property
     def head_state_dict(self) -> dict[str, torch.Tensor]:
-        """mmseg decode/auxiliary head weights (mmseg names); empty for other sources."""
+        """Segmentation decode/auxiliary head weights (official names); empty for other sources."""
         if self.kind != "mmlab":
             return {}
         return {
@@ -59,6 +61,10 @@ class Source:
     @property
     def has_upernet_head(self) -> bool:
         return any(k.startswith("decode_head.psp_modules.") for k in self.head_state_dict)
+
+    @property
+    def has_mask2former_head(self) -> bool:
+        return has_mask2former_head(self.head_state_dict)
 
 
 def is_backbone_key(official_key: str) -> bool:

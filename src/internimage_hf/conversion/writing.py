@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import is_torchvision_available
 
 from ..configuration_internimage import PRESETS
 from ..model_card import ModelCardInfo, render_model_card
 from .planning import ConversionPlan
-from .releases import UPERNET_ADE20K, parse_mmseg_name
+from .releases import UPERNET_ADE20K, SegmentationRelease, parse_mmseg_name
 from .sources import Source
 
 
@@ -25,6 +27,34 @@ def make_image_processor(image_size: int, center_crop: bool = True):
         crop_size={"height": image_size, "width": image_size},
         do_center_crop=center_crop,
     )
+
+
+def mask2former_processor_config(image_size: int, num_labels: int, release: SegmentationRelease | None = None) -> dict:
+    """``preprocessor_config.json`` of Transformers' Mask2Former processor set to the official test transform.
+
+    Keep-ratio resize to a (short, long) side, then up to a multiple of 32, and ImageNet normalisation. A release
+    gives its test scale and whether its labels are shifted by one (``reduce_zero_label``); otherwise the short side
+    is `image_size` and the long side 4x that. The processor's `post_process_semantic_segmentation` is the official
+    semantic inference (class softmax without "no object" times the mask sigmoids), which
+    ``pipeline("image-segmentation")`` uses. Written as JSON rather than through the processor class because
+    Transformers 5.4 builds either backend of that class only with torchvision installed; loading picks the backend.
+    """
+    long_side, short_side = release.test_scale if release else (4 * image_size, image_size)
+    return {
+        "image_processor_type": "Mask2FormerImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": short_side, "longest_edge": long_side},
+        "size_divisor": 32,
+        "resample": 2,  # bilinear, as mmseg's Resize
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(IMAGENET_DEFAULT_MEAN),
+        "image_std": list(IMAGENET_DEFAULT_STD),
+        "ignore_index": 255,
+        "do_reduce_labels": release.reduce_zero_label if release else False,
+        "num_labels": num_labels,
+    }
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -44,11 +74,26 @@ def card_info(
     if parsed and "ade20k" in source.path.name and parsed[0] in UPERNET_ADE20K:
         crop, single, multi = UPERNET_ADE20K[parsed[0]]
         metrics.append(("ADE20K val mIoU (%), single / multi-scale", f"{single} / {multi} at {crop}x{crop}"))
+    segmentation = plan.segmentation_release
+    notes = [f"Conversion: {note}." for note in plan.notes]
+    if segmentation and segmentation.miou:
+        single, multi = segmentation.miou
+        metric = f"{segmentation.dataset} val mIoU (%), single / multi-scale"
+        metrics.append((metric, f"{single} / {multi} (trained on {segmentation.crop_size}-px crops)"))
+    if segmentation and segmentation.slide:
+        notes.append(
+            f"The official evaluation slides a {segmentation.slide}x{segmentation.slide} window (stride 512) over the "
+            "resized image; the image processor here resizes the whole image, which Transformers' Mask2Former "
+            "processor and pipeline do."
+        )
     num_labels = model.config.num_labels
     label_set = {1000: "ImageNet-1k", 21841: "ImageNet-22k"}.get(num_labels) if plan.task == "classification" else None
+    if plan.segmentation_labels and model.config.id2label.get(0, "LABEL_0") != "LABEL_0":
+        label_set = segmentation.dataset if segmentation else plan.segmentation_labels
     title = (
         release.name if release and plan.task == "classification" else f"InternImage-{variant.upper()} ({plan.task})"
     )
+    title = segmentation.name if segmentation else title
     summary_fields = ("channels", "depths", "groups", "offset_scale", "post_norm", "res_post_norm", "layer_scale")
     return ModelCardInfo(
         title=title,
@@ -57,27 +102,49 @@ def card_info(
         num_parameters=count_parameters(model),
         image_size=plan.image_size,
         num_labels=num_labels,
-        source=release.pth_file if release and release.pth_file and source.kind != "hub" else source.path.name,
-        source_url=(release.hub_url if source.kind == "hub" else release.pth_url) if release else None,
-        pretraining=release.pretraining if release else None,
+        source=_source_name(plan, source),
+        source_url=segmentation.pth_url if segmentation else _release_url(release, source),
+        pretraining=(segmentation or release).pretraining if segmentation or release else None,
         label_set=label_set,
         metrics=metrics,
-        notes=[f"Conversion: {note}." for note in plan.notes],
+        notes=notes,
         verification=verification,
         repo_id=repo_id,
         config_summary={k: getattr(config, k) for k in summary_fields},
     )
 
 
+def _source_name(plan: ConversionPlan, source: Source) -> str:
+    if plan.segmentation_release:
+        return plan.segmentation_release.pth_file
+    release = plan.release
+    return release.pth_file if release and release.pth_file and source.kind != "hub" else source.path.name
+
+
+def _release_url(release, source: Source) -> str | None:
+    return (release.hub_url if source.kind == "hub" else release.pth_url) if release else None
+
+
 def write_converted(directory: Path, model: torch.nn.Module, plan: ConversionPlan) -> None:
     """config.json + model.safetensors + preprocessor_config.json into `directory`."""
     model.save_pretrained(directory)
-    # Segmentation evaluates whole (resized, not cropped) images; classification uses the official crop.
-    make_image_processor(plan.image_size, center_crop=plan.task != "upernet").save_pretrained(directory)
+    if plan.task == "mask2former":
+        processor = mask2former_processor_config(plan.image_size, model.config.num_labels, plan.segmentation_release)
+        (directory / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8")
+    else:
+        # Segmentation evaluates whole (resized, not cropped) images; classification uses the official crop.
+        make_image_processor(plan.image_size, center_crop=plan.task != "upernet").save_pretrained(directory)
 
 
 def write_model_card(directory: Path, info: ModelCardInfo) -> None:
     (directory / "README.md").write_text(render_model_card(info), encoding="utf-8")
 
 
-__all__ = ["card_info", "count_parameters", "make_image_processor", "write_converted", "write_model_card"]
+__all__ = [
+    "card_info",
+    "count_parameters",
+    "make_image_processor",
+    "mask2former_processor_config",
+    "write_converted",
+    "write_model_card",
+]
