@@ -1,11 +1,14 @@
 """`pipeline("image-segmentation")` on an UperNet with an InternImage backbone returns masks named by the dataset.
 
-The model directory is laid out as the converter writes an UperNet conversion: the model with ADE20K `id2label`
-and the image processor of `conversion.writing.make_image_processor` (shortest-edge resize, no crop; torchvision
-backend when installed, else PIL).
+The model directories are a converted mmseg checkpoint (`convert_checkpoint`) and a random tiny model saved the way
+the converter saves an UperNet: ADE20K `id2label` and the image processor of
+`conversion.writing.make_image_processor` (shortest-edge resize, no crop; torchvision backend when installed,
+else PIL).
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import torch
@@ -14,17 +17,21 @@ from transformers import UperNetConfig, UperNetForSemanticSegmentation, pipeline
 
 from internimage_hf import InternImageConfig
 from internimage_hf.conversion.writing import make_image_processor
+from internimage_hf.convert_checkpoint import convert_checkpoint
 from internimage_hf.labels import segmentation_id2label
 
 IMAGE_SIZE = 64
 SKY = 2  # ADE20K class index of "sky"
 
 
-def save_tiny_ade20k_upernet(directory) -> UperNetForSemanticSegmentation:
+def save_tiny_ade20k_upernet(directory, channels: int = 16) -> UperNetForSemanticSegmentation:
     """A random tiny UperNet (InternImage backbone) with the 150 ADE20K names, saved with its image processor."""
     id2label = segmentation_id2label("ade20k")
     backbone_config = InternImageConfig(
-        channels=16, depths=(1, 1, 1, 1), groups=(2, 2, 4, 4), out_features=["stage1", "stage2", "stage3", "stage4"]
+        channels=channels,
+        depths=(1, 1, 1, 1),
+        groups=(2, 2, 4, 4),
+        out_features=["stage1", "stage2", "stage3", "stage4"],
     )
     config = UperNetConfig(
         backbone_config=backbone_config, hidden_size=16, auxiliary_channels=8, num_labels=len(id2label),
@@ -66,13 +73,27 @@ def test_masks_are_named_and_cover_the_image(tmp_path):
         assert (layer.astype(bool) == (expected == class_ids[mask["label"]])).all()
 
 
-def test_a_head_biased_to_sky_gives_one_sky_mask(tmp_path):
-    model = save_tiny_ade20k_upernet(tmp_path)
-    with torch.no_grad():
-        model.decode_head.classifier.weight.zero_()
-        model.decode_head.classifier.bias.zero_()
-        model.decode_head.classifier.bias[SKY] = 1.0
-    model.save_pretrained(tmp_path)
-    masks = pipeline("image-segmentation", model=str(tmp_path))(noise_image())
+def test_converted_ade20k_checkpoint_gives_named_masks(golden_cases, tmp_path):
+    """An mmseg UperNet checkpoint named like the official ADE20K releases converts with the ADE20K names.
+
+    Its classifier is biased to "sky" (zero weights), so the pipeline must return exactly one mask, named "sky".
+    """
+    golden = golden_cases["tiny_t"]
+    heads = save_tiny_ade20k_upernet(tmp_path / "heads", golden.model_kwargs["channels"]).state_dict()
+    mmseg = {"backbone." + k: v for k, v in golden.state_dict.items() if k.startswith(("patch_embed.", "levels."))}
+    for key, value in heads.items():
+        if key.startswith(("decode_head.", "auxiliary_head.")):
+            mmseg[key.replace(".batch_norm.", ".bn.").replace(".classifier.", ".conv_seg.")] = value
+    mmseg["decode_head.conv_seg.weight"].zero_()
+    mmseg["decode_head.conv_seg.bias"].zero_()[SKY] = 1.0
+    checkpoint = tmp_path / "upernet_internimage_t_512_160k_ade20k.pth"
+    torch.save({"state_dict": mmseg}, checkpoint)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(golden.model_kwargs))
+    convert_checkpoint(checkpoint, tmp_path / "out", config_file=config, log=lambda message: None)
+
+    segmenter = pipeline("image-segmentation", model=str(tmp_path / "out"))
+    assert segmenter.model.config.id2label == segmentation_id2label("ade20k")
+    masks = segmenter(noise_image())
     assert [m["label"] for m in masks] == ["sky"]
     assert np.asarray(masks[0]["mask"]).min() == 255
