@@ -31,7 +31,7 @@ from internimage_hf.convert_checkpoint import (
     main,
     plan_conversion,
 )
-from internimage_hf.labels import imagenet_id2label
+from internimage_hf.labels import imagenet_id2label, segmentation_id2label
 from internimage_hf.model_card import ModelCardInfo, render_model_card
 
 TOLERANCE = 1e-4
@@ -347,6 +347,30 @@ def test_mmseg_file_name_sets_size_and_card_metrics(golden_cases, tmp_path):
     processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
     assert processor["size"] == {"shortest_edge": 512} and processor["do_center_crop"] is False
     assert "47.9 / 48.1 at 512x512" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("file_name", "num_labels", "label_set"),
+    [
+        ("upernet_internimage_t_512_160k_ade20k.pth", 150, "ade20k"),
+        ("upernet_internimage_t_512x1024_160k_mapillary2cityscapes.pth", 19, "cityscapes"),
+        ("upernet_internimage_t_512_160k_ade20k.pth", 7, None),  # a head of another size keeps generic names
+    ],
+)
+def test_upernet_class_names_from_the_file_name(file_name, num_labels, label_set, golden_cases, tmp_path):
+    from transformers import UperNetConfig
+
+    golden = golden_cases["tiny_t"]
+    checkpoint = tmp_path / file_name
+    weights = to_mmseg_names(build_reference_upernet(golden, num_labels=num_labels).state_dict(), golden)
+    torch.save({"state_dict": weights}, checkpoint)
+    config = write_official_config(tmp_path / "config.json", golden)
+    convert_checkpoint(checkpoint, tmp_path / "out", config_file=config, log=lambda *_: None)
+    converted = UperNetConfig.from_pretrained(tmp_path / "out")
+    expected = segmentation_id2label(label_set) if label_set else {i: f"LABEL_{i}" for i in range(num_labels)}
+    assert converted.id2label == expected
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert ("class names in `config.id2label`" in card) == (label_set is not None)
 
 
 def test_shipped_imagenet_labels():

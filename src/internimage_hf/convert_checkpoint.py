@@ -6,10 +6,12 @@ Sources (detected automatically):
 - an official hub repo directory (remote-code format: ``config.json`` + ``model.safetensors`` or
   ``pytorch_model.bin``, weights named ``"model." + official key`` with ``gamma`` -> ``layer_scale``);
 - an mmdet / mmseg checkpoint (``"state_dict"``, backbone under ``backbone.``, optional ``module.`` prefix).
-  With an UperNet decode head it becomes a `transformers.UperNetForSemanticSegmentation`; otherwise only the
-  backbone is converted (an `InternImageBackbone` checkpoint).
+  With an UperNet decode head it becomes a `transformers.UperNetForSemanticSegmentation`, with the official
+  repo's Mask2Former head a `transformers.Mask2FormerForUniversalSegmentation` (`conversion.mask2former`);
+  otherwise only the backbone is converted (an `InternImageBackbone` checkpoint).
 
-The output directory holds ``config.json`` (with ImageNet class names for 1000/21841-class heads),
+The output directory holds ``config.json`` (with ImageNet class names for 1000/21841-class heads, ADE20K /
+Cityscapes / COCO-Stuff names for segmentation heads of those datasets),
 ``model.safetensors``, ``preprocessor_config.json`` and a model card ``README.md``; with ``--push_to_hub`` (or
 ``--remote_code``) also the modeling code and ``auto_map`` (`internimage_hf.remote_code`), so that it loads with
 ``trust_remote_code=True`` without ``internimage_hf``. The steps live in
@@ -33,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convert_checkpoint.py",
         description="Convert an official InternImage checkpoint (.pth, official hub directory, or mmdet/mmseg "
-        "checkpoint) into a Hugging Face directory loadable with the Auto classes after `import internimage_hf`.",
+        "checkpoint: UperNet, Mask2Former, or any detector's backbone) into a Hugging Face directory loadable with "
+        "the Auto classes after `import internimage_hf`.",
         epilog=f"Known release names: {', '.join(sorted(RELEASES))}.",
     )
     parser.add_argument("source", help="official .pth/.bin/.safetensors file or official hub repo directory")
@@ -41,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     arch = parser.add_mutually_exclusive_group()
     arch.add_argument("--preset", help=f"model size: {', '.join(PRESETS)}")
     arch.add_argument("--config", dest="config_file", help="official-style config.json (official field names)")
-    parser.add_argument("--name", help="release name (default: the source's file or directory name if known)")
+    parser.add_argument(
+        "--name", help="release name, classification or Mask2Former (default: the source's file name if known)"
+    )
     parser.add_argument("--task", default="auto", choices=("auto", *TASKS), help="what to convert (default: auto)")
     parser.add_argument("--image_size", "--image-size", type=int, help="override the processor resolution")
     parser.add_argument("--verify", action="store_true", help="reload the output and compare with the source")

@@ -3,7 +3,9 @@
 The key renames (`keys`) are what the model itself uses to read official hub weights; the rest is the
 checkpoint converter behind `scripts/convert_checkpoint.py`, one module per step:
 
-- `releases`: the table of official checkpoints (architecture, classes, resolution, published accuracy);
+- `releases`: the table of official checkpoints (architecture, classes, resolution, published accuracy), the
+  Mask2Former segmentation releases included;
+- `mask2former`: the official Mask2Former head's names -> Transformers' Mask2Former, its config from the weights;
 - `sources`: reading a ``.pth`` / hub directory / mmdet-mmseg checkpoint safely into official key names;
 - `planning`: validating the configuration and deciding the task, labels and image size;
 - `building`: checking the weights against the model, building it, and verifying the written result;

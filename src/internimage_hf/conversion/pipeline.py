@@ -51,13 +51,14 @@ def convert_checkpoint(
 
     `name` (or the source's file/directory name) selects a known release: its preset, class count, label names,
     image size and published accuracy (classification releases and the official Mask2Former segmentation releases).
-    `preset` / `config_file` override the architecture. Arguments and the
-    configuration are checked before any weight is read. Nothing is left at `output_dir` when any step fails, and
+    `preset` / `config_file` override the architecture. Arguments and the configuration are checked before any
+    weight is read. Nothing is left at `output_dir` when any step fails, and
     `overwrite` only ever replaces a previous conversion (see `output_dir.OutputDirectory`).
 
     `remote_code` also writes the modeling code and `auto_map` (`internimage_hf.remote_code`), so the output loads
     with ``trust_remote_code=True`` where ``internimage_hf`` is not installed; `None` (the default) means "when the
-    output is bound for the Hub" (`repo_id` given). UperNet outputs cannot carry it (an explicit request is an error).
+    output is bound for the Hub" (`repo_id` given). Segmentation outputs (UperNet, Mask2Former) cannot carry it (an
+    explicit request is an error).
     """
     target = OutputDirectory(output_dir, source, overwrite=overwrite, log=log)
     if name and find_release(name) is None and find_segmentation_release(name) is None:

@@ -15,6 +15,9 @@ from .planning import ConversionPlan
 from .releases import UPERNET_ADE20K, SegmentationRelease, parse_mmseg_name
 from .sources import Source
 
+# `labels.segmentation_id2label` sets as the model card names them.
+LABEL_SET_NAMES = {"ade20k": "ADE20K", "cityscapes": "Cityscapes", "coco_stuff": "COCO-Stuff"}
+
 
 def make_image_processor(image_size: int, center_crop: bool = True):
     """The official evaluation transform at `image_size` (torchvision backend when available, else PIL)."""
@@ -89,7 +92,7 @@ def card_info(
     num_labels = model.config.num_labels
     label_set = {1000: "ImageNet-1k", 21841: "ImageNet-22k"}.get(num_labels) if plan.task == "classification" else None
     if plan.segmentation_labels and model.config.id2label.get(0, "LABEL_0") != "LABEL_0":
-        label_set = segmentation.dataset if segmentation else plan.segmentation_labels
+        label_set = LABEL_SET_NAMES[plan.segmentation_labels]
     title = (
         release.name if release and plan.task == "classification" else f"InternImage-{variant.upper()} ({plan.task})"
     )
