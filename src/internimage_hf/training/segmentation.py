@@ -42,7 +42,7 @@ SYNTHETIC_RECIPE = {
     "image_size": 64,
     "learning_rate": 2e-3,
     "weight_decay": 0.01,
-    "num_train_epochs": 4.0,
+    "num_train_epochs": 3.0,
     "warmup_steps": 20,
     "max_grad_norm": 1.0,
     "per_device_train_batch_size": 8,
@@ -134,7 +134,7 @@ class SegmentationOptions(CommonTrainingOptions):
         default=None,
     )
     max_scale: float | None = _help("See --min_scale. Default: 1.5 on the synthetic task, else 2.0.", default=None)
-    synthetic_train_samples: int = _help("Training images of the synthetic task.", default=384)
+    synthetic_train_samples: int = _help("Training images of the synthetic task.", default=256)
     synthetic_eval_samples: int = _help("Evaluation images of the synthetic task.", default=64)
     per_device_eval_batch_size: int = _help("Eval batch size per process.", default=16)
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = _help(
