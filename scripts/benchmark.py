@@ -1,9 +1,16 @@
-"""Model-level benchmark: InternImage-T forward (PyTorch DCNv3 core and DCNv3 kernel) against ConvNeXt-T.
+"""Model-level benchmark: InternImage-T (PyTorch DCNv3 core, and `kernelize`d) against ConvNeXt-T.
 
-All models are built and timed in this one process, so the printed ratios compare like with like.
+All models are built and timed in this one process and take turns over the rounds, so the printed ratios compare
+like with like on a shared machine. One run prints every row of the README table:
 
-    python scripts/benchmark.py                          # CPU, batch 1 and 8, builds the CPU kernel if needed
+- forward (eager, inference) at each `--batch`, with the peak extra memory of one forward;
+- training step (forward + backward + AdamW) at `--train-batch`;
+- `torch.compile` (inductor; weights frozen for inference): compile time, steady-state time against the
+  compiled ConvNeXt-T and against the same model in eager mode.
+
+    python scripts/benchmark.py                          # CPU; builds the CPU kernel if needed
     python scripts/benchmark.py --kernel-dir KERNEL_DIR  # use an existing kernel build tree
+    python scripts/benchmark.py --no-compile --no-train  # forward rows only (about a minute)
     python scripts/benchmark.py --device cuda --dtype bfloat16 --batch 1 32
 """
 
@@ -14,6 +21,7 @@ import copy
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,17 +30,27 @@ from transformers import ConvNextConfig, ConvNextForImageClassification
 from internimage_hf import InternImageConfig, InternImageForImageClassification, kernelize
 from internimage_hf.profiling import peak_memory_bytes
 
+BASELINE = "convnext_t"
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="forward (and compiled) batch sizes")
+    parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--iters", type=int, default=5, help="timed forwards per model and round (3 rounds)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed forwards per model and round")
+    parser.add_argument("--threads", type=int, help="intra-op threads (torch.set_num_threads); default: torch's")
+    parser.add_argument("--iters", type=int, default=5, help="timed calls per model and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds in which the models take turns")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model and round")
     parser.add_argument("--kernel-dir", type=Path, help="kernel build tree (default: build the kernel for this torch)")
     parser.add_argument("--no-kernel", action="store_true", help="skip the kernel path")
+    parser.add_argument("--no-train", action="store_true", help="skip the training-step rows")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--no-freezing", action="store_true", help="compile without inductor's weight freezing")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
+    parser.add_argument("--smoke", action="store_true", help="tiny models of both families: checks the plumbing only")
     return parser.parse_args(argv)
 
 
@@ -41,33 +59,23 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_forward(model: torch.nn.Module, pixels: torch.Tensor) -> float:
+def timed(fn: Callable[[], object], device: str) -> float:
     start = time.perf_counter()
-    model(pixel_values=pixels)
-    synchronize(pixels.device.type)
+    fn()
+    synchronize(device)
     return time.perf_counter() - start
 
 
-@torch.no_grad()
-def measure_all(
-    models: dict, pixels: torch.Tensor, iters: int, warmup: int, rounds: int = 3
-) -> dict[str, tuple[float, float]]:
-    """Median forward seconds and peak extra memory (bytes) of each model.
-
-    Each model runs `iters` forwards back to back (its steady state); the models take turns over `rounds`, so
-    drifts in machine load (shared VMs) hit them alike.
-    """
-    times = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            for _ in range(warmup):
-                model(pixel_values=pixels)
-            times[name] += [time_forward(model, pixels) for _ in range(iters)]
-    device = pixels.device.type
-    return {
-        name: (statistics.median(times[name]), peak_memory_bytes(lambda m=model: m(pixel_values=pixels), device))
-        for name, model in models.items()
-    }
+def median_times(calls: dict[str, Callable[[], object]], args: argparse.Namespace) -> dict[str, float]:
+    """Median seconds per call of each entry; each runs `iters` calls back to back (its steady state) and the
+    entries take turns over `rounds`, so drifts in machine load hit them alike."""
+    times = {name: [] for name in calls}
+    for _ in range(args.rounds):
+        for name, call in calls.items():
+            for _ in range(args.warmup):
+                call()
+            times[name] += [timed(call, args.device) for _ in range(args.iters)]
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def kernel_tree(args: argparse.Namespace) -> Path:
@@ -82,38 +90,106 @@ def kernel_tree(args: argparse.Namespace) -> Path:
     return out
 
 
-def build_models(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
+def build_models(args: argparse.Namespace, kernel_dir: Path | None, mode: str) -> dict[str, torch.nn.Module]:
+    """ConvNeXt-T, InternImage-T with the PyTorch core and (with a kernel) kernelized, same seed, in `mode`."""
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    internimage = InternImageForImageClassification(InternImageConfig.from_preset("t", num_labels=1000))
-    internimage = internimage.to(args.device, dtype).eval()
-    models = {"convnext_t": ConvNextForImageClassification(ConvNextConfig()).to(args.device, dtype).eval()}
-    models["internimage_t_pytorch"] = internimage
-    if not args.no_kernel:
-        kernel_model = kernelize(copy.deepcopy(internimage), mode="inference", local_path=kernel_tree(args))
-        print(f"kernel path runs: {kernel_model.dcnv3_backend}")
+    if args.smoke:
+        internimage_config = InternImageConfig(channels=16, depths=[1, 1, 1, 1], groups=[1, 2, 4, 8], num_labels=1000)
+        convnext_config = ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=1000)
+    else:
+        internimage_config = InternImageConfig.from_preset("t", num_labels=1000)
+        convnext_config = ConvNextConfig(num_labels=1000)
+    internimage = InternImageForImageClassification(internimage_config).to(args.device, dtype)
+    internimage.train(mode == "training")
+    convnext = ConvNextForImageClassification(convnext_config).to(args.device, dtype).train(mode == "training")
+    models = {BASELINE: convnext, "internimage_t_pytorch": internimage}
+    if kernel_dir is not None:
+        kernel_model = kernelize(copy.deepcopy(internimage), mode=mode, local_path=kernel_dir)
         models["internimage_t_kernel"] = kernel_model
     return models
 
 
+def pixels_for(args: argparse.Namespace, batch: int) -> torch.Tensor:
+    size = (batch, 3, args.image_size, args.image_size)
+    return torch.randn(size, device=args.device, dtype=getattr(torch, args.dtype))
+
+
+def print_rows(title: str, batch: int, seconds: dict[str, float], extra: dict[str, str] | None = None) -> None:
+    print(f"\n{title}, batch {batch}")
+    print(f"{'model':<26}{'ms':>10}{'img/s':>9}{'x ConvNeXt-T':>14}  {'' if extra is None else 'notes'}")
+    for name, value in seconds.items():
+        ratio = value / seconds[BASELINE]
+        note = (extra or {}).get(name, "")
+        print(f"{name:<26}{value * 1e3:>10.1f}{batch / value:>9.1f}{ratio:>14.2f}  {note}")
+
+
+@torch.no_grad()
+def forward_rows(args: argparse.Namespace, models: dict[str, torch.nn.Module]) -> dict[int, dict[str, float]]:
+    eager = {}
+    for batch in args.batch:
+        pixels = pixels_for(args, batch)
+        calls = {name: (lambda m=model, x=pixels: m(pixel_values=x)) for name, model in models.items()}
+        eager[batch] = median_times(calls, args)
+        peaks = {name: peak_memory_bytes(call, args.device) for name, call in calls.items()}
+        print_rows("forward (eager)", batch, eager[batch], {n: f"peak {p / 2**20:.1f} MiB" for n, p in peaks.items()})
+    return eager
+
+
+def training_rows(args: argparse.Namespace, kernel_dir: Path | None) -> None:
+    models = build_models(args, kernel_dir, "training")
+    pixels = pixels_for(args, args.train_batch)
+    labels = torch.randint(0, 1000, (args.train_batch,), device=args.device)
+    calls = {}
+    for name, model in models.items():
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def step(model=model, optimizer=optimizer):
+            loss = torch.nn.functional.cross_entropy(model(pixel_values=pixels).logits, labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        calls[name] = step
+    print_rows("training step (forward + backward + AdamW)", args.train_batch, median_times(calls, args))
+
+
+@torch.no_grad()
+def compiled_rows(args: argparse.Namespace, models: dict[str, torch.nn.Module], eager: dict[int, dict]) -> None:
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = not args.no_freezing
+    compiled, compile_seconds = {}, {}
+    first = pixels_for(args, args.batch[0])
+    for name, model in models.items():
+        compiled[name] = torch.compile(model, backend=args.compile_backend)
+        compile_seconds[name] = timed(lambda m=compiled[name]: m(pixel_values=first), args.device)
+    for batch in args.batch:
+        pixels = pixels_for(args, batch)
+        calls = {name: (lambda m=model, x=pixels: m(pixel_values=x)) for name, model in compiled.items()}
+        seconds = median_times(calls, args)
+        notes = {
+            name: f"compile {compile_seconds[name]:.0f} s (first call), {seconds[name] / eager[batch][name]:.2f}x eager"
+            for name in seconds
+        }
+        freezing = "frozen weights" if not args.no_freezing else "no freezing"
+        print_rows(f"torch.compile ({args.compile_backend}, {freezing})", batch, seconds, notes)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    models = build_models(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kernel_dir = None if args.no_kernel else kernel_tree(args)
+    models = build_models(args, kernel_dir, "inference")
+    backend = models["internimage_t_kernel"].dcnv3_backend if kernel_dir is not None else "none"
     print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}")
-    for batch in args.batch:
-        pixels = torch.randn(
-            batch, 3, args.image_size, args.image_size, device=args.device, dtype=getattr(torch, args.dtype)
-        )
-        results = measure_all(models, pixels, args.iters, args.warmup)
-        baseline = results["convnext_t"][0]
-        print(f"\nbatch {batch} at {args.image_size}px")
-        print(f"{'model':<24}{'ms/forward':>12}{'img/s':>10}{'x ConvNeXt-T':>14}{'peak MiB':>11}")
-        for name, (seconds, peak) in results.items():
-            ratio = seconds / baseline
-            print(f"{name:<24}{seconds * 1e3:>12.1f}{batch / seconds:>10.1f}{ratio:>14.2f}{peak / 2**20:>11.1f}")
-        if "internimage_t_kernel" in results:
-            speedup = results["internimage_t_pytorch"][0] / results["internimage_t_kernel"][0]
-            print(f"kernel speed-up over the PyTorch DCNv3 core (whole model): {speedup:.2f}x")
+    print(f"kernel path runs: {backend}")
+    eager = forward_rows(args, models)
+    if not args.no_train:
+        training_rows(args, kernel_dir)
+    if not args.no_compile:
+        compiled_rows(args, models, eager)
 
 
 if __name__ == "__main__":

@@ -244,3 +244,39 @@ def test_operator_with_dilation_keeps_the_spatial_size():
     module = InternImageDCNv3(channels=8, kernel_size=5, dilation=2, group=2, remove_center=True)
     assert (module.pad, module.points) == (4, 24)
     assert module(torch.randn(1, 9, 10, 8)).shape == (1, 9, 10, 8)
+
+
+# ------------------------------------------------------------------------- torch.compile: the core as an opaque op
+
+COMPILE_ARGS = (3, 3, 1, 1, 1, 1, 1, 1, 2, 4, 2.0, False)
+
+
+def test_compile_op_passes_opcheck():
+    from internimage_hf.dcnv3 import _dcnv3_softmax_core_op
+
+    torch.manual_seed(0)
+    tensors = [torch.randn(1, 5, 6, c, dtype=torch.float64, requires_grad=True) for c in (8, 36, 18)]
+    torch.library.opcheck(_dcnv3_softmax_core_op, (*tensors, *COMPILE_ARGS))
+
+
+def test_compiled_model_runs_the_core_as_one_op_with_eager_outputs_and_gradients():
+    from torch._dynamo.testing import EagerAndRecordGraphs
+
+    torch.manual_seed(0)
+    config = InternImageConfig(channels=16, depths=[1, 1, 2, 1], groups=[1, 2, 4, 8], drop_path_rate=0.0)
+    model = InternImageModel(config)
+    for parameter in model.parameters():  # non-zero offsets and weights: points off the regular grid
+        torch.nn.init.normal_(parameter, std=0.05)
+    pixel_values = torch.randn(2, 3, 64, 48)
+    expected = model(pixel_values).last_hidden_state
+    expected_grads = torch.autograd.grad(expected.square().sum(), list(model.parameters()))
+    graphs = EagerAndRecordGraphs()
+    compiled = torch.compile(model, backend=graphs, fullgraph=True)
+    output = compiled(pixel_values).last_hidden_state
+    grads = torch.autograd.grad(output.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(output, expected, atol=1e-6, rtol=0)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-5)
+    code = graphs.graphs[0].code
+    assert code.count("internimage_hf.dcnv3_softmax_core") == sum(config.depths)
+    assert "grid_sample" not in code

@@ -289,3 +289,17 @@ def test_device_map_auto_loads(tmp_path):
     assert set(model._no_split_modules) >= {"InternImageLayer"}
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 3)
+
+
+def test_conv_weights_are_channels_last_after_construction_and_loading(tmp_path):
+    # A convolution over channels-last activations copies a contiguous weight into channels-last on every call.
+    config = InternImageConfig(channels=16, depths=[1, 1, 1, 1], groups=[1, 2, 4, 8], num_labels=3)
+    model = InternImageForImageClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded = InternImageForImageClassification.from_pretrained(tmp_path)
+    for candidate in (model, loaded):
+        convs = [m for m in candidate.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert len(convs) == 2 + 4 + 3 + 1  # stem, depthwise per block, downsamples, head
+        assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    pixel_values = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, atol=0, rtol=0)

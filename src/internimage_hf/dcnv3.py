@@ -207,6 +207,59 @@ def softmax_over_points(mask_logits: torch.Tensor, group: int) -> torch.Tensor:
     return (weights / weights.sum(-1, keepdim=True)).flatten(-2)
 
 
+def _softmax_then_core(
+    value, offset, mask_logits, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+    group, group_channels, offset_scale, remove_center,
+):  # fmt: skip
+    mask = softmax_over_points(mask_logits, group)
+    return dcnv3_core(
+        value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+        dilation_h, dilation_w, group, group_channels, offset_scale, remove_center,
+    )  # fmt: skip
+
+
+# Under torch.compile the portable core runs as this opaque op, with the very same eager code: inductor's
+# decomposition of `grid_sample` into gathers compiled for minutes and ran slower than the ATen kernel, while the
+# rest of the model (LayerNorms, activations, residuals, linears) is what compiling speeds up.
+@torch.library.custom_op("internimage_hf::dcnv3_softmax_core", mutates_args=())
+def _dcnv3_softmax_core_op(
+    value: torch.Tensor, offset: torch.Tensor, mask_logits: torch.Tensor, kernel_h: int, kernel_w: int,
+    stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int, dilation_w: int, group: int,
+    group_channels: int, offset_scale: float, remove_center: bool,
+) -> torch.Tensor:  # fmt: skip
+    output = _softmax_then_core(value, offset, mask_logits, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)  # fmt: skip
+    return output.contiguous()  # the strides the fake implementation promises
+
+
+@_dcnv3_softmax_core_op.register_fake
+def _(value, offset, mask_logits, *args):
+    return value.new_empty(value.shape[0], offset.shape[1], offset.shape[2], value.shape[3])
+
+
+def _op_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:3])
+    ctx.arguments = inputs[3:]
+
+
+def _op_backward(ctx, grad_output):
+    # Recompute the eager forward with autograd on: the op keeps no intermediate (grid, samples) alive.
+    with torch.enable_grad():
+        tensors = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        output = _softmax_then_core(*tensors, *ctx.arguments)
+        wanted = [t for t in tensors if t.requires_grad]
+        grads = iter(torch.autograd.grad(output, wanted, grad_output) if wanted else ())
+    return (*(next(grads) if t.requires_grad else None for t in tensors), *([None] * len(ctx.arguments)))
+
+
+_dcnv3_softmax_core_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+def _compiling_not_exporting() -> bool:
+    # An exported program must stay portable (standard operators only), so export traces the plain formulation.
+    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+
+
 @use_kernel_forward_from_hub("DCNv3Core")
 class DCNv3Core(nn.Module):
     """Stateless DCNv3 core: softmax over each group's points, then `dcnv3_core` sampling.
@@ -243,10 +296,10 @@ class DCNv3Core(nn.Module):
         offset_scale: float,
         remove_center: bool,
     ) -> torch.Tensor:
-        mask = softmax_over_points(mask_logits, group)
-        return dcnv3_core(
-            value, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-            dilation_h, dilation_w, group, group_channels, offset_scale, remove_center,
+        core = _dcnv3_softmax_core_op if _compiling_not_exporting() else _softmax_then_core
+        return core(
+            value, offset, mask_logits, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+            dilation_h, dilation_w, group, group_channels, float(offset_scale), bool(remove_center),
         )  # fmt: skip
 
 

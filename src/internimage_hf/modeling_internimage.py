@@ -253,7 +253,24 @@ class InternImagePreTrainedModel(PreTrainedModel):
         checkpoints never start with ``model.``, so the mapping leaves them alone.
         """
         kwargs.setdefault("key_mapping", official_hub_key_mapping())
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return model.use_channels_last_conv_weights()
+
+    def use_channels_last_conv_weights(self):
+        """Store every convolution weight in channels-last memory, the layout of the activations it meets.
+
+        A convolution over channels-last input with a contiguous (NCHW) weight copies the weight into channels-last
+        on every call (e.g. 4.7 MB per forward for InternImage-T's last downsample). Done at construction and by
+        `from_pretrained`; loading weights any other way (e.g. a wrapping model's `from_pretrained`) may bring
+        contiguous weights back, and calling this again restores the faster layout. Values are unchanged.
+
+        Returns:
+            the model itself.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d) and module.weight.device.type != "meta":
+                module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+        return self
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
         """Always writes this package's own key names (a loaded official checkpoint is not renamed back)."""
@@ -369,6 +386,7 @@ class InternImageModel(InternImagePreTrainedModel):
         self.encoder = InternImageEncoder(config)
         self.pooler = nn.AdaptiveAvgPool2d(1)
         self.post_init()
+        self.use_channels_last_conv_weights()
         self._enable_checkpointing_from_config()
 
     def forward_stages(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -529,6 +547,7 @@ class InternImageForImageClassification(InternImagePreTrainedModel):
             nn.Linear(self.head.out_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
         )
         self.post_init()
+        self.use_channels_last_conv_weights()
 
     def forward(
         self,
@@ -600,6 +619,7 @@ class InternImageBackbone(BackboneMixin, InternImagePreTrainedModel):
         self.encoder = InternImageEncoder(config)
         self.num_features = [config.channels] + config.hidden_sizes
         self.post_init()
+        self.use_channels_last_conv_weights()
         self._enable_checkpointing_from_config()
 
     def forward(
