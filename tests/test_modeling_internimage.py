@@ -297,7 +297,9 @@ def test_conv_weights_are_channels_last_after_construction_and_loading(tmp_path)
     model = InternImageForImageClassification(config).eval()
     model.save_pretrained(tmp_path)
     loaded = InternImageForImageClassification.from_pretrained(tmp_path)
-    for candidate in (model, loaded):
+    with_info, info = InternImageForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    for candidate in (model, loaded, with_info):
         convs = [m for m in candidate.modules() if isinstance(m, torch.nn.Conv2d)]
         assert len(convs) == 2 + 4 + 3 + 1  # stem, depthwise per block, downsamples, head
         assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)

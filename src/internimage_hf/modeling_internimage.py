@@ -253,8 +253,10 @@ class InternImagePreTrainedModel(PreTrainedModel):
         checkpoints never start with ``model.``, so the mapping leaves them alone.
         """
         kwargs.setdefault("key_mapping", official_hub_key_mapping())
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        return model.use_channels_last_conv_weights()
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info=True
+        model.use_channels_last_conv_weights()
+        return loaded
 
     def use_channels_last_conv_weights(self):
         """Store every convolution weight in channels-last memory, the layout of the activations it meets.
