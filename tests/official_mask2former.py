@@ -9,6 +9,12 @@ from __future__ import annotations
 import torch
 
 LEVELS, POINTS = 3, 4
+# Head sizes for tests: the official head of the 256-d releases (Cityscapes, Mapillary, Pascal-Context, NYU) at
+# full size, and the 1024-d one (ADE20K, COCO-Stuff: 32 heads, 200 queries) scaled down to 64-d, 2 heads, 12 queries.
+CITYSCAPES_HEAD = dict(
+    dim=256, heads=8, enc_layers=6, dec_layers=9, enc_ffn=1024, dec_ffn=2048, queries=100, classes=19
+)
+SMALL_HEAD = dict(dim=64, heads=2, enc_layers=2, dec_layers=4, enc_ffn=256, dec_ffn=256, queries=12, classes=150)
 
 
 def official_head_shapes(

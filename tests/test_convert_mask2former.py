@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from official_mask2former import official_head_shapes, random_official_head
+from official_mask2former import CITYSCAPES_HEAD, SMALL_HEAD, official_head_shapes, random_official_head
 from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 from transformers.utils import is_torchvision_available
 
@@ -36,12 +36,6 @@ from internimage_hf.labels import segmentation_id2label
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 CITYSCAPES = "mask2former_internimage_h_1024x1024_80k_mapillary2cityscapes"
 ADE20K = "mask2former_internimage_h_896_80k_cocostuff2ade20k"
-# The official head of the 256-d releases (Cityscapes, Mapillary, Pascal-Context, NYU) at full size, and the
-# 1024-d one (ADE20K, COCO-Stuff) scaled down.
-CITYSCAPES_HEAD = dict(
-    dim=256, heads=8, enc_layers=6, dec_layers=9, enc_ffn=1024, dec_ffn=2048, queries=100, classes=19
-)
-SMALL_HEAD = dict(dim=64, heads=2, enc_layers=2, dec_layers=4, enc_ffn=256, dec_ffn=256, queries=12, classes=150)
 
 
 def backbone_config(golden) -> InternImageConfig:
