@@ -34,6 +34,7 @@ from internimage_hf.convert_checkpoint import ConversionError, convert_checkpoin
 from internimage_hf.labels import segmentation_id2label
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
+TOLERANCE = 1e-4
 CITYSCAPES = "mask2former_internimage_h_1024x1024_80k_mapillary2cityscapes"
 ADE20K = "mask2former_internimage_h_896_80k_cocostuff2ade20k"
 
@@ -234,8 +235,9 @@ def test_release_converts_with_verify(tiny_h, tmp_path, capsys):
     pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours, theirs = model(pixel_values), reference(pixel_values)
-    assert torch.equal(ours.class_queries_logits, theirs.class_queries_logits)
-    assert torch.equal(ours.masks_queries_logits, theirs.masks_queries_logits)
+    # not bit-equal: the loaded backbone stores its conv weights channels-last, which changes the conv's rounding
+    assert (ours.class_queries_logits - theirs.class_queries_logits).abs().max() < TOLERANCE
+    assert (ours.masks_queries_logits - theirs.masks_queries_logits).abs().max() < TOLERANCE
 
     processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
     assert processor["image_processor_type"] == "Mask2FormerImageProcessor"
