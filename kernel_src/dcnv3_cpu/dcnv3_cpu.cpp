@@ -9,11 +9,11 @@
 // Backward parallelises over (batch, group) pairs: each task owns the slice
 // grad_value[n, :, :, g * Cg : (g + 1) * Cg], so the bilinear scatter needs no atomics and the result
 // is deterministic. Offset and mask gradients are reductions over the group's channels computed in
-// the same pass.
+// the same pass; for `mask_logits` the softmax weights are recomputed per pixel and its Jacobian applied
+// in that pass too.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -75,15 +75,15 @@ void forward_dispatch(const scalar_t* value, const scalar_t* offset, const scala
 template <typename scalar_t, typename grad_t>
 void backward_dispatch(const scalar_t* grad_output, const scalar_t* value, const scalar_t* offset,
                        const scalar_t* mask, grad_t* grad_value, scalar_t* grad_offset, scalar_t* grad_mask,
-                       const Params& p) {
+                       const Params& p, bool mask_logits) {
 #if defined(DCNV3_HAVE_AVX2_PATH)
   if (use_avx2()) {
     return avx2::backward_typed<scalar_t, grad_t>(grad_output, value, offset, mask, grad_value, grad_offset,
-                                                  grad_mask, p);
+                                                  grad_mask, p, mask_logits);
   }
 #endif
   baseline::backward_typed<scalar_t, grad_t>(grad_output, value, offset, mask, grad_value, grad_offset, grad_mask,
-                                             p);
+                                             p, mask_logits);
 }
 
 }  // namespace
@@ -103,9 +103,12 @@ at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& offset, const 
   return output;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_output, const at::Tensor& value,
-                                                            const at::Tensor& offset, const at::Tensor& mask,
-                                                            const Params& p) {
+namespace {
+
+// Gradients w.r.t. value, offset and mask (or, with `mask_logits`, w.r.t. the logits the forward softmax-normalised).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad_output, const at::Tensor& value,
+                                                             const at::Tensor& offset, const at::Tensor& mask,
+                                                             const Params& p, bool mask_logits) {
   const bool reduced = value.scalar_type() == at::kHalf || value.scalar_type() == at::kBFloat16;
   // Half-precision gradients of value accumulate in float32, then are cast once at the end.
   at::Tensor grad_value_acc = at::zeros(value.sizes(), value.options().dtype(reduced ? at::kFloat : value.scalar_type()));
@@ -117,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
       backward_dispatch<scalar_t, grad_t>(grad_output.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
                                        offset.const_data_ptr<scalar_t>(), mask.const_data_ptr<scalar_t>(),
                                        grad_value_acc.mutable_data_ptr<grad_t>(), grad_offset.mutable_data_ptr<scalar_t>(),
-                                       grad_mask.mutable_data_ptr<scalar_t>(), p);
+                                       grad_mask.mutable_data_ptr<scalar_t>(), p, mask_logits);
     });
   } else {
     grad_offset.zero_();
@@ -127,21 +130,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
   return {grad_value, grad_offset, grad_mask};
 }
 
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_output, const at::Tensor& value,
+                                                            const at::Tensor& offset, const at::Tensor& mask,
+                                                            const Params& p) {
+  return backward_impl(grad_output, value, offset, mask, p, /*mask_logits=*/false);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_backward_cpu(const at::Tensor& grad_output,
                                                                     const at::Tensor& value, const at::Tensor& offset,
                                                                     const at::Tensor& mask_logits, const Params& p) {
-  if (p.points == 0) return backward_cpu(grad_output, value, offset, mask_logits, p);
-  // The softmax over each group's points, written elementwise (torch.softmax over 8- or 9-wide rows is slow on CPU).
-  const at::ScalarType compute = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor logits = mask_logits.to(compute).view({p.batch, p.out_h, p.out_w, p.group, p.points});
-  const at::Tensor exps = (logits - std::get<0>(logits.max(-1, /*keepdim=*/true))).exp();
-  const at::Tensor probs = exps / exps.sum(-1, /*keepdim=*/true);
-  auto [grad_value, grad_offset, grad_probs] =
-      backward_cpu(grad_output, value, offset, probs.view(mask_logits.sizes()).to(value.scalar_type()), p);
-  // Softmax Jacobian per (pixel, group): d logit = p * (d p - sum(p * d p)).
-  const at::Tensor gp = grad_probs.to(compute).view(probs.sizes());
-  const at::Tensor grad_logits = probs * (gp - (probs * gp).sum(-1, /*keepdim=*/true));
-  return {grad_value, grad_offset, grad_logits.view(mask_logits.sizes()).to(value.scalar_type())};
+  return backward_impl(grad_output, value, offset, mask_logits, p, /*mask_logits=*/p.points > 0);
 }
 
 }  // namespace dcnv3

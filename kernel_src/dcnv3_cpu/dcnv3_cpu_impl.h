@@ -322,10 +322,25 @@ inline void interior_backward(grad_t* __restrict__ grad_value_group, const scala
   dots[3] = d3;
 }
 
-// grad_t is the accumulation type of grad_value (float for half inputs, else scalar_t).
+// The softmax Jacobian of one group's P points, in place: d logit_k = w_k * (d w_k - sum_j w_j * d w_j).
+template <typename acc_t>
+inline void softmax_jacobian(const acc_t* __restrict__ weights, acc_t* __restrict__ grad, int64_t points) {
+  acc_t dot = acc_t(0);
+  for (int64_t k = 0; k < points; ++k) {
+    dot += weights[k] * grad[k];
+  }
+  for (int64_t k = 0; k < points; ++k) {
+    grad[k] = weights[k] * (grad[k] - dot);
+  }
+}
+
+// grad_t is the accumulation type of grad_value (float for half inputs, else scalar_t). With `mask_logits` the mask
+// holds logits: each task recomputes its group's softmax weights per pixel (as the forward does) and returns the
+// gradient w.r.t. the logits, so the training path never materialises the weights or their gradient.
 template <typename scalar_t, typename grad_t>
 void backward_typed(const scalar_t* grad_output, const scalar_t* value, const scalar_t* offset, const scalar_t* mask,
-                    grad_t* grad_value, scalar_t* grad_offset, scalar_t* grad_mask, const Params& p) {
+                    grad_t* grad_value, scalar_t* grad_offset, scalar_t* grad_mask, const Params& p,
+                    bool mask_logits) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t out_hw = p.out_h * p.out_w;
   const int64_t C = p.channels;
@@ -335,6 +350,8 @@ void backward_typed(const scalar_t* grad_output, const scalar_t* value, const sc
 
   // One task per (n, g): disjoint grad_value slices, hence race-free and deterministic.
   at::parallel_for(0, p.batch * G, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> weights(P);     // the group's point weights at the current pixel
+    std::vector<acc_t> grad_weights(P);  // d loss / d weight, before the softmax Jacobian
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / G;
       const int64_t g = task % G;
@@ -351,6 +368,9 @@ void backward_typed(const scalar_t* grad_output, const scalar_t* value, const sc
         const scalar_t* msk = mask + pix * G * P;
         scalar_t* goff = grad_offset + pix * G * P * 2;
         scalar_t* gmsk = grad_mask + pix * G * P;
+        if (mask_logits) {
+          pixel_point_weights<scalar_t, acc_t>(msk + g * P, 1, P, true, weights.data());
+        }
         for_each_tap(p, [&](int64_t i, int64_t j, int64_t point) {
           const int64_t q = g * P + point;
           const acc_t x = sample_x(grid, i, acc_t(off[2 * q]));
@@ -360,9 +380,10 @@ void backward_typed(const scalar_t* grad_output, const scalar_t* value, const sc
             goff[2 * q] = scalar_t(0);
             goff[2 * q + 1] = scalar_t(0);
             gmsk[q] = scalar_t(0);
+            grad_weights[point] = acc_t(0);
             return;
           }
-          const acc_t m = acc_t(msk[q]);
+          const acc_t m = mask_logits ? weights[point] : acc_t(msk[q]);
           acc_t dots[4];
           const bool interior = b.valid[0] && b.valid[1] && b.valid[2] && b.valid[3];
           if (interior) {
@@ -381,9 +402,16 @@ void backward_typed(const scalar_t* grad_output, const scalar_t* value, const sc
           }
           // d location / d offset = offset_scale; d out / d mask = the bilinear sample itself.
           gmsk[q] = static_cast<scalar_t>(sampled);
+          grad_weights[point] = sampled;
           goff[2 * q] = static_cast<scalar_t>(m * grid.scale * dx);
           goff[2 * q + 1] = static_cast<scalar_t>(m * grid.scale * dy);
         });
+        if (mask_logits) {
+          softmax_jacobian<acc_t>(weights.data(), grad_weights.data(), P);
+          for (int64_t k = 0; k < P; ++k) {
+            gmsk[g * P + k] = static_cast<scalar_t>(grad_weights[k]);
+          }
+        }
       }
     }
   });
