@@ -74,6 +74,7 @@ TINY_MASK2FORMER = {
     "encoder_feedforward_dim": 128,
     "dim_feedforward": 128,
     "num_attention_heads": 4,
+    "train_num_points": 2048,  # points sampled per mask for the mask losses (12544 by default, for 512+ crops)
 }
 SEGMENTATION_RESUME_OPTIONS = (
     *(name for name in RESUME_OPTIONS if name != "label_column"),
