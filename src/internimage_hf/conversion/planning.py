@@ -168,7 +168,10 @@ def plan_conversion(
 
 
 def segmentation_label_names(plan: ConversionPlan, num_labels: int) -> dict:
-    """``id2label``/``label2id`` config kwargs for a segmentation head: the plan's label set when its size matches."""
+    """``id2label``/``label2id`` config kwargs for a segmentation head: the plan's label set when its size matches.
+
+    A set of another size gives no names (``{}``) and a note in `plan.notes`, which the model card shows.
+    """
     if plan.segmentation_labels is None:
         return {}
     id2label = segmentation_id2label(plan.segmentation_labels)
