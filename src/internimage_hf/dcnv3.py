@@ -303,6 +303,7 @@ class DCNv3Core(nn.Module):
         )  # fmt: skip
 
 
+@use_kernel_forward_from_hub("InternImageDCNv3")
 class InternImageDCNv3(nn.Module):
     """The DCNv3 operator with its projections: ``(N, H, W, channels)`` -> ``(N, H, W, channels)``, channels-last.
 

@@ -1,10 +1,11 @@
 """Swap the PyTorch DCNv3 core for the compiled hub kernel (``internimage-hf/dcnv3``) with ``kernels``.
 
 The model's `internimage_hf.dcnv3.DCNv3Core` modules are tagged for the ``kernels`` library
-(``use_kernel_forward_from_hub("DCNv3Core")``), and so are its MLPs (``"InternImageMLP"``). `kernelize`
-replaces their forward with the kernel's ``layers.DCNv3Core`` (cuda and cpu) and ``layers.InternImageMLP``
-(cpu only: oneDNN linears with fused bias and activation for float32 inference) when the kernel can be
-loaded, and otherwise keeps the portable PyTorch path:
+(``use_kernel_forward_from_hub("DCNv3Core")``), and so are its MLPs (``"InternImageMLP"``) and DCNv3 operators
+(``"InternImageDCNv3"``). `kernelize` replaces their forward with the kernel's ``layers.DCNv3Core`` (cuda and
+cpu), ``layers.InternImageMLP`` and ``layers.InternImageDCNv3`` (cpu only: oneDNN linears with the bias (and the
+MLP's activation) fused, for float32 inference) when the kernel can be loaded, and otherwise keeps the portable
+PyTorch path:
 
 - importing this module imports neither ``kernels`` nor anything that touches the network;
 - the network is only contacted by `kernelize` (or by `from_pretrained(..., use_kernels=True)` after
@@ -47,8 +48,9 @@ logger = logging.getLogger(__name__)
 
 DCNV3_LAYER_NAME = "DCNv3Core"
 MLP_LAYER_NAME = "InternImageMLP"
-# Devices each kernel layer is mapped for: the MLP layer only pays off where oneDNN runs the linears.
-LAYER_DEVICES = {DCNV3_LAYER_NAME: ("cuda", "cpu"), MLP_LAYER_NAME: ("cpu",)}
+OPERATOR_LAYER_NAME = "InternImageDCNv3"
+# Devices each kernel layer is mapped for: the MLP and operator layers only pay off where oneDNN runs the linears.
+LAYER_DEVICES = {DCNV3_LAYER_NAME: ("cuda", "cpu"), MLP_LAYER_NAME: ("cpu",), OPERATOR_LAYER_NAME: ("cpu",)}
 SUPPORTED_DEVICES = ("cuda", "cpu")
 PYTORCH_BACKEND = "pytorch"
 
@@ -275,6 +277,7 @@ __all__ = [
     "KERNEL_ENV",
     "LAYER_DEVICES",
     "MLP_LAYER_NAME",
+    "OPERATOR_LAYER_NAME",
     "REVISION_ENV",
     "KernelPinError",
     "KernelSource",

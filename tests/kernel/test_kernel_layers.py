@@ -1,4 +1,5 @@
-"""The kernel's `layers.InternImageMLP` (oneDNN fused linears on CPU) against the model's own MLP."""
+"""The kernel's CPU layers `InternImageMLP` and `InternImageDCNv3` (oneDNN fused linears) against the model's own
+modules."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from internimage_hf import InternImageConfig, hub_kernels
+from internimage_hf.dcnv3 import InternImageDCNv3
 from internimage_hf.modeling_internimage import InternImageMLP
 
 
@@ -106,6 +108,8 @@ def test_kernel_mapping_serves_the_mlp_on_cpu_only():
     both = hub_kernels._kernel_mapping(source, ("cuda", "cpu"))
     assert set(both[hub_kernels.MLP_LAYER_NAME]) == {"cpu"}
     assert both[hub_kernels.MLP_LAYER_NAME]["cpu"].layer_name == hub_kernels.MLP_LAYER_NAME
+    assert cuda[hub_kernels.OPERATOR_LAYER_NAME] == {}
+    assert set(both[hub_kernels.OPERATOR_LAYER_NAME]) == {"cpu"}
 
 
 def test_mlp_without_a_device_entry_keeps_its_forward(caplog):
@@ -122,3 +126,76 @@ def test_mlp_without_a_device_entry_keeps_its_forward(caplog):
         kernels.kernelize(module, mode=kernels.Mode.INFERENCE, device="cuda")
     assert not hub_kernels._runs_kernel(module)
     assert not caplog.records
+
+
+# ------------------------------------------------------------------------------------- the DCNv3 operator layer
+
+OPERATOR_VARIANTS = {
+    "t": {},
+    "h_style": {"center_feature_scale": True, "dw_kernel_size": 5},
+    "remove_center_scale2": {"remove_center": True, "offset_scale": 2.0, "act_layer": "SiLU"},
+}
+
+
+def operator(variant: str = "t", channels: int = 32, group: int = 4) -> InternImageDCNv3:
+    torch.manual_seed(0)
+    module = InternImageDCNv3(channels=channels, group=group, **OPERATOR_VARIANTS[variant]).eval()
+    for parameter in module.parameters():  # offsets of a few pixels, uneven point weights
+        torch.nn.init.normal_(parameter, std=0.2)
+    return module
+
+
+def with_core_kernel(module: InternImageDCNv3, kernel) -> InternImageDCNv3:
+    module.core.forward = types.MethodType(kernel.layers.DCNv3Core.forward, module.core)
+    return module
+
+
+def with_operator_kernel(module: InternImageDCNv3, kernel) -> InternImageDCNv3:
+    module.forward = types.MethodType(kernel.layers.InternImageDCNv3.forward, module)
+    return with_core_kernel(module, kernel)
+
+
+@pytest.mark.parametrize("variant", sorted(OPERATOR_VARIANTS))
+def test_operator_inference_matches_the_model_operator(dcnv3_kernel, fused_calls, variant):
+    reference = operator(variant)
+    fused = with_operator_kernel(operator(variant), dcnv3_kernel)
+    hidden = torch.randn(2, 9, 7, 32).permute(0, 2, 1, 3)  # a strided channels-last view, as stages hand it over
+    with torch.no_grad():
+        expected = reference(hidden)
+        out = fused(hidden)
+    assert fused_calls == ["none"] * 4  # input_proj, offset, mask, output_proj
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["gradients", "bfloat16", "autocast"])
+def test_operator_keeps_the_module_path_when_onednn_would_differ(dcnv3_kernel, fused_calls, case):
+    reference = with_core_kernel(operator("h_style"), dcnv3_kernel)  # the same core: only the path may differ
+    fused = with_operator_kernel(operator("h_style"), dcnv3_kernel)
+    hidden = torch.randn(2, 6, 5, 32)
+    if case == "bfloat16":
+        reference, fused, hidden = reference.bfloat16(), fused.bfloat16(), hidden.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
+        outputs = [module(hidden.clone().requires_grad_(case == "gradients")) for module in (reference, fused)]
+    assert fused_calls == []
+    torch.testing.assert_close(outputs[1], outputs[0], atol=0, rtol=0)
+    if case == "gradients":
+        grads = [torch.autograd.grad(out.square().sum(), module.offset.weight)[0]
+                 for out, module in zip(outputs, (reference, fused), strict=True)]  # fmt: skip
+        torch.testing.assert_close(grads[1], grads[0], atol=0, rtol=0)
+
+
+def test_kernelize_serves_the_operator_on_cpu(cpu_kernel_build, fused_calls):
+    pytest.importorskip("kernels")
+    from internimage_hf import InternImageForImageClassification, kernelize
+
+    config = InternImageConfig(channels=16, depths=[1, 1, 2, 1], groups=[1, 2, 4, 8], num_labels=3)
+    torch.manual_seed(0)
+    model = InternImageForImageClassification(config).eval()
+    reference = copy.deepcopy(model)
+    kernelize(model, mode="inference", local_path=cpu_kernel_build.root)
+    operators = [m for m in model.modules() if isinstance(m, InternImageDCNv3)]
+    assert len(operators) == 5 and all(hub_kernels._runs_kernel(m) for m in operators)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values).logits, reference(pixel_values).logits, atol=1e-5, rtol=1e-5)
+    assert fused_calls.count("none") == 4 * 5 + 5  # four linears per operator, fc2 of every MLP
