@@ -42,7 +42,7 @@ SYNTHETIC_RECIPE = {
     "image_size": 64,
     "learning_rate": 2e-3,
     "weight_decay": 0.01,
-    "num_train_epochs": 3.0,
+    "num_train_epochs": 4.0,
     "warmup_steps": 20,
     "max_grad_norm": 1.0,
     "per_device_train_batch_size": 8,
