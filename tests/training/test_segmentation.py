@@ -126,3 +126,47 @@ def test_options_are_resolved_from_the_data():
         parse_segmentation_options(["--dataset", "some/data"])
     with pytest.raises(SystemExit):
         parse_segmentation_options(["--architecture", "deeplab"])
+
+
+def test_two_process_evaluation_counts_every_pixel_once(tmp_path):
+    """10 eval images over 2 processes x batch 4: the padded last batch must not be counted twice."""
+    import os
+    import subprocess
+    import sys
+
+    from test_distributed import REPO, free_port
+
+    from internimage_hf.training.segmentation import IMAGENET_MEAN, IMAGENET_STD
+    from internimage_hf.training.segmentation_data import JointTransform, SyntheticShapes
+    from internimage_hf.training.segmentation_metrics import confusion_matrix, segmentation_metrics
+
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()),
+    ]  # fmt: skip
+    train = [str(REPO / "scripts" / "train_segmentation.py"), "--use_cpu", "--write_replica_checksums"]
+    run = ("--max_steps", "4", "--synthetic_train_samples", "32", "--synthetic_eval_samples", "10",
+           "--per_device_eval_batch_size", "4")  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        launch + train + segmentation_args(tmp_path, *run), capture_output=True, text=True, env=env, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert (tmp_path / "replica_checksum_0.txt").read_text() == (tmp_path / "replica_checksum_1.txt").read_text()
+    reported = json.loads((tmp_path / "all_results.json").read_text())
+
+    from transformers import UperNetForSemanticSegmentation
+
+    model = UperNetForSemanticSegmentation.from_pretrained(tmp_path).eval()
+    transform = JointTransform(64, IMAGENET_MEAN, IMAGENET_STD)
+    pairs = [transform(*SyntheticShapes(10, 64, seed=42, split="validation")[index]) for index in range(10)]
+    pixel_values, labels = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    with torch.no_grad():
+        predictions = model(pixel_values=pixel_values).logits.argmax(dim=1)
+    expected = segmentation_metrics(
+        confusion_matrix(predictions, labels, 4), ["background", "square", "disc", "triangle"]
+    )
+    assert reported["eval_samples"] == 10
+    for key in ("mean_iou", "pixel_accuracy", "iou_square"):
+        assert reported[f"eval_{key}"] == pytest.approx(expected[key], abs=1e-12), key

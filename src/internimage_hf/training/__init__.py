@@ -6,7 +6,10 @@
 - `ema`: `ModelEMA`; `checkpointing`: atomic, resumable, pickle-free checkpoints (`rng_state`: generator states
   as safetensors); `run_dir`: output_dir ownership (run id), its lock and the settings a resume must keep;
 - `metrics`: top-k accuracy, losses;
-- `loop`: the `Trainer` (one run) and `train()`; `predict`: reload + `pipeline()` check; `hub`: model card.
+- `loop`: the `Trainer` (one run) and `train()`; `predict`: reload + `pipeline()` check; `hub`: model card;
+- `segmentation` (`scripts/train_segmentation.py`): UperNet / Mask2Former with an InternImage backbone, the same
+  `Trainer` with the segmentation task hooks; `segmentation_data`: the synthetic task, mask folders, `datasets`,
+  joint image/mask transforms; `segmentation_metrics`: mIoU, per-class IoU and pixel accuracy.
 """
 
 from .arguments import DIGITS_RECIPE, OFFICIAL_RECIPE, TrainingOptions, parse_options, resolve_defaults
