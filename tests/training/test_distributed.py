@@ -20,19 +20,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_process_cpu_ddp_keeps_replicas_identical(imagefolder, tmp_path):
+def launch_two_processes(script: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `scripts/<script>` on two CPU processes, each writing its weights' checksum."""
     # `--multi_gpu` selects torchrun-style launching; `--use_cpu` makes Accelerate use gloo on CPU.
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(free_port()),
     ]  # fmt: skip
-    train = [str(REPO / "scripts" / "train.py"), "--use_cpu", "--write_replica_checksums"]
-    extra = ("--max_steps", "4", "--drop_path_rate", "0.1", "--ema_decay", "0.9")
+    train = [str(REPO / "scripts" / script), "--use_cpu", "--write_replica_checksums"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(
-        launch + train + run_args(imagefolder, tmp_path, *extra), capture_output=True, text=True, env=env, timeout=300
-    )
+    return subprocess.run(launch + train + args, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_two_process_cpu_ddp_keeps_replicas_identical(imagefolder, tmp_path):
+    extra = ("--max_steps", "4", "--drop_path_rate", "0.1", "--ema_decay", "0.9")
+    completed = launch_two_processes("train.py", run_args(imagefolder, tmp_path, *extra))
     assert completed.returncode == 0, completed.stderr[-4000:]
     checksums = [(tmp_path / f"replica_checksum_{rank}.txt").read_text() for rank in range(2)]
     assert checksums[0] == checksums[1]

@@ -130,28 +130,15 @@ def test_options_are_resolved_from_the_data():
 
 def test_two_process_evaluation_counts_every_pixel_once(tmp_path):
     """10 eval images over 2 processes x batch 4: the padded last batch must not be counted twice."""
-    import os
-    import subprocess
-    import sys
-
-    from test_distributed import REPO, free_port
+    from test_distributed import launch_two_processes
 
     from internimage_hf.training.segmentation import IMAGENET_MEAN, IMAGENET_STD
     from internimage_hf.training.segmentation_data import JointTransform, SyntheticShapes
     from internimage_hf.training.segmentation_metrics import confusion_matrix, segmentation_metrics
 
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()),
-    ]  # fmt: skip
-    train = [str(REPO / "scripts" / "train_segmentation.py"), "--use_cpu", "--write_replica_checksums"]
     run = ("--max_steps", "4", "--synthetic_train_samples", "32", "--synthetic_eval_samples", "10",
            "--per_device_eval_batch_size", "4")  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(
-        launch + train + segmentation_args(tmp_path, *run), capture_output=True, text=True, env=env, timeout=300
-    )
+    completed = launch_two_processes("train_segmentation.py", segmentation_args(tmp_path, *run))
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert (tmp_path / "replica_checksum_0.txt").read_text() == (tmp_path / "replica_checksum_1.txt").read_text()
     reported = json.loads((tmp_path / "all_results.json").read_text())

@@ -15,21 +15,33 @@ from .run_dir import OutputDirError
 USER_ERRORS = (CheckpointError, ColumnError, OutputDirError, UnreadableImageError)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse options, train, and on the built-in digits data reload the result and print predictions."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    options = parse_options(argv)
-    from .loop import Trainer
+def run_trainer(trainer_class, options):
+    """Set up logging and run `trainer_class(options)`: (trainer, results); (None, None) after a user error.
 
+    A user error (see `USER_ERRORS`) is printed without a traceback; the main process prints the results as JSON.
+    """
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        trainer = Trainer(options)
+        trainer = trainer_class(options)
         results = trainer.run()
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
+        return None, None
+    if trainer.accelerator.is_main_process:
+        print(json.dumps(results, indent=2))
+    return trainer, results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, train, and on the built-in digits data reload the result and print predictions."""
+    from .loop import Trainer
+
+    trainer, results = run_trainer(Trainer, parse_options(argv))
+    if trainer is None:
         return 2
     if not trainer.accelerator.is_main_process:
         return 0
-    print(json.dumps(results, indent=2))
+    options = trainer.options
     if uses_builtin_digits(options) and options.num_predictions > 0:
         from .predict import reload_and_predict
 

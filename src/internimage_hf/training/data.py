@@ -43,8 +43,22 @@ class UnreadableImageError(OSError):
     """An image of the dataset cannot be decoded (truncated, corrupt or not an image)."""
 
 
+class LabelMaps:
+    """`id2label` and `label2id` (the model config's) from the `label_names` of a data class."""
+
+    label_names: list[str]
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: index for index, name in enumerate(self.label_names)}
+
+
 @dataclass
-class ClassificationData:
+class ClassificationData(LabelMaps):
     """A training split, an evaluation split and the column names and label names they share."""
 
     train: Any  # datasets.Dataset
@@ -60,14 +74,6 @@ class ClassificationData:
     def num_train_samples(self) -> int:
         """Training images a run uses (all rows but the skipped ones)."""
         return len(self.train) - len(self.skipped_train_rows)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.label_names))
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: index for index, name in enumerate(self.label_names)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -348,15 +354,21 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
 
 
-class ImageClassificationDataset(Dataset):
-    """Yields `{"image": PIL RGB or pixel tensor, "labels": int}`; the transform runs under a per-sample seed."""
+def seeded_call(transform, seed: int, *inputs):
+    """`transform(*inputs)` with torch's global generator seeded by `seed`, then restored (the step's draws stay)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(*inputs)
 
-    def __init__(
-        self, dataset, image_column: str, label_column: str, transform=None, seed: int = 0, split: str = "train"
-    ) -> None:
-        self.dataset = dataset
-        self.image_column = image_column
-        self.label_column = label_column
+
+class SeededAugmentationDataset(Dataset):
+    """Base of the training datasets: `rows[i]` augmented by `transform` under the seed `(seed, epoch, i)`.
+
+    The training loop calls `set_epoch`, so every epoch draws new augmentations and a resumed run the same ones.
+    """
+
+    def __init__(self, rows, transform=None, seed: int = 0, split: str = "train") -> None:
+        self.rows = rows
         self.transform = transform
         self.seed = seed
         self.split = split
@@ -366,7 +378,23 @@ class ImageClassificationDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.rows)
+
+    def augment(self, index: int, *inputs):
+        """`transform(*inputs)` under this sample's seed for the current epoch."""
+        return seeded_call(self.transform, sample_seed(self.seed, self.epoch, int(index)), *inputs)
+
+
+class ImageClassificationDataset(SeededAugmentationDataset):
+    """Yields `{"image": PIL RGB or pixel tensor, "labels": int}`; the transform runs under a per-sample seed."""
+
+    def __init__(
+        self, dataset, image_column: str, label_column: str, transform=None, seed: int = 0, split: str = "train"
+    ) -> None:
+        super().__init__(dataset, transform, seed, split)
+        self.dataset = dataset
+        self.image_column = image_column
+        self.label_column = label_column
 
     def __getitem__(self, index: int) -> dict:
         try:
@@ -375,9 +403,7 @@ class ImageClassificationDataset(Dataset):
         except IMAGE_DECODE_ERRORS as error:
             raise unreadable_image_error(self.dataset, self.image_column, index, self.split, error) from error
         if self.transform is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed(self.seed, self.epoch, int(index)))
-                image = self.transform(image)
+            image = self.augment(index, image)
         return {"image": image, "labels": int(example[self.label_column])}
 
 
@@ -429,8 +455,13 @@ def build_dataloaders(data: ClassificationData, options, image_processor, train_
     )
     eval_set = ImageClassificationDataset(data.eval, data.image_column, data.label_column, split=data.eval_split)
     sampler = EpochPermutationSampler(len(train_set), options.seed, data.skipped_train_rows)
-    collate = ImageCollator(image_processor)
-    common = {"collate_fn": collate, "num_workers": options.dataloader_num_workers}
+    train_loader, eval_loader = seeded_loaders(train_set, eval_set, sampler, ImageCollator(image_processor), options)
+    return train_loader, eval_loader, train_set, sampler
+
+
+def seeded_loaders(train_set, eval_set, sampler, collate_fn, options) -> tuple[DataLoader, DataLoader]:
+    """Train loader (order from `sampler`) and eval loader (in order), batch sizes and workers from `options`."""
+    common = {"collate_fn": collate_fn, "num_workers": options.dataloader_num_workers}
     # Own generators: creating a loader iterator must not draw from the global RNG (exact resume).
     train_loader = DataLoader(
         train_set, batch_size=options.per_device_train_batch_size, sampler=sampler, drop_last=False,
@@ -440,4 +471,4 @@ def build_dataloaders(data: ClassificationData, options, image_processor, train_
         eval_set, batch_size=options.per_device_eval_batch_size, shuffle=False,
         generator=torch.Generator().manual_seed(options.seed), **common,
     )  # fmt: skip
-    return train_loader, eval_loader, train_set, sampler
+    return train_loader, eval_loader

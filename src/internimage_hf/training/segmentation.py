@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -382,17 +381,8 @@ class SegmentationTrainer(Trainer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse options and fine-tune; prints the final metrics as JSON."""
-    from .cli import USER_ERRORS
+    """Parse options and fine-tune; the main process prints the final metrics as JSON."""
+    from .cli import run_trainer
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    options = parse_segmentation_options(argv)
-    try:
-        trainer = SegmentationTrainer(options)
-        results = trainer.run()
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if trainer.accelerator.is_main_process:
-        print(json.dumps(results, indent=2))
-    return 0
+    trainer, _ = run_trainer(SegmentationTrainer, parse_segmentation_options(argv))
+    return 0 if trainer is not None else 2

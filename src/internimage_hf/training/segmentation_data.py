@@ -18,14 +18,15 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
 from .data import (
     ColumnError,
     EpochPermutationSampler,
+    LabelMaps,
+    SeededAugmentationDataset,
     find_column,
     has_torchvision,
-    sample_seed,
+    seeded_loaders,
     select_named_splits,
 )
 
@@ -42,7 +43,7 @@ FOLDER_IMAGES, FOLDER_MASKS = "images", "masks"
 
 
 @dataclass
-class SegmentationData:
+class SegmentationData(LabelMaps):
     """Training and evaluation pairs and the class names they share."""
 
     train: Any  # a sequence of (PIL image, int64 mask) pairs
@@ -54,14 +55,6 @@ class SegmentationData:
     @property
     def num_train_samples(self) -> int:
         return len(self.train)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.label_names))
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: index for index, name in enumerate(self.label_names)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -366,25 +359,15 @@ def _resize(pixels: torch.Tensor, labels: torch.Tensor, size: tuple[int, int]) -
 # Datasets and loaders
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(SeededAugmentationDataset):
     """Yields `{"pixel_values": (3, S, S), "labels": (S, S)}`; the transform runs under a per-sample seed."""
 
     def __init__(self, pairs, transform: JointTransform, num_labels: int, seed: int = 0, split: str = "train") -> None:
-        self.pairs = pairs
-        self.transform = transform
+        super().__init__(pairs, transform, seed, split)
         self.num_labels = num_labels
-        self.seed = seed
-        self.split = split
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image, mask = self.pairs[int(index)]
+        image, mask = self.rows[int(index)]
         bad = (mask != IGNORE_INDEX) & ((mask < 0) | (mask >= self.num_labels))
         if bad.any():
             raise ValueError(
@@ -392,9 +375,7 @@ class SegmentationDataset(Dataset):
                 f"outside [0, {self.num_labels}) that are not the ignore index {IGNORE_INDEX}; pass --num_labels, "
                 "--label_names or --reduce_labels to match the masks"
             )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, int(index)))
-            pixel_values, labels = self.transform(image, mask)
+        pixel_values, labels = self.augment(index, image, mask)
         return {"pixel_values": pixel_values, "labels": labels}
 
 
@@ -412,14 +393,5 @@ def build_segmentation_dataloaders(data: SegmentationData, options, train_transf
     train_set = SegmentationDataset(data.train, train_transform, num_labels, options.seed, data.train_split)
     eval_set = SegmentationDataset(data.eval, eval_transform, num_labels, options.seed, data.eval_split)
     sampler = EpochPermutationSampler(len(train_set), options.seed)
-    common = {"collate_fn": collate_segmentation, "num_workers": options.dataloader_num_workers}
-    # Own generators: creating a loader iterator must not draw from the global RNG (exact resume).
-    train_loader = DataLoader(
-        train_set, batch_size=options.per_device_train_batch_size, sampler=sampler,
-        generator=torch.Generator().manual_seed(options.seed), **common,
-    )  # fmt: skip
-    eval_loader = DataLoader(
-        eval_set, batch_size=options.per_device_eval_batch_size, shuffle=False,
-        generator=torch.Generator().manual_seed(options.seed), **common,
-    )  # fmt: skip
+    train_loader, eval_loader = seeded_loaders(train_set, eval_set, sampler, collate_segmentation, options)
     return train_loader, eval_loader, train_set, sampler
