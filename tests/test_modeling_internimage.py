@@ -305,3 +305,21 @@ def test_conv_weights_are_channels_last_after_construction_and_loading(tmp_path)
         assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     pixel_values = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("build", ["model", "operator"])
+def test_fresh_weights_follow_the_official_dcnv3_initialisation(build):
+    # Transformers >= 5.2x skips re-initialising tensors it has marked, so each linear must get its rule directly.
+    torch.manual_seed(0)
+    if build == "model":
+        config = InternImageConfig(channels=16, depths=[1, 1, 2, 1], groups=[1, 2, 4, 8], num_labels=3)
+        operators = [m.dcn for m in InternImageForImageClassification(config).modules() if hasattr(m, "dcn")]
+    else:
+        operators = [InternImageDCNv3(channels=32, group=4)]
+    for dcn in operators:
+        for linear in (dcn.offset, dcn.mask):
+            assert not linear.weight.any() and not linear.bias.any()
+        for linear in (dcn.input_proj, dcn.output_proj):
+            bound = (6 / sum(linear.weight.shape)) ** 0.5  # xavier_uniform
+            assert linear.weight.abs().max() <= bound and linear.weight.std() > bound / 3
+            assert not linear.bias.any()

@@ -39,6 +39,9 @@ except ImportError:  # pragma: no cover - exercised in environments without `ker
 if TYPE_CHECKING:
     from .configuration_internimage import InternImageConfig
 
+# Attribute naming the official initialisation of an operator's linear (read by the model's weight init).
+DCNV3_INIT_ATTR = "_dcnv3_init"
+
 # Activation names of the official implementation (its `build_act_layer`).
 ACTIVATIONS = {"GELU": nn.GELU, "ReLU": nn.ReLU, "SiLU": nn.SiLU}
 
@@ -372,11 +375,26 @@ class InternImageDCNv3(nn.Module):
         self.offset = nn.Linear(channels, group * self.points * 2)
         self.mask = nn.Linear(channels, group * self.points)
         self.output_proj = nn.Linear(channels, channels)
+        for linear, rule in ((self.offset, "zeros"), (self.mask, "zeros"), (self.input_proj, "xavier_uniform"),
+                             (self.output_proj, "xavier_uniform")):  # fmt: skip
+            setattr(linear, DCNV3_INIT_ATTR, rule)
+        self._reset_parameters()
         self.center_feature_scale = center_feature_scale
         if center_feature_scale:
             self.center_feature_scale_proj_weight = nn.Parameter(torch.zeros(group, channels))
             self.center_feature_scale_proj_bias = nn.Parameter(torch.zeros(group))
         self.core = DCNv3Core()
+
+    @torch.no_grad()
+    def _reset_parameters(self) -> None:
+        """The official initialisation (also applied by `InternImagePreTrainedModel`): every point starts on the
+        regular grid with equal weight (zero offset and logit projections), Xavier-uniform projections."""
+        for linear in (self.offset, self.mask, self.input_proj, self.output_proj):
+            if getattr(linear, DCNV3_INIT_ATTR) == "zeros":
+                nn.init.zeros_(linear.weight)
+            else:
+                nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
 
     @classmethod
     def from_config(

@@ -26,7 +26,7 @@ from transformers.modeling_outputs import (
 
 from .configuration_internimage import InternImageConfig
 from .conversion import official_hub_key_mapping
-from .dcnv3 import InternImageDCNv3, build_activation, use_kernel_forward_from_hub
+from .dcnv3 import DCNV3_INIT_ATTR, InternImageDCNv3, build_activation, use_kernel_forward_from_hub
 
 # Constants of the official CLIP-projector head of InternImage-H/G.
 CLIP_PRETRAIN_EMBED_DIM = 1024
@@ -282,9 +282,7 @@ class InternImagePreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """Official initialisation: truncated-normal linears, PyTorch-default convs, DCNv3 regular grid."""
         if isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=self.config.initializer_range)
-            if module.bias is not None:
-                init.zeros_(module.bias)
+            self._init_linear(module)
         elif isinstance(module, nn.Conv2d):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
@@ -306,16 +304,22 @@ class InternImagePreTrainedModel(PreTrainedModel):
             for bias in (module.q_bias, module.k_bias, module.v_bias):
                 init.zeros_(bias)
 
+    def _init_linear(self, module: nn.Linear) -> None:
+        # Each linear is initialised once, here: Transformers >= 5.2x marks initialised tensors and its `init`
+        # functions then leave them alone, so a parent module cannot re-initialise its children afterwards.
+        rule = getattr(module, DCNV3_INIT_ATTR, None)
+        if rule == "zeros":  # DCNv3 offsets and point logits: every point starts on the regular grid, equal weights
+            init.zeros_(module.weight)
+        elif rule == "xavier_uniform":  # DCNv3 input and output projections
+            init.xavier_uniform_(module.weight)
+        else:
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+
     @staticmethod
     def _init_dcnv3(module: InternImageDCNv3) -> None:
-        # Zero offsets and equal point weights: every point starts on the regular grid.
-        # Runs after the generic Linear init of the children (initialisation visits children first).
-        for linear in (module.offset, module.mask):
-            init.zeros_(linear.weight)
-            init.zeros_(linear.bias)
-        for linear in (module.input_proj, module.output_proj):
-            init.xavier_uniform_(linear.weight)
-            init.zeros_(linear.bias)
+        # Its linears are initialised by `_init_linear` (see `DCNV3_INIT_ATTR`); only its own parameters here.
         if module.center_feature_scale:
             init.zeros_(module.center_feature_scale_proj_weight)
             init.zeros_(module.center_feature_scale_proj_bias)
