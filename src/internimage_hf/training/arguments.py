@@ -98,6 +98,12 @@ class CommonTrainingOptions:
         "gives multi-process CPU data parallelism (gloo).",
         default=False,
     )
+    cpu_threads: int = _help(
+        "Intra-op threads when training on CPU; 0 = automatic: one thread when a micro-batch holds fewer pixels "
+        "than one 224x224 image (such steps gain little from threads and stall badly when another process takes a "
+        "core), else torch's default. An OMP_NUM_THREADS in the environment is respected.",
+        default=0,
+    )
 
     # --- output, logging, checkpoints ---
     output_dir: str | None = _help("Where everything goes.", default=None)

@@ -36,6 +36,7 @@ from .run_dir import (
     remove_outputs,
     resume_settings,
 )
+from .threads import apply_cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +165,8 @@ class Trainer:
             check_resume_settings(self.resumed_run.settings, self.run_record.settings, self.resume_path)
         model = self._build_model()
         self.image_size = model_image_size(model, options)
+        batch_size = options.per_device_train_batch_size or 1
+        self.cpu_threads = apply_cpu_threads(options.cpu_threads, batch_size, self.image_size, self.accelerator.device)
         self.image_processor = self._build_image_processor()
         set_seed(options.seed, device_specific=True)
         if options.gradient_checkpointing:
