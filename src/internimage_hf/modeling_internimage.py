@@ -258,6 +258,11 @@ class InternImagePreTrainedModel(PreTrainedModel):
         model.use_channels_last_conv_weights()
         return loaded
 
+    def post_init(self) -> None:
+        """Transformers' end-of-construction step, then the convolution weights in channels-last memory."""
+        super().post_init()
+        self.use_channels_last_conv_weights()
+
     def use_channels_last_conv_weights(self):
         """Store every convolution weight in channels-last memory, the layout of the activations it meets.
 
@@ -392,7 +397,6 @@ class InternImageModel(InternImagePreTrainedModel):
         self.encoder = InternImageEncoder(config)
         self.pooler = nn.AdaptiveAvgPool2d(1)
         self.post_init()
-        self.use_channels_last_conv_weights()
         self._enable_checkpointing_from_config()
 
     def forward_stages(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -553,7 +557,6 @@ class InternImageForImageClassification(InternImagePreTrainedModel):
             nn.Linear(self.head.out_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
         )
         self.post_init()
-        self.use_channels_last_conv_weights()
 
     def forward(
         self,
@@ -625,7 +628,6 @@ class InternImageBackbone(BackboneMixin, InternImagePreTrainedModel):
         self.encoder = InternImageEncoder(config)
         self.num_features = [config.channels] + config.hidden_sizes
         self.post_init()
-        self.use_channels_last_conv_weights()
         self._enable_checkpointing_from_config()
 
     def forward(
