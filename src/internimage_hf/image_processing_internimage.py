@@ -87,6 +87,23 @@ def warn_if_already_rescaled(image, do_rescale: bool | None) -> None:
         )
 
 
+class InternImageTransformDefaults:
+    """The official evaluation transform's settings, shared by both backends (keyword arguments override them)."""
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = IMAGENET_DEFAULT_MEAN
+    image_std = IMAGENET_DEFAULT_STD
+    size = {"shortest_edge": DEFAULT_IMAGE_SIZE}
+    crop_size = {"height": DEFAULT_IMAGE_SIZE, "width": DEFAULT_IMAGE_SIZE}
+    default_to_square = False
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+    model_input_names = ["pixel_values"]
+
+
 class InternImageInputsMixin:
     """Input handling shared by both backends; it runs on each raw image before the backend converts it."""
 
@@ -139,7 +156,9 @@ class InternImageSegmentationMixin:
         return maps
 
 
-class InternImageImageProcessor(InternImageInputsMixin, InternImageSegmentationMixin, TorchvisionBackend):
+class InternImageImageProcessor(
+    InternImageTransformDefaults, InternImageInputsMixin, InternImageSegmentationMixin, TorchvisionBackend
+):
     """InternImage image processor on the torchvision backend: the official evaluation transform.
 
     Pass `size`/`crop_size` for the 384/512/640 checkpoints; `InternImageImageProcessorPil` is the same transform
@@ -166,19 +185,6 @@ class InternImageImageProcessor(InternImageInputsMixin, InternImageSegmentationM
     made upright from its EXIF orientation (PIL images) and 16-bit images are scaled to 8 bits; an empty list
     raises `ValueError`. `post_process_semantic_segmentation` turns segmentation logits into class-index maps.
     """
-
-    resample = PILImageResampling.BICUBIC
-    image_mean = IMAGENET_DEFAULT_MEAN
-    image_std = IMAGENET_DEFAULT_STD
-    size = {"shortest_edge": DEFAULT_IMAGE_SIZE}
-    crop_size = {"height": DEFAULT_IMAGE_SIZE, "width": DEFAULT_IMAGE_SIZE}
-    default_to_square = False
-    do_resize = True
-    do_center_crop = True
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
-    model_input_names = ["pixel_values"]
 
 
 __all__ = ["DEFAULT_IMAGE_SIZE", "InternImageImageProcessor"]

@@ -1,12 +1,17 @@
 """InternImage image processor, PIL backend (used where torchvision is not installed); same transform."""
 
 from transformers.image_processing_backends import PilBackend
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
-from .image_processing_internimage import DEFAULT_IMAGE_SIZE, InternImageInputsMixin, InternImageSegmentationMixin
+from .image_processing_internimage import (
+    InternImageInputsMixin,
+    InternImageSegmentationMixin,
+    InternImageTransformDefaults,
+)
 
 
-class InternImageImageProcessorPil(InternImageInputsMixin, InternImageSegmentationMixin, PilBackend):
+class InternImageImageProcessorPil(
+    InternImageTransformDefaults, InternImageInputsMixin, InternImageSegmentationMixin, PilBackend
+):
     """InternImage image processor on the PIL backend (used where torchvision is not installed).
 
     The same transform as `InternImageImageProcessor`, computed with PIL and NumPy; pass `size`/`crop_size` for the
@@ -33,19 +38,6 @@ class InternImageImageProcessorPil(InternImageInputsMixin, InternImageSegmentati
     made upright from its EXIF orientation (PIL images) and 16-bit images are scaled to 8 bits; an empty list
     raises `ValueError`. `post_process_semantic_segmentation` turns segmentation logits into class-index maps.
     """
-
-    resample = PILImageResampling.BICUBIC
-    image_mean = IMAGENET_DEFAULT_MEAN
-    image_std = IMAGENET_DEFAULT_STD
-    size = {"shortest_edge": DEFAULT_IMAGE_SIZE}
-    crop_size = {"height": DEFAULT_IMAGE_SIZE, "width": DEFAULT_IMAGE_SIZE}
-    default_to_square = False
-    do_resize = True
-    do_center_crop = True
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
-    model_input_names = ["pixel_values"]
 
 
 __all__ = ["InternImageImageProcessorPil"]
