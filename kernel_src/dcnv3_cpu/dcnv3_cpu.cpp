@@ -28,6 +28,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "dcnv3_common/dcnv3_params.h"
 #include "dcnv3_common/dcnv3_sampling.h"
 
@@ -46,7 +50,9 @@
 // so that the loop vectorises; nothing here reads the floating-point exception flags.
 #pragma GCC optimize("no-trapping-math")
 #define DCNV3_CPU_ISA avx2
+#define DCNV3_CPU_AVX2 1  // lets the loops use AVX2 intrinsics where auto-vectorisation falls short
 #include "dcnv3_cpu/dcnv3_cpu_impl.h"
+#undef DCNV3_CPU_AVX2
 #undef DCNV3_CPU_ISA
 #pragma GCC pop_options
 #endif

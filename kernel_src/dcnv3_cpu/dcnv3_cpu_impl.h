@@ -287,7 +287,7 @@ inline void scatter_sample(grad_t* __restrict__ grad_value_group, const scalar_t
   }
 }
 
-// Interior sample (all four corners inside): dot products and scatter in one pass over the channels.
+// Interior sample (all four corners inside) with a runtime group width: dot products and scatter in one pass.
 template <typename scalar_t, typename acc_t, typename grad_t>
 inline void interior_backward(grad_t* __restrict__ grad_value_group, const scalar_t* __restrict__ grad_out,
                               const scalar_t* __restrict__ value_group, const Bilinear<acc_t>& b, acc_t mask,
@@ -322,6 +322,77 @@ inline void interior_backward(grad_t* __restrict__ grad_value_group, const scala
   dots[3] = d3;
 }
 
+// Lanes of the partial dot products in `corners_backward_fixed`: one AVX2 register of floats.
+constexpr int kDotLanes = 8;
+
+// For a compile-time group width kCg (a multiple of kDotLanes): dots[k] = grad_out . value[row k] and, for the valid
+// corners only, grad_value[row k] += weights[k] * grad_out. The rows of invalid corners are clamped onto the image
+// (readable) and their dots are dropped. The dot products keep kDotLanes partial sums and add them at the end: one
+// running sum is a serial chain the compiler may not reorder, and left the whole channel loop scalar (the backward
+// then cost 5-10x the forward).
+template <typename scalar_t, typename acc_t, typename grad_t, int kCg>
+inline void corners_backward_fixed(grad_t* __restrict__ grad_value_group, const scalar_t* __restrict__ grad_out,
+                                   const scalar_t* __restrict__ value_group, const int64_t (&rows)[4],
+                                   const bool (&valid)[4], const acc_t (&weights)[4], acc_t (&dots)[4]) {
+  static_assert(kCg % kDotLanes == 0, "the group width must be a multiple of the dot-product lanes");
+  const scalar_t* __restrict__ v0 = value_group + rows[0];
+  const scalar_t* __restrict__ v1 = value_group + rows[1];
+  const scalar_t* __restrict__ v2 = value_group + rows[2];
+  const scalar_t* __restrict__ v3 = value_group + rows[3];
+#if defined(DCNV3_CPU_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<grad_t, float>) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    for (int c = 0; c < kCg; c += 8) {
+      const __m256 go = _mm256_loadu_ps(grad_out + c);
+      s0 = _mm256_fmadd_ps(go, _mm256_loadu_ps(v0 + c), s0);
+      s1 = _mm256_fmadd_ps(go, _mm256_loadu_ps(v1 + c), s1);
+      s2 = _mm256_fmadd_ps(go, _mm256_loadu_ps(v2 + c), s2);
+      s3 = _mm256_fmadd_ps(go, _mm256_loadu_ps(v3 + c), s3);
+    }
+    // GCC reduces four 8-lane sums one lane at a time; three horizontal adds reduce all four at once.
+    const __m256 s0123 = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+    _mm_storeu_ps(dots, _mm_add_ps(_mm256_castps256_ps128(s0123), _mm256_extractf128_ps(s0123, 1)));
+    for (int k = 0; k < 4; ++k) {
+      if (!valid[k]) continue;
+      float* __restrict__ gv = grad_value_group + rows[k];
+      const __m256 w = _mm256_set1_ps(weights[k]);
+      for (int c = 0; c < kCg; c += 8) {
+        _mm256_storeu_ps(gv + c, _mm256_fmadd_ps(w, _mm256_loadu_ps(grad_out + c), _mm256_loadu_ps(gv + c)));
+      }
+    }
+  } else
+#endif
+  {
+    acc_t p0[kDotLanes] = {}, p1[kDotLanes] = {}, p2[kDotLanes] = {}, p3[kDotLanes] = {};
+    for (int c0 = 0; c0 < kCg; c0 += kDotLanes) {
+      for (int l = 0; l < kDotLanes; ++l) {
+        const acc_t go = acc_t(grad_out[c0 + l]);
+        p0[l] += go * acc_t(v0[c0 + l]);
+        p1[l] += go * acc_t(v1[c0 + l]);
+        p2[l] += go * acc_t(v2[c0 + l]);
+        p3[l] += go * acc_t(v3[c0 + l]);
+      }
+    }
+    dots[0] = dots[1] = dots[2] = dots[3] = acc_t(0);
+    for (int l = 0; l < kDotLanes; ++l) {
+      dots[0] += p0[l];
+      dots[1] += p1[l];
+      dots[2] += p2[l];
+      dots[3] += p3[l];
+    }
+    for (int k = 0; k < 4; ++k) {
+      if (!valid[k]) continue;
+      grad_t* __restrict__ gv = grad_value_group + rows[k];
+      for (int c = 0; c < kCg; ++c) {
+        gv[c] = static_cast<grad_t>(acc_t(gv[c]) + weights[k] * acc_t(grad_out[c]));
+      }
+    }
+  }
+  for (int k = 0; k < 4; ++k) {
+    dots[k] = valid[k] ? dots[k] : acc_t(0);  // a select, not a product: an inf in a clamped row stays out
+  }
+}
+
 // The softmax Jacobian of one group's P points, in place: d logit_k = w_k * (d w_k - sum_j w_j * d w_j).
 template <typename acc_t>
 inline void softmax_jacobian(const acc_t* __restrict__ weights, acc_t* __restrict__ grad, int64_t points) {
@@ -334,11 +405,42 @@ inline void softmax_jacobian(const acc_t* __restrict__ weights, acc_t* __restric
   }
 }
 
+// Gradients of one sample at (x, y) inside the image (-1 < x < W, -1 < y < H), for a compile-time group width:
+// accumulates its grad_value rows, writes the offset gradient and returns d out / d point weight (the sample).
+template <typename scalar_t, typename acc_t, typename grad_t, int kCg>
+inline acc_t sample_backward_fixed(grad_t* grad_value_group, const scalar_t* grad_out, const scalar_t* value_group,
+                                   acc_t x, acc_t y, acc_t m, acc_t scale, int64_t height, int64_t width,
+                                   int64_t channels, scalar_t* grad_offset_xy) {
+  // x, y > -1: truncating x + 1 is floor(x) + 1 (std::floor is a libm call here).
+  const int64_t x0 = static_cast<int64_t>(x + acc_t(1)) - 1;
+  const int64_t y0 = static_cast<int64_t>(y + acc_t(1)) - 1;
+  const acc_t lx = x - acc_t(x0), ly = y - acc_t(y0);
+  const acc_t hx = acc_t(1) - lx, hy = acc_t(1) - ly;
+  const bool row0 = y0 >= 0, row1 = y0 + 1 < height, col0 = x0 >= 0, col1 = x0 + 1 < width;
+  const bool valid[4] = {row0 && col0, row0 && col1, row1 && col0, row1 && col1};
+  const int64_t ya = row0 ? y0 : 0, yb = row1 ? y0 + 1 : height - 1;
+  const int64_t xa = col0 ? x0 : 0, xb = col1 ? x0 + 1 : width - 1;
+  const int64_t rows[4] = {(ya * width + xa) * channels, (ya * width + xb) * channels, (yb * width + xa) * channels,
+                           (yb * width + xb) * channels};
+  const acc_t bilinear[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
+  const acc_t weights[4] = {bilinear[0] * m, bilinear[1] * m, bilinear[2] * m, bilinear[3] * m};
+  acc_t dots[4];
+  corners_backward_fixed<scalar_t, acc_t, grad_t, kCg>(grad_value_group, grad_out, value_group, rows, valid, weights,
+                                                       dots);
+  // d bilinear / dx = (-hy, hy, -ly, ly), d bilinear / dy = (-hx, -lx, hx, lx); invalid corners have zero dots.
+  const acc_t dx = hy * (dots[1] - dots[0]) + ly * (dots[3] - dots[2]);
+  const acc_t dy = hx * (dots[2] - dots[0]) + lx * (dots[3] - dots[1]);
+  grad_offset_xy[0] = static_cast<scalar_t>(m * scale * dx);
+  grad_offset_xy[1] = static_cast<scalar_t>(m * scale * dy);
+  return bilinear[0] * dots[0] + bilinear[1] * dots[1] + bilinear[2] * dots[2] + bilinear[3] * dots[3];
+}
+
 // grad_t is the accumulation type of grad_value (float for half inputs, else scalar_t). With `mask_logits` the mask
 // holds logits: each task recomputes its group's softmax weights per pixel (as the forward does) and returns the
-// gradient w.r.t. the logits, so the training path never materialises the weights or their gradient.
-template <typename scalar_t, typename grad_t>
-void backward_typed(const scalar_t* grad_output, const scalar_t* value, const scalar_t* offset, const scalar_t* mask,
+// gradient w.r.t. the logits, so the training path never materialises the weights or their gradient. kCg > 0 fixes
+// the group width at compile time for the interior samples (nearly all of them); the rest take the general path.
+template <typename scalar_t, typename grad_t, int kCg>
+void backward_loops(const scalar_t* grad_output, const scalar_t* value, const scalar_t* offset, const scalar_t* mask,
                     grad_t* grad_value, scalar_t* grad_offset, scalar_t* grad_mask, const Params& p,
                     bool mask_logits) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -347,6 +449,12 @@ void backward_typed(const scalar_t* grad_output, const scalar_t* value, const sc
   const int64_t Cg = p.group_channels;
   const int64_t P = p.points;
   const int64_t G = p.group;
+  const acc_t width = acc_t(p.width);
+  const acc_t height = acc_t(p.height);
+  const acc_t scale = acc_t(p.offset_scale);
+  const TapTable<acc_t> taps(p);
+  const int64_t centre_x = p.dilation_w * (p.kernel_w - 1) / 2;
+  const int64_t centre_y = p.dilation_h * (p.kernel_h - 1) / 2;
 
   // One task per (n, g): disjoint grad_value slices, hence race-free and deterministic.
   at::parallel_for(0, p.batch * G, 1, [&](int64_t begin, int64_t end) {
@@ -357,12 +465,16 @@ void backward_typed(const scalar_t* grad_output, const scalar_t* value, const sc
       const int64_t g = task % G;
       const scalar_t* value_group = value + n * p.height * p.width * C + g * Cg;
       grad_t* grad_value_group = grad_value + n * p.height * p.width * C + g * Cg;
+      const acc_t* tap_x = taps.x.data() + g * P;
+      const acc_t* tap_y = taps.y.data() + g * P;
       for (int64_t local = 0; local < out_hw; ++local) {
         const int64_t pix = n * out_hw + local;
         const int64_t ho = local / p.out_w;
         const int64_t wo = local % p.out_w;
-        const TapGrid<acc_t> grid = tap_grid<acc_t>(ho, wo, p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h,
-                                                    p.pad_w, p.dilation_h, p.dilation_w, p.offset_scale);
+        // The sampling location is computed here, not by the shared sample_x/sample_y: those are compiled outside
+        // this ISA block and were not inlined (a call per sample).
+        const acc_t base_x = acc_t(wo * p.stride_w - p.pad_w + centre_x);
+        const acc_t base_y = acc_t(ho * p.stride_h - p.pad_h + centre_y);
         const scalar_t* go = grad_output + pix * C + g * Cg;
         const scalar_t* off = offset + pix * G * P * 2;
         const scalar_t* msk = mask + pix * G * P;
@@ -371,19 +483,29 @@ void backward_typed(const scalar_t* grad_output, const scalar_t* value, const sc
         if (mask_logits) {
           pixel_point_weights<scalar_t, acc_t>(msk + g * P, 1, P, true, weights.data());
         }
-        for_each_tap(p, [&](int64_t i, int64_t j, int64_t point) {
+        for (int64_t point = 0; point < P; ++point) {
           const int64_t q = g * P + point;
-          const acc_t x = sample_x(grid, i, acc_t(off[2 * q]));
-          const acc_t y = sample_y(grid, j, acc_t(off[2 * q + 1]));
+          const acc_t x = base_x + scale * (tap_x[point] + acc_t(off[2 * q]));
+          const acc_t y = base_y + scale * (tap_y[point] + acc_t(off[2 * q + 1]));
+          const acc_t m = mask_logits ? weights[point] : acc_t(msk[q]);
+          if constexpr (kCg > 0) {
+            // A positive test: NaN locations and samples outside the image take the general path.
+            if (x > acc_t(-1) && y > acc_t(-1) && x < width && y < height) {
+              const acc_t sampled = sample_backward_fixed<scalar_t, acc_t, grad_t, kCg>(
+                  grad_value_group, go, value_group, x, y, m, scale, p.height, p.width, C, goff + 2 * q);
+              gmsk[q] = static_cast<scalar_t>(sampled);
+              grad_weights[point] = sampled;
+              continue;
+            }
+          }
           Bilinear<acc_t> b;
           if (!bilinear_at<acc_t>(y, x, p.height, p.width, b)) {
             goff[2 * q] = scalar_t(0);
             goff[2 * q + 1] = scalar_t(0);
             gmsk[q] = scalar_t(0);
             grad_weights[point] = acc_t(0);
-            return;
+            continue;
           }
-          const acc_t m = mask_logits ? weights[point] : acc_t(msk[q]);
           acc_t dots[4];
           const bool interior = b.valid[0] && b.valid[1] && b.valid[2] && b.valid[3];
           if (interior) {
@@ -403,9 +525,9 @@ void backward_typed(const scalar_t* grad_output, const scalar_t* value, const sc
           // d location / d offset = offset_scale; d out / d mask = the bilinear sample itself.
           gmsk[q] = static_cast<scalar_t>(sampled);
           grad_weights[point] = sampled;
-          goff[2 * q] = static_cast<scalar_t>(m * grid.scale * dx);
-          goff[2 * q + 1] = static_cast<scalar_t>(m * grid.scale * dy);
-        });
+          goff[2 * q] = static_cast<scalar_t>(m * scale * dx);
+          goff[2 * q + 1] = static_cast<scalar_t>(m * scale * dy);
+        }
         if (mask_logits) {
           softmax_jacobian<acc_t>(weights.data(), grad_weights.data(), P);
           for (int64_t k = 0; k < P; ++k) {
@@ -415,6 +537,23 @@ void backward_typed(const scalar_t* grad_output, const scalar_t* value, const sc
       }
     }
   });
+}
+
+template <typename scalar_t, typename grad_t>
+void backward_typed(const scalar_t* grad_output, const scalar_t* value, const scalar_t* offset, const scalar_t* mask,
+                    grad_t* grad_value, scalar_t* grad_offset, scalar_t* grad_mask, const Params& p,
+                    bool mask_logits) {
+  switch (p.group_channels) {  // the official widths, as in forward_typed
+    case 16:
+      return backward_loops<scalar_t, grad_t, 16>(grad_output, value, offset, mask, grad_value, grad_offset, grad_mask,
+                                                   p, mask_logits);
+    case 32:
+      return backward_loops<scalar_t, grad_t, 32>(grad_output, value, offset, mask, grad_value, grad_offset, grad_mask,
+                                                   p, mask_logits);
+    default:
+      return backward_loops<scalar_t, grad_t, 0>(grad_output, value, offset, mask, grad_value, grad_offset, grad_mask,
+                                                  p, mask_logits);
+  }
 }
 
 }  // namespace DCNV3_CPU_ISA

@@ -91,6 +91,31 @@ def test_torch_compile_fullgraph_tiny_model(cpu_kernel_build):
         torch.testing.assert_close(compiled(pixels).logits, eager, atol=1e-5, rtol=1e-5)
 
 
+
+def test_torch_compile_keeps_the_onednn_linears(cpu_kernel_build):
+    """Under torch.compile the kernel layers still call oneDNN's linear (which inductor keeps as one external call)
+    for the operator's four projections and both MLP linears, instead of leaving `nn.Linear` to the compiler."""
+    model = tiny_model()
+    hub_kernels.kernelize(model, mode="inference", local_path=cpu_kernel_build.variant_dir)
+    graphs = []
+
+    def capture(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        eager = model(pixels).logits
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True, backend=capture)
+        torch.testing.assert_close(compiled(pixels).logits, eager, atol=1e-5, rtol=1e-5)
+    targets = [node.target for graph in graphs for node in graph.graph.nodes if node.op == "call_function"]
+    blocks = sum(model.config.depths)
+    assert targets.count(torch.ops.mkldnn._linear_pointwise) == 6 * blocks
+    # `nn.Linear` is left only for the classifier head (and there is no separate activation of the MLP's fc1).
+    assert targets.count(torch._C._nn.linear) == 1
+
+
 def test_from_pretrained_use_kernels(tmp_path, cpu_kernel_build):
     """transformers' own kernel path: works with 5.20-5.22 + kernels 0.17.x, a clear refusal elsewhere."""
     from kernels.layer.globals import _KERNEL_MAPPING

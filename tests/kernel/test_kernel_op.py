@@ -60,6 +60,9 @@ GRADCHECK_CASES = {
     "remove_center": dcnv3_params(group=2, group_channels=2, remove_center=True),
     "kernel5_rc": dcnv3_params(group=1, group_channels=3, kernel=5, remove_center=True),
     "rect_kernel": dcnv3_params(group=1, group_channels=2, kernel=3, kernel_w=1, pad=1),
+    # the official group widths take the backward's fixed-width path (runtime widths the general one)
+    "group_channels16": dcnv3_params(group=2, group_channels=16),
+    "group_channels32": dcnv3_params(group=1, group_channels=32, offset_scale=1.5),
 }
 
 
@@ -89,6 +92,22 @@ def test_gradients_match_reference(dcnv3_kernel, name):
     for got, want, name_ in zip(grads[0], grads[1], ("value", "offset", "mask"), strict=True):
         # the reference's grid normalisation costs ~1e-6 relative accuracy even in float64
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=name_)
+
+
+@pytest.mark.parametrize("name", ["group_channels16", "group_channels32"])
+def test_float32_gradients_match_float64_reference(dcnv3_kernel, name):
+    """The float32 backward (vectorised for the official group widths) against the float64 reference, samples
+    inside, on the border of and outside the image."""
+    params = GRADCHECK_CASES[name]
+    value, offset, mask = make_inputs(params, batch=2, height=9, width=8, dtype=torch.float64, offset_range=3.0)
+    grads = []
+    for fn, dtype in ((dcnv3_kernel.dcnv3, torch.float32), (dcnv3_core, torch.float64)):
+        leaves = [t.to(dtype).requires_grad_() for t in (value, offset, mask)]
+        out = fn(*leaves, **params)
+        out.backward(torch.cos(torch.arange(out.numel(), dtype=dtype)).reshape(out.shape))
+        grads.append([leaf.grad for leaf in leaves])
+    for got, want, name_ in zip(grads[0], grads[1], ("value", "offset", "mask"), strict=True):
+        torch.testing.assert_close(got.double(), want, atol=2e-4, rtol=1e-4, msg=name_)
 
 
 def test_backward_is_deterministic(dcnv3_kernel):
@@ -321,7 +340,7 @@ def test_softmax_op_propagates_nan_logits(dcnv3_kernel):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("name", ["basic", "stride2", "remove_center", "kernel5_rc"])
+@pytest.mark.parametrize("name", ["basic", "stride2", "remove_center", "kernel5_rc", "group_channels16"])
 def test_softmax_op_gradcheck_float64(dcnv3_kernel, name):
     params = GRADCHECK_CASES[name]
     value, offset, logits = make_inputs(
