@@ -91,7 +91,6 @@ def test_torch_compile_fullgraph_tiny_model(cpu_kernel_build):
         torch.testing.assert_close(compiled(pixels).logits, eager, atol=1e-5, rtol=1e-5)
 
 
-
 def test_torch_compile_keeps_the_onednn_linears(cpu_kernel_build):
     """Under torch.compile the kernel layers still call oneDNN's linear (which inductor keeps as one external call)
     for the operator's four projections and both MLP linears, instead of leaving `nn.Linear` to the compiler."""
