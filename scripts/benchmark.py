@@ -6,7 +6,8 @@ like with like on a shared machine. One run prints every row of the README table
 - forward (eager, inference) at each `--batch`, with the peak extra memory of one forward;
 - training step (forward + backward + AdamW) at `--train-batch`;
 - `torch.compile` (inductor; weights frozen for inference): compile time, steady-state time against the
-  compiled ConvNeXt-T and against the same model in eager mode.
+  compiled ConvNeXt-T and against the same model in eager mode; each batch size compiled for its own shapes, and
+  the later batch sizes also as the dynamic-batch recompile of the models compiled at the first one.
 
     python scripts/benchmark.py                          # CPU; builds the CPU kernel if needed
     python scripts/benchmark.py --kernel-dir KERNEL_DIR  # use an existing kernel build tree
@@ -154,26 +155,51 @@ def training_rows(args: argparse.Namespace, kernel_dir: Path | None) -> None:
     print_rows("training step (forward + backward + AdamW)", args.train_batch, median_times(calls, args))
 
 
+def compile_all(models: dict[str, torch.nn.Module], args, batch: int, dynamic: bool | None) -> tuple[dict, dict]:
+    """`torch.compile` of every model and the seconds of its first call (the compile) at `batch`."""
+    pixels = pixels_for(args, batch)
+    compiled, seconds = {}, {}
+    for name, model in models.items():
+        compiled[name] = torch.compile(model, backend=args.compile_backend, dynamic=dynamic)
+        seconds[name] = timed(lambda m=compiled[name]: m(pixel_values=pixels), args.device)
+    return compiled, seconds
+
+
+def print_compiled(title: str, args, batch: int, compiled: dict, compile_seconds: dict, eager: dict) -> None:
+    pixels = pixels_for(args, batch)
+    calls = {name: (lambda m=model, x=pixels: m(pixel_values=x)) for name, model in compiled.items()}
+    seconds = median_times(calls, args)
+    notes = {
+        name: f"compile {compile_seconds[name]:.0f} s (first call), {seconds[name] / eager[batch][name]:.2f}x eager"
+        for name in seconds
+    }
+    print_rows(title, batch, seconds, notes)
+
+
 @torch.no_grad()
 def compiled_rows(args: argparse.Namespace, models: dict[str, torch.nn.Module], eager: dict[int, dict]) -> None:
+    """Each batch size compiled for its own shapes (what a fixed-batch user gets); then the models compiled at the
+    first batch size called at the others, which dynamo recompiles with a dynamic batch dimension (inductor then
+    picks other linear kernels: oneDNN instead of MKL for frozen float32 weights). Dynamo's caches are shared by
+    every `torch.compile` of the same code, so each experiment starts from `torch._dynamo.reset()`."""
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = not args.no_freezing
-    compiled, compile_seconds = {}, {}
-    first = pixels_for(args, args.batch[0])
-    for name, model in models.items():
-        compiled[name] = torch.compile(model, backend=args.compile_backend)
-        compile_seconds[name] = timed(lambda m=compiled[name]: m(pixel_values=first), args.device)
+    freezing = "frozen weights" if not args.no_freezing else "no freezing"
     for batch in args.batch:
+        torch._dynamo.reset()
+        compiled, compile_seconds = compile_all(models, args, batch, dynamic=False)
+        print_compiled(f"torch.compile ({args.compile_backend}, {freezing}, static shapes)", args, batch, compiled,
+                       compile_seconds, eager)  # fmt: skip
+    if len(args.batch) < 2:
+        return
+    torch._dynamo.reset()
+    compiled, _ = compile_all(models, args, args.batch[0], dynamic=None)
+    for batch in args.batch[1:]:
         pixels = pixels_for(args, batch)
-        calls = {name: (lambda m=model, x=pixels: m(pixel_values=x)) for name, model in compiled.items()}
-        seconds = median_times(calls, args)
-        notes = {
-            name: f"compile {compile_seconds[name]:.0f} s (first call), {seconds[name] / eager[batch][name]:.2f}x eager"
-            for name in seconds
-        }
-        freezing = "frozen weights" if not args.no_freezing else "no freezing"
-        print_rows(f"torch.compile ({args.compile_backend}, {freezing})", batch, seconds, notes)
+        recompile = {n: timed(lambda m=m, x=pixels: m(pixel_values=x), args.device) for n, m in compiled.items()}
+        title = f"torch.compile ({args.compile_backend}, {freezing}, dynamic batch after batch {args.batch[0]})"
+        print_compiled(title, args, batch, compiled, recompile, eager)
 
 
 def main(argv=None) -> None:

@@ -23,8 +23,9 @@ def test_smoke_run_prints_forward_training_and_compiled_rows(capsys):
         "forward (eager), batch 1",
         "forward (eager), batch 2",
         "training step (forward + backward + AdamW), batch 2",
-        "torch.compile (eager, frozen weights), batch 1",
-        "torch.compile (eager, frozen weights), batch 2",
+        "torch.compile (eager, frozen weights, static shapes), batch 1",
+        "torch.compile (eager, frozen weights, static shapes), batch 2",
+        "torch.compile (eager, frozen weights, dynamic batch after batch 1), batch 2",
     ]
     for section in sections[1:]:
         rows = {line.split()[0]: line.split() for line in section.splitlines()[2:] if line.strip()}

@@ -10,7 +10,8 @@
 // grad_value[n, :, :, g * Cg : (g + 1) * Cg], so the bilinear scatter needs no atomics and the result
 // is deterministic. Offset and mask gradients are reductions over the group's channels computed in
 // the same pass; for `mask_logits` the softmax weights are recomputed per pixel and its Jacobian applied
-// in that pass too.
+// in that pass too. For the official group widths (16 and 32 channels) every sample inside the image takes a
+// fixed-width path whose dot products and scatter run in whole vector registers.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
