@@ -12,6 +12,10 @@
 
 #if defined(__CUDACC__)
 #define DCNV3_HOST_DEVICE __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// always_inline: the CPU code calls these from a `#pragma GCC target("avx2")` block, into which GCC does not inline
+// plain inline functions compiled for the baseline ISA (it emitted a call per sample).
+#define DCNV3_HOST_DEVICE inline __attribute__((always_inline))
 #else
 #define DCNV3_HOST_DEVICE inline
 #endif

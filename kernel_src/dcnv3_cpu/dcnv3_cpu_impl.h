@@ -326,8 +326,8 @@ inline void interior_backward(grad_t* __restrict__ grad_value_group, const scala
 constexpr int kDotLanes = 8;
 
 // For a compile-time group width kCg (a multiple of kDotLanes): dots[k] = grad_out . value[row k] and, for the valid
-// corners only, grad_value[row k] += weights[k] * grad_out. The rows of invalid corners are clamped onto the image
-// (readable) and their dots are dropped. The dot products keep kDotLanes partial sums and add them at the end: one
+// corners only, grad_value[row k] += weights[k] * grad_out. The rows of invalid corners point at a readable pixel
+// and their dots are dropped. The dot products keep kDotLanes partial sums and add them at the end: one
 // running sum is a serial chain the compiler may not reorder, and left the whole channel loop scalar (the backward
 // then cost 5-10x the forward).
 template <typename scalar_t, typename acc_t, typename grad_t, int kCg>
@@ -405,40 +405,10 @@ inline void softmax_jacobian(const acc_t* __restrict__ weights, acc_t* __restric
   }
 }
 
-// Gradients of one sample at (x, y) inside the image (-1 < x < W, -1 < y < H), for a compile-time group width:
-// accumulates its grad_value rows, writes the offset gradient and returns d out / d point weight (the sample).
-template <typename scalar_t, typename acc_t, typename grad_t, int kCg>
-inline acc_t sample_backward_fixed(grad_t* grad_value_group, const scalar_t* grad_out, const scalar_t* value_group,
-                                   acc_t x, acc_t y, acc_t m, acc_t scale, int64_t height, int64_t width,
-                                   int64_t channels, scalar_t* grad_offset_xy) {
-  // x, y > -1: truncating x + 1 is floor(x) + 1 (std::floor is a libm call here).
-  const int64_t x0 = static_cast<int64_t>(x + acc_t(1)) - 1;
-  const int64_t y0 = static_cast<int64_t>(y + acc_t(1)) - 1;
-  const acc_t lx = x - acc_t(x0), ly = y - acc_t(y0);
-  const acc_t hx = acc_t(1) - lx, hy = acc_t(1) - ly;
-  const bool row0 = y0 >= 0, row1 = y0 + 1 < height, col0 = x0 >= 0, col1 = x0 + 1 < width;
-  const bool valid[4] = {row0 && col0, row0 && col1, row1 && col0, row1 && col1};
-  const int64_t ya = row0 ? y0 : 0, yb = row1 ? y0 + 1 : height - 1;
-  const int64_t xa = col0 ? x0 : 0, xb = col1 ? x0 + 1 : width - 1;
-  const int64_t rows[4] = {(ya * width + xa) * channels, (ya * width + xb) * channels, (yb * width + xa) * channels,
-                           (yb * width + xb) * channels};
-  const acc_t bilinear[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
-  const acc_t weights[4] = {bilinear[0] * m, bilinear[1] * m, bilinear[2] * m, bilinear[3] * m};
-  acc_t dots[4];
-  corners_backward_fixed<scalar_t, acc_t, grad_t, kCg>(grad_value_group, grad_out, value_group, rows, valid, weights,
-                                                       dots);
-  // d bilinear / dx = (-hy, hy, -ly, ly), d bilinear / dy = (-hx, -lx, hx, lx); invalid corners have zero dots.
-  const acc_t dx = hy * (dots[1] - dots[0]) + ly * (dots[3] - dots[2]);
-  const acc_t dy = hx * (dots[2] - dots[0]) + lx * (dots[3] - dots[1]);
-  grad_offset_xy[0] = static_cast<scalar_t>(m * scale * dx);
-  grad_offset_xy[1] = static_cast<scalar_t>(m * scale * dy);
-  return bilinear[0] * dots[0] + bilinear[1] * dots[1] + bilinear[2] * dots[2] + bilinear[3] * dots[3];
-}
-
 // grad_t is the accumulation type of grad_value (float for half inputs, else scalar_t). With `mask_logits` the mask
 // holds logits: each task recomputes its group's softmax weights per pixel (as the forward does) and returns the
 // gradient w.r.t. the logits, so the training path never materialises the weights or their gradient. kCg > 0 fixes
-// the group width at compile time for the interior samples (nearly all of them); the rest take the general path.
+// the group width at compile time (whole vector registers per corner row); 0 takes the runtime-width loops.
 template <typename scalar_t, typename grad_t, int kCg>
 void backward_loops(const scalar_t* grad_output, const scalar_t* value, const scalar_t* offset, const scalar_t* mask,
                     grad_t* grad_value, scalar_t* grad_offset, scalar_t* grad_mask, const Params& p,
@@ -449,8 +419,6 @@ void backward_loops(const scalar_t* grad_output, const scalar_t* value, const sc
   const int64_t Cg = p.group_channels;
   const int64_t P = p.points;
   const int64_t G = p.group;
-  const acc_t width = acc_t(p.width);
-  const acc_t height = acc_t(p.height);
   const acc_t scale = acc_t(p.offset_scale);
   const TapTable<acc_t> taps(p);
   const int64_t centre_x = p.dilation_w * (p.kernel_w - 1) / 2;
@@ -471,8 +439,7 @@ void backward_loops(const scalar_t* grad_output, const scalar_t* value, const sc
         const int64_t pix = n * out_hw + local;
         const int64_t ho = local / p.out_w;
         const int64_t wo = local % p.out_w;
-        // The sampling location is computed here, not by the shared sample_x/sample_y: those are compiled outside
-        // this ISA block and were not inlined (a call per sample).
+        // The forward's tap table: one multiply-add per coordinate and sample.
         const acc_t base_x = acc_t(wo * p.stride_w - p.pad_w + centre_x);
         const acc_t base_y = acc_t(ho * p.stride_h - p.pad_h + centre_y);
         const scalar_t* go = grad_output + pix * C + g * Cg;
@@ -488,16 +455,6 @@ void backward_loops(const scalar_t* grad_output, const scalar_t* value, const sc
           const acc_t x = base_x + scale * (tap_x[point] + acc_t(off[2 * q]));
           const acc_t y = base_y + scale * (tap_y[point] + acc_t(off[2 * q + 1]));
           const acc_t m = mask_logits ? weights[point] : acc_t(msk[q]);
-          if constexpr (kCg > 0) {
-            // A positive test: NaN locations and samples outside the image take the general path.
-            if (x > acc_t(-1) && y > acc_t(-1) && x < width && y < height) {
-              const acc_t sampled = sample_backward_fixed<scalar_t, acc_t, grad_t, kCg>(
-                  grad_value_group, go, value_group, x, y, m, scale, p.height, p.width, C, goff + 2 * q);
-              gmsk[q] = static_cast<scalar_t>(sampled);
-              grad_weights[point] = sampled;
-              continue;
-            }
-          }
           Bilinear<acc_t> b;
           if (!bilinear_at<acc_t>(y, x, p.height, p.width, b)) {
             goff[2 * q] = scalar_t(0);
@@ -507,8 +464,13 @@ void backward_loops(const scalar_t* grad_output, const scalar_t* value, const sc
             continue;
           }
           acc_t dots[4];
-          const bool interior = b.valid[0] && b.valid[1] && b.valid[2] && b.valid[3];
-          if (interior) {
+          if constexpr (kCg > 0) {
+            // Invalid corners have index 0 (a readable row) and weight 0; their dots are dropped.
+            const int64_t rows[4] = {b.index[0] * C, b.index[1] * C, b.index[2] * C, b.index[3] * C};
+            const acc_t corner_weights[4] = {b.weight[0] * m, b.weight[1] * m, b.weight[2] * m, b.weight[3] * m};
+            corners_backward_fixed<scalar_t, acc_t, grad_t, kCg>(grad_value_group, go, value_group, rows, b.valid,
+                                                                 corner_weights, dots);
+          } else if (b.valid[0] && b.valid[1] && b.valid[2] && b.valid[3]) {
             interior_backward<scalar_t, acc_t, grad_t>(grad_value_group, go, value_group, b, m, C, Cg, dots);
           } else {
             corner_dots<scalar_t, acc_t>(go, value_group, b, C, Cg, dots);
