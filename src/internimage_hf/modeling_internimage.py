@@ -26,7 +26,7 @@ from transformers.modeling_outputs import (
 
 from .configuration_internimage import InternImageConfig
 from .conversion import official_hub_key_mapping
-from .dcnv3 import DCNV3_INIT_ATTR, InternImageDCNv3, build_activation, use_kernel_forward_from_hub
+from .dcnv3 import DCNV3_INIT_ATTR, InternImageDCNv3, as_rows, build_activation, use_kernel_forward_from_hub
 
 # Constants of the official CLIP-projector head of InternImage-H/G.
 CLIP_PRETRAIN_EMBED_DIM = 1024
@@ -84,9 +84,10 @@ class InternImageStem(nn.Module):
         self.norm2 = nn.LayerNorm(config.channels, eps=config.layer_norm_eps)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden = self.norm1(self.conv1(pixel_values).permute(0, 2, 3, 1))
-        hidden = self.act(hidden).permute(0, 3, 1, 2)
-        return to_channels_first(self.norm2(self.conv2(hidden).permute(0, 2, 3, 1)))
+        hidden = self.conv1(pixel_values).permute(0, 2, 3, 1)
+        hidden = self.act(self.norm1(as_rows(hidden))).view(hidden.shape).permute(0, 3, 1, 2)
+        hidden = self.conv2(hidden).permute(0, 2, 3, 1)
+        return to_channels_first(self.norm2(as_rows(hidden)).view(hidden.shape))
 
 
 class InternImageDownsample(nn.Module):
@@ -98,7 +99,8 @@ class InternImageDownsample(nn.Module):
         self.norm = nn.LayerNorm(2 * channels, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        hidden_states = self.conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.norm(as_rows(hidden_states)).view(hidden_states.shape)
 
 
 @use_kernel_forward_from_hub("InternImageMLP")

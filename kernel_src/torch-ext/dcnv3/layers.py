@@ -126,7 +126,8 @@ class InternImageDCNv3(nn.Module):
             return type(self).forward(self, hidden_states)
         value = _linear(hidden_states, self.input_proj)
         query = self.depthwise_conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        query = self.depthwise_act(self.depthwise_norm(query))
+        # Normalised as (rows, C): inductor stored the LayerNorm of the permuted 4-d tensor transposed (see the model).
+        query = self.depthwise_act(self.depthwise_norm(query.reshape(-1, query.shape[-1]))).view(query.shape)
         output = dcnv3_softmax(
             value, _linear(query, self.offset), _linear(query, self.mask), self.kernel_size, self.kernel_size,
             self.stride, self.stride, self.pad, self.pad, self.dilation, self.dilation, self.group,
