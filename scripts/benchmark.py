@@ -143,7 +143,8 @@ def training_rows(args: argparse.Namespace, kernel_dir: Path | None) -> None:
     labels = torch.randint(0, 1000, (args.train_batch,), device=args.device)
     calls = {}
     for name, model in models.items():
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        # Fused, as Transformers' Trainer and this package's trainer run AdamW.
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
 
         def step(model=model, optimizer=optimizer):
             loss = torch.nn.functional.cross_entropy(model(pixel_values=pixels).logits, labels)

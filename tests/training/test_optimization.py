@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from internimage_hf import InternImageForImageClassification
 from internimage_hf.training.ema import ModelEMA
 from internimage_hf.training.models import preset_config
 from internimage_hf.training.optimization import (
+    build_optimizer,
     build_scheduler,
     layer_id_for,
     parameter_groups,
@@ -86,6 +89,29 @@ def test_parameter_groups_without_layer_decay(model):
     assert len(groups) == 2  # decayed and not decayed, all at the base lr
     assert {group["lr"] for group in groups} == {1e-3}
     assert sorted(group["weight_decay"] for group in groups) == [0.0, 0.05]
+
+
+def test_build_optimizer_is_fused_and_steps_like_the_loop_adamw():
+    torch.manual_seed(0)
+    options = SimpleNamespace(
+        weight_decay=0.05, layer_decay=0.9, learning_rate=1e-3, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8
+    )
+    fused_model = InternImageForImageClassification(preset_config("tiny", num_labels=3))
+    loop_model = copy.deepcopy(fused_model)
+    fused = build_optimizer(fused_model, options)
+    assert fused.defaults["fused"] is True
+    loop = torch.optim.AdamW(parameter_groups(loop_model, 0.05, 0.9, 1e-3), betas=(0.9, 0.999), eps=1e-8, foreach=False)
+    initial = fused_model.classifier.weight.detach().clone()
+    for step in range(3):
+        for model in (fused_model, loop_model):
+            torch.manual_seed(step)
+            for parameter in model.parameters():
+                parameter.grad = torch.randn_like(parameter)
+        fused.step()
+        loop.step()
+    for (name, a), b in zip(fused_model.named_parameters(), loop_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+    assert (fused_model.classifier.weight - initial).abs().mean() > 5e-4  # the steps moved it (lr 1e-3, 3 steps)
 
 
 def test_warmup_cosine_schedule():
