@@ -4,10 +4,11 @@ All models are built and timed in this one process and take turns over the round
 like with like on a shared machine. One run prints every row of the README table:
 
 - forward (eager, inference) at each `--batch`, with the peak extra memory of one forward;
-- training step (forward + backward + AdamW) at `--train-batch`;
-- `torch.compile` (inductor; weights frozen for inference): compile time, steady-state time against the
-  compiled ConvNeXt-T and against the same model in eager mode; each batch size compiled for its own shapes, and
-  the later batch sizes also as the dynamic-batch recompile of the models compiled at the first one.
+- training step (forward + backward + fused AdamW) at `--train-batch`;
+- `torch.compile` (inductor; weights frozen for inference): compile time (from an empty inductor cache),
+  steady-state time against the compiled ConvNeXt-T and against the same model in eager mode; each batch size
+  compiled for its own shapes, and the later batch sizes also as the dynamic-batch recompile of the models compiled
+  at the first one.
 
     python scripts/benchmark.py                          # CPU; builds the CPU kernel if needed
     python scripts/benchmark.py --kernel-dir KERNEL_DIR  # use an existing kernel build tree

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from internimage_hf import InternImageConfig, InternImageModel, dcnv3_core
-from internimage_hf.dcnv3 import DCNv3Core, InternImageDCNv3, dcnv3_output_size, softmax_over_points
+from internimage_hf.dcnv3 import DCNv3Core, InternImageDCNv3, as_rows, dcnv3_output_size, softmax_over_points
 
 
 def make_inputs(batch, height, width, group, group_channels, kernel=3, stride=1, pad=1, dilation=1,
@@ -238,6 +238,20 @@ def test_operator_from_plain_arguments_matches_the_models(name):
 def test_operator_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         InternImageDCNv3(**{"channels": 16, "group": 4, **kwargs})
+
+
+def test_as_rows_views_a_channels_last_convolution_output_and_normalises_alike():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8).to(memory_format=torch.channels_last)
+    hidden = conv(torch.randn(2, 5, 6, 8).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    rows = as_rows(hidden)
+    assert rows.shape == (60, 8)
+    assert rows.data_ptr() == hidden.data_ptr()  # a view: no copy in eager mode
+    norm = torch.nn.LayerNorm(8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    torch.testing.assert_close(norm(rows).view(hidden.shape), norm(hidden), rtol=0, atol=1e-6)
 
 
 def test_operator_with_dilation_keeps_the_spatial_size():
