@@ -11,7 +11,7 @@ from internimage_hf import (
     InternImageModel,
     convert_official_state_dict,
 )
-from internimage_hf.modeling_internimage import InternImageDCNv3, InternImageLayer
+from internimage_hf.modeling_internimage import InternImageDCNv3, InternImageLayer, drop_path
 
 LOGIT_ATOL = 1e-4
 
@@ -228,6 +228,19 @@ def test_drop_path_is_active_only_in_training():
         first = model(pixels).pooler_output
         torch.manual_seed(1)
         assert not torch.allclose(first, model(pixels).pooler_output)
+
+
+def test_drop_path_keeps_or_zeroes_whole_samples_scaled_by_the_keep_probability():
+    branch = torch.randn(64, 3, 3, 4, requires_grad=True)
+    torch.manual_seed(0)
+    out = drop_path(branch, 0.25, training=True)
+    kept = out.flatten(1).ne(0).any(dim=1)
+    assert 0 < int(kept.sum()) < 64  # both outcomes occur at p = 0.25 over 64 samples with this seed
+    torch.testing.assert_close(out[kept], branch[kept] / 0.75)
+    assert torch.equal(out[~kept], torch.zeros_like(out[~kept]))
+    out.sum().backward()
+    torch.testing.assert_close(branch.grad, kept.float().view(64, 1, 1, 1).div(0.75).expand_as(branch))
+    assert drop_path(branch, 0.25, training=False) is branch
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float16, 5e-2), (torch.bfloat16, 1.5e-1)])

@@ -6,12 +6,12 @@
 // contiguous channels, so the inner loop is a plain (vectorisable) axpy over channels and nothing of
 // size P * activation is ever materialised.
 //
-// Backward parallelises over (batch, group) pairs: each task owns the slice
-// grad_value[n, :, :, g * Cg : (g + 1) * Cg], so the bilinear scatter needs no atomics and the result
-// is deterministic. Offset and mask gradients are reductions over the group's channels computed in
-// the same pass; for `mask_logits` the softmax weights are recomputed per pixel and its Jacobian applied
-// in that pass too. For the official group widths (16 and 32 channels) every sample inside the image takes a
-// fixed-width path whose dot products and scatter run in whole vector registers.
+// Backward parallelises over (image, range of groups) pairs, the groups split only as far as needed to give every
+// thread work: each task owns the slice grad_value[n, :, :, channels of its groups], so the bilinear scatter needs
+// no atomics and the result is deterministic (and the same for any thread count). Offset and mask gradients are
+// reductions over each group's channels computed in the same pass; for `mask_logits` the softmax weights are
+// recomputed per pixel and its Jacobian applied in that pass too. For the official group widths (16 and 32
+// channels) the dot products and the scatter run in whole vector registers.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

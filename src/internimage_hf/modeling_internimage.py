@@ -53,8 +53,9 @@ def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> 
         return hidden_states
     keep_prob = 1 - drop_prob
     shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-    random_tensor = hidden_states.new_empty(shape).bernoulli_(keep_prob)
-    return hidden_states * random_tensor / keep_prob
+    # The per-sample factor is scaled, not the branch: one pass over the activation (and its gradient), not two.
+    scale = hidden_states.new_empty(shape).bernoulli_(keep_prob).div_(keep_prob)
+    return hidden_states * scale
 
 
 class InternImageDropPath(nn.Module):

@@ -120,6 +120,32 @@ def test_backward_is_deterministic(dcnv3_kernel):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("group_channels", [16, 5])
+def test_backward_does_not_depend_on_the_thread_count(dcnv3_kernel, group_channels):
+    """The CPU backward splits an image's groups into as many ranges as the threads need (batch 1 here, 3 groups:
+    one range for 1 thread, 2 uneven ones for 2, 3 for 4 threads); every split gives the same bits, and the
+    reference's gradients."""
+    params = dcnv3_params(group=3, group_channels=group_channels)
+    value, offset, mask = make_inputs(params, batch=1, height=7, width=6, dtype=torch.float64, offset_range=3.0)
+    offset = offset + 0.0123  # off the integer grid, where the reference's derivative is the kernel's
+    grad = torch.randn(1, 7, 6, 3 * group_channels, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for count in (1, 2, 4):
+            torch.set_num_threads(count)
+            results[count] = dcnv3_kernel.dcnv3_backward(grad, value, offset, mask, *positional(params))
+    finally:
+        torch.set_num_threads(threads)
+    for count in (2, 4):
+        for a, b in zip(results[1], results[count], strict=True):
+            assert torch.equal(a, b), count
+    leaves = [t.clone().requires_grad_() for t in (value, offset, mask)]
+    dcnv3_core(*leaves, **params).backward(grad)
+    for got, leaf in zip(results[2], leaves, strict=True):
+        torch.testing.assert_close(got, leaf.grad, atol=1e-5, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------------
 # dtypes
 # --------------------------------------------------------------------------------------------------
