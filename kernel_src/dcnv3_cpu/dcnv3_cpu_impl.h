@@ -270,7 +270,7 @@ struct SampleGrads {
   std::vector<int32_t> valid;       // [4][S]: 1 if the corner lies in the image (no corner of a sample outside does)
   std::vector<acc_t> frac_x;        // [S]: x - floor(x)
   std::vector<acc_t> frac_y;        // [S]: y - floor(y)
-  std::vector<acc_t> point_weight;  // [S]: in: the point weights; out: 0 for a sample outside the image
+  std::vector<acc_t> point_weight;  // [S]: the point weight, 0 for a sample outside the image
   std::vector<acc_t> dots;          // [4][S]: grad_out . value[corner], 0 for a corner in the padding
   std::vector<acc_t> grad_x;        // [S]: d loss / d offset along x
   std::vector<acc_t> grad_y;        // [S]: d loss / d offset along y
@@ -283,9 +283,10 @@ struct SampleGrads {
 
 // Phase 1 for the S samples of one output pixel, located as `locate_samples` locates them (bit for bit).
 template <typename scalar_t, typename acc_t>
-inline void locate_pixel_samples(const scalar_t* __restrict__ offset, const acc_t* __restrict__ tap_x,
-                                 const acc_t* __restrict__ tap_y, acc_t base_x, acc_t base_y, acc_t scale,
-                                 int64_t samples, int32_t height, int32_t width, SampleGrads<acc_t>& s) {
+inline void locate_pixel_samples(const scalar_t* __restrict__ offset, const acc_t* __restrict__ weights,
+                                 const acc_t* __restrict__ tap_x, const acc_t* __restrict__ tap_y, acc_t base_x,
+                                 acc_t base_y, acc_t scale, int64_t samples, int32_t height, int32_t width,
+                                 SampleGrads<acc_t>& s) {
   acc_t* __restrict__ point_weight = s.point_weight.data();
   acc_t* __restrict__ frac_x = s.frac_x.data();
   acc_t* __restrict__ frac_y = s.frac_y.data();
@@ -300,8 +301,8 @@ inline void locate_pixel_samples(const scalar_t* __restrict__ offset, const acc_
     // A sample outside (or at a NaN location) moves to (0, 0) with no valid corner: all its gradients are 0.
     const acc_t x = inside ? sx : acc_t(0);
     const acc_t y = inside ? sy : acc_t(0);
-    const acc_t weight_in = point_weight[q];  // read unconditionally: a load under a select does not vectorise
-    const acc_t m = inside ? weight_in : acc_t(0);
+    const acc_t weight = weights[q];  // read unconditionally: a load under a select does not vectorise
+    const acc_t m = inside ? weight : acc_t(0);
     const int32_t x0 = static_cast<int32_t>(x + acc_t(1)) - 1;  // floor, as x > -1 (see locate_samples)
     const int32_t y0 = static_cast<int32_t>(y + acc_t(1)) - 1;
     const acc_t lx = x - acc_t(x0);
@@ -510,9 +511,8 @@ void backward_loops(const scalar_t* grad_output, const scalar_t* value, const sc
                                                     p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dilation_h,
                                                     p.dilation_w, p.offset_scale);
         pixel_point_weights<scalar_t, acc_t>(mask + first, g_end - g_begin, P, mask_logits, weights.data());
-        std::copy(weights.begin(), weights.begin() + samples, s.point_weight.begin());
-        locate_pixel_samples<scalar_t, acc_t>(offset + 2 * first, taps.x.data(), taps.y.data(), grid.base_x,
-                                              grid.base_y, scale, samples, height, width, s);
+        locate_pixel_samples<scalar_t, acc_t>(offset + 2 * first, weights.data(), taps.x.data(), taps.y.data(),
+                                              grid.base_x, grid.base_y, scale, samples, height, width, s);
         for (int64_t g = g_begin; g < g_end; ++g) {
           const scalar_t* go = grad_output + pix * C + g * Cg;
           for (int64_t q = (g - g_begin) * P; q < (g - g_begin + 1) * P; ++q) {
