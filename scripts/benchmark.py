@@ -4,7 +4,8 @@ All models are built and timed in this one process and take turns over the round
 like with like on a shared machine. One run prints every row of the README table:
 
 - forward (eager, inference) at each `--batch`, with the peak extra memory of one forward;
-- training step (forward + backward + fused AdamW) at `--train-batch`;
+- training step (forward + backward + fused AdamW) at `--train-batch`, both models with the same stochastic-depth
+  rate (`--drop-path-rate`; the configs' defaults differ: 0.1 for InternImage-T, 0.0 for ConvNeXt-T);
 - `torch.compile` (inductor; weights frozen for inference): compile time (from an empty inductor cache),
   steady-state time against the compiled ConvNeXt-T and against the same model in eager mode; each batch size
   compiled for its own shapes, and the later batch sizes also as the dynamic-batch recompile of the models compiled
@@ -40,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="forward (and compiled) batch sizes")
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--drop-path-rate", type=float, default=0.0, help="stochastic depth of both models in the training step"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--threads", type=int, help="intra-op threads (torch.set_num_threads); default: torch's")
@@ -102,6 +106,8 @@ def build_models(args: argparse.Namespace, kernel_dir: Path | None, mode: str) -
     else:
         internimage_config = InternImageConfig.from_preset("t", num_labels=1000)
         convnext_config = ConvNextConfig(num_labels=1000)
+    # Only the training step runs stochastic depth; like against like, whatever the two configs' defaults.
+    internimage_config.drop_path_rate = convnext_config.drop_path_rate = args.drop_path_rate
     internimage = InternImageForImageClassification(internimage_config).to(args.device, dtype)
     internimage.train(mode == "training")
     convnext = ConvNextForImageClassification(convnext_config).to(args.device, dtype).train(mode == "training")
@@ -154,7 +160,8 @@ def training_rows(args: argparse.Namespace, kernel_dir: Path | None) -> None:
             optimizer.zero_grad(set_to_none=True)
 
         calls[name] = step
-    print_rows("training step (forward + backward + AdamW)", args.train_batch, median_times(calls, args))
+    title = f"training step (forward + backward + AdamW; stochastic depth {args.drop_path_rate} in both)"
+    print_rows(title, args.train_batch, median_times(calls, args))
 
 
 def compile_all(models: dict[str, torch.nn.Module], args, batch: int, dynamic: bool | None) -> tuple[dict, dict]:

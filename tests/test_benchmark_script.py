@@ -22,7 +22,7 @@ def test_smoke_run_prints_forward_training_and_compiled_rows(capsys):
     assert titles == [
         "forward (eager), batch 1",
         "forward (eager), batch 2",
-        "training step (forward + backward + AdamW), batch 2",
+        "training step (forward + backward + AdamW; stochastic depth 0.0 in both), batch 2",
         "torch.compile (eager, frozen weights, static shapes), batch 1",
         "torch.compile (eager, frozen weights, static shapes), batch 2",
         "torch.compile (eager, frozen weights, dynamic batch after batch 1), batch 2",
@@ -33,3 +33,16 @@ def test_smoke_run_prints_forward_training_and_compiled_rows(capsys):
         assert float(rows["convnext_t"][3]) == pytest.approx(1.0)
         assert all(float(row[1]) > 0 for row in rows.values())
     assert "peak" in sections[1] and "x eager" in sections[-1]
+
+
+def test_both_models_train_with_the_same_stochastic_depth():
+    script = runpy.run_path(str(SCRIPT))
+    args = script["parse_args"](["--smoke", "--no-kernel", "--drop-path-rate", "0.3"])
+    models = script["build_models"](args, None, "training")
+    rates = {name: model.config.drop_path_rate for name, model in models.items()}
+    assert rates == dict.fromkeys(MODELS, 0.3)
+    # The configs' own defaults differ (0.1 for InternImage-T, 0.0 for ConvNeXt-T): the default run sets both to 0.
+    default = script["build_models"](script["parse_args"](["--smoke", "--no-kernel"]), None, "training")
+    assert {model.config.drop_path_rate for model in default.values()} == {0.0}
+    last_block = default["internimage_t_pytorch"].internimage.encoder.stages[-1].layers[-1]
+    assert last_block.drop_path.drop_prob == 0.0
