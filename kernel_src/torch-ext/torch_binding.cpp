@@ -36,6 +36,10 @@ const char* const kBackwardSchema =
     "int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, "
     "int group_channels, float offset_scale, bool remove_center) -> (Tensor, Tensor, Tensor)";
 
+const char* const kDepthwiseNormActSchema =
+    "depthwise_norm_act(Tensor input, Tensor conv_weight, Tensor conv_bias, Tensor norm_weight, Tensor norm_bias, "
+    "float eps, str activation) -> Tensor";
+
 bool supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
@@ -174,7 +178,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(const at::Tensor& gr
   return mask_logits ? dcnv3::softmax_backward_cpu(g, v, o, m, p) : dcnv3::backward_cpu(g, v, o, m, p);
 }
 
+void check_channel_vector(const at::Tensor& t, const char* name, const at::Tensor& input) {
+  TORCH_CHECK(t.defined(), "depthwise_norm_act: `", name, "` is undefined");
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == input.size(3), "depthwise_norm_act: `", name, "` must have shape (",
+              input.size(3), ",) for an input with ", input.size(3), " channels, got ", t.sizes());
+  TORCH_CHECK(t.device() == input.device() && t.scalar_type() == input.scalar_type(), "depthwise_norm_act: `", name,
+              "` is ", t.scalar_type(), " on ", t.device(), " but `input` is ", input.scalar_type(), " on ",
+              input.device());
+}
+
+dcnv3::Activation parse_activation(c10::string_view name) {
+  if (name == "gelu") return dcnv3::Activation::kGelu;
+  if (name == "relu") return dcnv3::Activation::kRelu;
+  if (name == "silu") return dcnv3::Activation::kSilu;
+  TORCH_CHECK(false, "depthwise_norm_act: `activation` must be 'gelu', 'relu' or 'silu', got '", name, "'");
+}
+
 }  // namespace
+
+at::Tensor depthwise_norm_act(const at::Tensor& input, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
+                              const at::Tensor& norm_weight, const at::Tensor& norm_bias, double eps,
+                              c10::string_view activation) {
+  TORCH_CHECK(input.defined() && input.dim() == 4, "depthwise_norm_act: `input` must be a 4-D (N, H, W, C) tensor");
+  TORCH_CHECK(input.is_cpu() && input.scalar_type() == at::kFloat,
+              "depthwise_norm_act: `input` must be a float32 CPU tensor (the fused inference path), got ",
+              input.scalar_type(), " on ", input.device());
+  TORCH_CHECK(conv_weight.defined() && conv_weight.dim() == 4 && conv_weight.size(0) == input.size(3) &&
+                  conv_weight.size(1) == 1 && conv_weight.size(2) == conv_weight.size(3) && conv_weight.size(2) % 2,
+              "depthwise_norm_act: `conv_weight` must have shape (C, 1, k, k) with odd k and C = ", input.size(3),
+              " (the input's channels), got ", conv_weight.defined() ? conv_weight.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(conv_weight.device() == input.device() && conv_weight.scalar_type() == input.scalar_type(),
+              "depthwise_norm_act: `conv_weight` is ", conv_weight.scalar_type(), " on ", conv_weight.device(),
+              " but `input` is ", input.scalar_type(), " on ", input.device());
+  check_channel_vector(conv_bias, "conv_bias", input);
+  check_channel_vector(norm_weight, "norm_weight", input);
+  check_channel_vector(norm_bias, "norm_bias", input);
+  TORCH_CHECK(eps >= 0.0, "depthwise_norm_act: `eps` must be non-negative, got ", eps);
+  return dcnv3::depthwise_norm_act_cpu(input.contiguous(), conv_weight.contiguous(), conv_bias.contiguous(),
+                                       norm_weight.contiguous(), norm_bias.contiguous(), eps,
+                                       parse_activation(activation));
+}
 
 at::Tensor dcnv3_forward(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, int64_t kernel_h,
                          int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
@@ -223,6 +266,8 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.impl("dcnv3_softmax_forward", c10::DeviceType::CPU, &dcnv3_softmax_forward);
   ops.impl("dcnv3_backward", c10::DeviceType::CPU, &dcnv3_backward);
   ops.impl("dcnv3_softmax_backward", c10::DeviceType::CPU, &dcnv3_softmax_backward);
+  ops.def(kDepthwiseNormActSchema);
+  ops.impl("depthwise_norm_act", c10::DeviceType::CPU, &depthwise_norm_act);
 #if defined(CUDA_KERNEL)
   ops.impl("dcnv3_forward", c10::DeviceType::CUDA, &dcnv3_forward);
   ops.impl("dcnv3_softmax_forward", c10::DeviceType::CUDA, &dcnv3_softmax_forward);

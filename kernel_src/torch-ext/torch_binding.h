@@ -21,6 +21,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_backward_cpu(const at::Te
                                                                     const at::Tensor& value, const at::Tensor& offset,
                                                                     const at::Tensor& mask_logits, const Params& p);
 
+// Activations of `depthwise_norm_act` (the ones InternImage configs use; GELU in its exact-erf form).
+enum class Activation { kGelu, kRelu, kSilu };
+
+// Depthwise k x k convolution (stride 1, zero padding k / 2, bias) + LayerNorm over channels + activation of a
+// validated, contiguous float32 NHWC input. conv_weight (C, 1, k, k); conv_bias, norm_weight, norm_bias (C,).
+at::Tensor depthwise_norm_act_cpu(const at::Tensor& input, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
+                                  const at::Tensor& norm_weight, const at::Tensor& norm_bias, double eps,
+                                  Activation activation);
+
 #if defined(CUDA_KERNEL)
 // mask_logits: the softmax runs inside the kernels; the backward then returns the gradient w.r.t. the logits.
 at::Tensor forward_cuda(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, const Params& p,
@@ -57,3 +66,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_softmax_backward(
     int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
     int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels, double offset_scale,
     bool remove_center);
+
+// depthwise_norm_act_cpu after validating every argument (CPU float32 only: it serves the inference path).
+at::Tensor depthwise_norm_act(const at::Tensor& input, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
+                              const at::Tensor& norm_weight, const at::Tensor& norm_bias, double eps,
+                              c10::string_view activation);

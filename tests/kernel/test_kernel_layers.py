@@ -155,8 +155,22 @@ def with_operator_kernel(module: InternImageDCNv3, kernel) -> InternImageDCNv3:
     return with_core_kernel(module, kernel)
 
 
+@pytest.fixture
+def query_calls(dcnv3_kernel, monkeypatch):
+    """Activations passed to the kernel's fused depthwise conv + LayerNorm + activation op."""
+    calls = []
+    op = dcnv3_kernel.layers.depthwise_norm_act
+
+    def counting(*args):
+        calls.append(args[-1])
+        return op(*args)
+
+    monkeypatch.setattr(dcnv3_kernel.layers, "depthwise_norm_act", counting)
+    return calls
+
+
 @pytest.mark.parametrize("variant", sorted(OPERATOR_VARIANTS))
-def test_operator_inference_matches_the_model_operator(dcnv3_kernel, fused_calls, variant):
+def test_operator_inference_matches_the_model_operator(dcnv3_kernel, fused_calls, query_calls, variant):
     reference = operator(variant)
     fused = with_operator_kernel(operator(variant), dcnv3_kernel)
     hidden = torch.randn(2, 9, 7, 32).permute(0, 2, 1, 3)  # a strided channels-last view, as stages hand it over
@@ -164,11 +178,22 @@ def test_operator_inference_matches_the_model_operator(dcnv3_kernel, fused_calls
         expected = reference(hidden)
         out = fused(hidden)
     assert fused_calls == ["none"] * 4  # input_proj, offset, mask, output_proj
+    assert query_calls == ["silu" if variant == "remove_center_scale2" else "gelu"]
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_operator_with_tanh_gelu_keeps_the_separate_query_modules(dcnv3_kernel, fused_calls, query_calls):
+    reference = operator()
+    reference.depthwise_act = torch.nn.GELU(approximate="tanh")
+    fused = with_operator_kernel(copy.deepcopy(reference), dcnv3_kernel)
+    hidden = torch.randn(2, 5, 6, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(hidden), reference(hidden), atol=1e-5, rtol=1e-5)
+    assert query_calls == [] and fused_calls == ["none"] * 4
+
+
 @pytest.mark.parametrize("case", ["gradients", "bfloat16", "autocast"])
-def test_operator_keeps_the_module_path_when_onednn_would_differ(dcnv3_kernel, fused_calls, case):
+def test_operator_keeps_the_module_path_when_onednn_would_differ(dcnv3_kernel, fused_calls, query_calls, case):
     reference = with_core_kernel(operator("h_style"), dcnv3_kernel)  # the same core: only the path may differ
     fused = with_operator_kernel(operator("h_style"), dcnv3_kernel)
     hidden = torch.randn(2, 6, 5, 32)
@@ -176,7 +201,7 @@ def test_operator_keeps_the_module_path_when_onednn_would_differ(dcnv3_kernel, f
         reference, fused, hidden = reference.bfloat16(), fused.bfloat16(), hidden.bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
         outputs = [module(hidden.clone().requires_grad_(case == "gradients")) for module in (reference, fused)]
-    assert fused_calls == []
+    assert fused_calls == [] and query_calls == []
     torch.testing.assert_close(outputs[1], outputs[0], atol=0, rtol=0)
     if case == "gradients":
         grads = [torch.autograd.grad(out.square().sum(), module.offset.weight)[0]

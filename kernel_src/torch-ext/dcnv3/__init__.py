@@ -4,10 +4,12 @@
 group, group_channels, offset_scale, remove_center)`` computes, for NHWC ``value`` (N, H, W, G*Cg), pixel
 ``offset`` (N, Ho, Wo, G*P*2) and ``mask`` (N, Ho, Wo, G*P), the output (N, Ho, Wo, G*Cg); ``dcnv3_softmax`` takes
 mask logits and applies InternImage's softmax over each group's points inside the op (CPU and CUDA).
-``layers`` holds the modules used by ``kernels.kernelize`` (``DCNv3Core``, ``InternImageMLP``).
+``depthwise_norm_act`` (CPU, float32 inference) fuses the depthwise convolution, LayerNorm and activation that
+predict the operator's query. ``layers`` holds the modules used by ``kernels.kernelize`` (``DCNv3Core``,
+``InternImageMLP``, ``InternImageDCNv3``).
 """
 
 from . import layers
-from ._core import dcnv3, dcnv3_backward, dcnv3_forward, dcnv3_softmax
+from ._core import dcnv3, dcnv3_backward, dcnv3_forward, dcnv3_softmax, depthwise_norm_act
 
-__all__ = ["dcnv3", "dcnv3_backward", "dcnv3_forward", "dcnv3_softmax", "layers"]
+__all__ = ["dcnv3", "dcnv3_backward", "dcnv3_forward", "dcnv3_softmax", "depthwise_norm_act", "layers"]

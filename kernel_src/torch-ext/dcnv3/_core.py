@@ -16,6 +16,7 @@ _FORWARD = add_op_namespace_prefix("dcnv3_forward")
 _SOFTMAX_FORWARD = add_op_namespace_prefix("dcnv3_softmax_forward")
 _BACKWARD = add_op_namespace_prefix("dcnv3_backward")
 _SOFTMAX_BACKWARD = add_op_namespace_prefix("dcnv3_softmax_backward")
+_DEPTHWISE_NORM_ACT = add_op_namespace_prefix("depthwise_norm_act")
 
 
 def _register_python_side() -> None:
@@ -48,6 +49,11 @@ def _register_python_side() -> None:
     @torch.library.register_fake(_SOFTMAX_BACKWARD)
     def _softmax_backward_fake(grad_output, value, offset, mask_logits, *args):
         return _backward_fake(grad_output, value, offset, mask_logits, *args)
+
+    @torch.library.register_fake(_DEPTHWISE_NORM_ACT)
+    def _depthwise_norm_act_fake(input, conv_weight, conv_bias, norm_weight, norm_bias, eps, activation):
+        torch._check(input.dim() == 4, lambda: f"depthwise_norm_act: `input` must be 4-D, got {tuple(input.shape)}")
+        return torch.empty_like(input, memory_format=torch.contiguous_format)
 
     torch.library.register_autograd(_FORWARD, _backward, setup_context=_setup_context)
     torch.library.register_autograd(_SOFTMAX_FORWARD, _softmax_backward, setup_context=_setup_context)
@@ -177,3 +183,27 @@ def dcnv3_softmax(
         int(pad_w), int(dilation_h), int(dilation_w), int(group), int(group_channels), float(offset_scale),
         bool(remove_center),
     )  # fmt: skip
+
+
+def depthwise_norm_act(
+    input: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    eps: float,
+    activation: str,
+) -> torch.Tensor:
+    """``activation(layer_norm(depthwise_conv(input)))`` on channels-last input, in one pass (CPU, float32, no grad).
+
+    Args:
+        input: ``(N, H, W, C)`` float32 CPU tensor.
+        conv_weight: ``(C, 1, k, k)`` depthwise kernel, odd ``k``; stride 1 and zero padding ``k // 2``.
+        conv_bias: ``(C,)``.
+        norm_weight, norm_bias, eps: the LayerNorm over the ``C`` channels of each pixel.
+        activation: ``"gelu"`` (exact-erf form), ``"relu"`` or ``"silu"``.
+
+    Returns:
+        ``(N, H, W, C)``. Not differentiable: the training path runs the separate modules.
+    """
+    return ops.depthwise_norm_act(input, conv_weight, conv_bias, norm_weight, norm_bias, float(eps), str(activation))

@@ -12,7 +12,9 @@ uses that module's attributes. The classes must stay pure ``nn.Module``: no ``__
 - ``InternImageDCNv3`` (``internimage_hf.dcnv3.InternImageDCNv3``, the operator with its projections; CPU only): in
   float32 inference its four linears run as single oneDNN ops with the bias fused and the core as one op call.
   `nn.Linear` is an ``addmm`` that first copies the bias into the output, and about ten dispatched operators per
-  call; at batch 1 those 4 x 30 small projections cost more in dispatch than in arithmetic.
+  call; at batch 1 those 4 x 30 small projections cost more in dispatch than in arithmetic. The depthwise
+  convolution, LayerNorm and activation that predict the query run as the kernel's one-pass
+  ``depthwise_norm_act`` (three operators and two intermediate tensors fewer per block).
 
 Both keep their oneDNN linears under ``torch.compile``, where inductor leaves them as they are (one external call
 each) and fuses the LayerNorms, activations and residuals around them. Without that, inductor with frozen weights
@@ -25,10 +27,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._core import dcnv3_softmax
+from ._core import dcnv3_softmax, depthwise_norm_act
 
 # oneDNN post-op names of the activations InternImage configs use (nn.GELU only in its exact-erf form).
 _ONEDNN_ACTIVATIONS = {nn.ReLU: "relu", nn.SiLU: "swish"}
+# Activation names of the kernel's depthwise_norm_act (nn.GELU only in its exact-erf form).
+_ACTIVATION_NAMES = {nn.GELU: "gelu", nn.ReLU: "relu", nn.SiLU: "silu"}
 
 
 class DCNv3Core(nn.Module):
@@ -88,6 +92,20 @@ def _linear(hidden_states: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(hidden_states, linear.weight, linear.bias, "none", [], "")
 
 
+def _query(dcn: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The operator's depthwise convolution + LayerNorm + activation, fused into one op where the kernel has it."""
+    activation = _ACTIVATION_NAMES.get(type(dcn.depthwise_act))
+    if isinstance(dcn.depthwise_act, nn.GELU) and dcn.depthwise_act.approximate != "none":
+        activation = None
+    conv = dcn.depthwise_conv
+    if activation is not None and conv.bias is not None and dcn.depthwise_norm.weight is not None:
+        norm = dcn.depthwise_norm
+        return depthwise_norm_act(hidden_states, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, activation)
+    query = conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    # Normalised as (rows, C): inductor stored the LayerNorm of the permuted 4-d tensor transposed (see the model).
+    return dcn.depthwise_act(dcn.depthwise_norm(query.reshape(-1, query.shape[-1]))).view(query.shape)
+
+
 class InternImageMLP(nn.Module):
     """fc1 -> activation -> dropout -> fc2 -> dropout on channels-last input ``(..., C)``.
 
@@ -125,9 +143,7 @@ class InternImageDCNv3(nn.Module):
         if not _onednn_inference(hidden_states, self.input_proj.weight):
             return type(self).forward(self, hidden_states)
         value = _linear(hidden_states, self.input_proj)
-        query = self.depthwise_conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        # Normalised as (rows, C): inductor stored the LayerNorm of the permuted 4-d tensor transposed (see the model).
-        query = self.depthwise_act(self.depthwise_norm(query.reshape(-1, query.shape[-1]))).view(query.shape)
+        query = _query(self, hidden_states)
         output = dcnv3_softmax(
             value, _linear(query, self.offset), _linear(query, self.mask), self.kernel_size, self.kernel_size,
             self.stride, self.stride, self.pad, self.pad, self.dilation, self.dilation, self.group,
