@@ -123,3 +123,15 @@ def test_traces_under_torch_compile(dcnv3_kernel):
     with torch.no_grad():
         compiled = torch.compile(query, backend="aot_eager", fullgraph=True)
         torch.testing.assert_close(compiled(hidden), query(hidden), atol=0, rtol=0)
+
+
+def test_opcheck(dcnv3_kernel):
+    conv, norm = modules(16, 3)
+    arguments = (torch.randn(2, 5, 6, 16), conv.weight.detach(), conv.bias.detach(), norm.weight.detach(),
+                 norm.bias.detach(), 1e-6, "gelu")  # fmt: skip
+    # No autograd formula on purpose (inference only): the schema, fake impl and dispatch are what is checked.
+    torch.library.opcheck(
+        dcnv3_kernel._ops.ops.depthwise_norm_act.default,
+        arguments,
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static", "test_aot_dispatch_dynamic"),
+    )
