@@ -41,22 +41,10 @@
 #include "dcnv3_cpu/dcnv3_cpu_impl.h"
 #undef DCNV3_CPU_ISA
 
-// The same loops for AVX2 + FMA, chosen at run time: Hub binaries must run on every x86-64 CPU, so the
-// translation unit itself is compiled for the baseline ISA.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DCNV3_HAVE_AVX2_PATH 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-// Lets GCC if-convert the selects of the sample-location loop (it keeps branches where a float op might trap),
-// so that the loop vectorises; nothing here reads the floating-point exception flags.
-#pragma GCC optimize("no-trapping-math")
-#define DCNV3_CPU_ISA avx2
-#define DCNV3_CPU_AVX2 1  // lets the loops use AVX2 intrinsics where auto-vectorisation falls short
-#include "dcnv3_cpu/dcnv3_cpu_impl.h"
-#undef DCNV3_CPU_AVX2
-#undef DCNV3_CPU_ISA
-#pragma GCC pop_options
-#endif
+// The same loops for AVX2 + FMA, chosen at run time.
+#define DCNV3_CPU_IMPL "dcnv3_cpu/dcnv3_cpu_impl.h"
+#include "dcnv3_cpu/avx2_variant.h"
+#undef DCNV3_CPU_IMPL
 
 namespace dcnv3 {
 namespace {

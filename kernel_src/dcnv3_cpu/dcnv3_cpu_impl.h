@@ -1,5 +1,5 @@
 // DCNv3 CPU loops, included twice by dcnv3_cpu.cpp: once for baseline x86-64 / other architectures and
-// once inside a `#pragma GCC target("avx2,fma")` region (namespace DCNV3_CPU_ISA), picked at run time.
+// once for AVX2 + FMA through avx2_variant.h (namespace DCNV3_CPU_ISA), picked at run time.
 // No include guard on purpose.
 #ifndef DCNV3_CPU_ISA
 #error "define DCNV3_CPU_ISA before including dcnv3_cpu_impl.h"

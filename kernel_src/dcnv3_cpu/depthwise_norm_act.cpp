@@ -37,24 +37,21 @@ struct DepthwiseNormAct {
 // Baseline build of the loops (any CPU). no-trapping-math lets GCC if-convert the activations' selects so that
 // their loops vectorise (nothing here reads the floating-point exception flags); the loops call no library
 // function, which the differing optimisation options would keep from being inlined.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("no-trapping-math")
+#endif
 #define DCNV3_CPU_ISA baseline
 #include "dcnv3_cpu/depthwise_norm_act_impl.h"
 #undef DCNV3_CPU_ISA
-#pragma GCC pop_options
-
-// The same loops for AVX2 + FMA, chosen at run time (Hub binaries must run on every x86-64 CPU).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DCNV3_HAVE_AVX2_PATH 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#pragma GCC optimize("no-trapping-math")
-#define DCNV3_CPU_ISA avx2
-#include "dcnv3_cpu/depthwise_norm_act_impl.h"
-#undef DCNV3_CPU_ISA
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
+
+// The same loops for AVX2 + FMA, chosen at run time.
+#define DCNV3_CPU_IMPL "dcnv3_cpu/depthwise_norm_act_impl.h"
+#include "dcnv3_cpu/avx2_variant.h"
+#undef DCNV3_CPU_IMPL
 
 namespace dcnv3 {
 

@@ -1,6 +1,6 @@
 // Loops of the fused depthwise convolution + LayerNorm + activation (float32, NHWC), included twice by
-// depthwise_norm_act.cpp: once for baseline x86-64 / other architectures and once inside a
-// `#pragma GCC target("avx2,fma")` region (namespace DCNV3_CPU_ISA), picked at run time. No include guard on purpose.
+// depthwise_norm_act.cpp: once for baseline x86-64 / other architectures and once for AVX2 + FMA through
+// avx2_variant.h (namespace DCNV3_CPU_ISA), picked at run time. No include guard on purpose.
 #ifndef DCNV3_CPU_ISA
 #error "define DCNV3_CPU_ISA before including depthwise_norm_act_impl.h"
 #endif
