@@ -74,24 +74,16 @@ inline float lane_sum(const float* __restrict__ lanes) {
   return ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
 }
 
-// Sum of x[0..n) in 8 interleaved partial sums (a strict left-to-right float sum does not vectorise).
-inline float sum_of(const float* __restrict__ x, int64_t n) {
+// Sum of term(x[c]) over c in [0, n), in 8 interleaved partial sums (a strict left-to-right float sum does not
+// vectorise).
+template <typename Term>
+inline float sum_over(const float* __restrict__ x, int64_t n, Term term) {
   float partial[8] = {};
   int64_t c = 0;
   for (; c + 8 <= n; c += 8) {
-    for (int j = 0; j < 8; ++j) partial[j] += x[c + j];
+    for (int j = 0; j < 8; ++j) partial[j] += term(x[c + j]);
   }
-  for (int j = 0; c < n; ++c, ++j) partial[j] += x[c];
-  return lane_sum(partial);
-}
-
-inline float squared_deviation_sum(const float* __restrict__ x, int64_t n, float mean) {
-  float partial[8] = {};
-  int64_t c = 0;
-  for (; c + 8 <= n; c += 8) {
-    for (int j = 0; j < 8; ++j) partial[j] += (x[c + j] - mean) * (x[c + j] - mean);
-  }
-  for (int j = 0; c < n; ++c, ++j) partial[j] += (x[c] - mean) * (x[c] - mean);
+  for (int j = 0; c < n; ++c, ++j) partial[j] += term(x[c]);
   return lane_sum(partial);
 }
 
@@ -99,8 +91,9 @@ inline float squared_deviation_sum(const float* __restrict__ x, int64_t n, float
 template <Activation act>
 inline void normalize_activate(float* __restrict__ x, const DepthwiseNormAct& s) {
   const int64_t C = s.channels;
-  const float mean = sum_of(x, C) / static_cast<float>(C);
-  const float rstd = 1.0f / __builtin_sqrtf(squared_deviation_sum(x, C, mean) / static_cast<float>(C) + s.eps);
+  const float mean = sum_over(x, C, [](float v) { return v; }) / static_cast<float>(C);
+  const float variance = sum_over(x, C, [mean](float v) { return (v - mean) * (v - mean); }) / static_cast<float>(C);
+  const float rstd = 1.0f / __builtin_sqrtf(variance + s.eps);
   const float* __restrict__ gamma = s.norm_weight;
   const float* __restrict__ beta = s.norm_bias;
   for (int64_t c = 0; c < C; ++c) x[c] = activate<act>((x[c] - mean) * rstd * gamma[c] + beta[c]);

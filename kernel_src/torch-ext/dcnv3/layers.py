@@ -29,10 +29,9 @@ from torch import nn
 
 from ._core import dcnv3_softmax, depthwise_norm_act
 
-# oneDNN post-op names of the activations InternImage configs use (nn.GELU only in its exact-erf form).
-_ONEDNN_ACTIVATIONS = {nn.ReLU: "relu", nn.SiLU: "swish"}
-# Activation names of the kernel's depthwise_norm_act (nn.GELU only in its exact-erf form).
-_ACTIVATION_NAMES = {nn.GELU: "gelu", nn.ReLU: "relu", nn.SiLU: "silu"}
+# Names of the activations InternImage configs use: oneDNN post-ops and the kernel's depthwise_norm_act.
+_ONEDNN_ACTIVATIONS = {nn.GELU: "gelu", nn.ReLU: "relu", nn.SiLU: "swish"}
+_KERNEL_ACTIVATIONS = {nn.GELU: "gelu", nn.ReLU: "relu", nn.SiLU: "silu"}
 
 
 class DCNv3Core(nn.Module):
@@ -65,10 +64,11 @@ class DCNv3Core(nn.Module):
         )  # fmt: skip
 
 
-def _onednn_activation(act: nn.Module) -> str | None:
+def _activation_name(act: nn.Module, names: dict[type, str]) -> str | None:
+    """`act`'s name in `names`, or None where it has none (nn.GELU only in its exact-erf form)."""
     if isinstance(act, nn.GELU):
-        return "gelu" if act.approximate == "none" else None
-    return _ONEDNN_ACTIVATIONS.get(type(act))
+        return names[nn.GELU] if act.approximate == "none" else None
+    return names.get(type(act))
 
 
 def _onednn_inference(hidden_states: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -94,9 +94,7 @@ def _linear(hidden_states: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
 
 def _query(dcn: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """The operator's depthwise convolution + LayerNorm + activation, fused into one op where the kernel has it."""
-    activation = _ACTIVATION_NAMES.get(type(dcn.depthwise_act))
-    if isinstance(dcn.depthwise_act, nn.GELU) and dcn.depthwise_act.approximate != "none":
-        activation = None
+    activation = _activation_name(dcn.depthwise_act, _KERNEL_ACTIVATIONS)
     conv = dcn.depthwise_conv
     if activation is not None and conv.bias is not None and dcn.depthwise_norm.weight is not None:
         norm = dcn.depthwise_norm
@@ -117,7 +115,7 @@ class InternImageMLP(nn.Module):
     can_torch_compile = True
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        activation = _onednn_activation(self.act)
+        activation = _activation_name(self.act, _ONEDNN_ACTIVATIONS)
         if activation is None or not _fusable(self, hidden_states):
             hidden_states = self.dropout(self.act(self.fc1(hidden_states)))
             return self.dropout(self.fc2(hidden_states))
