@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
 from internimage_hf import (
@@ -11,7 +12,7 @@ from internimage_hf import (
     InternImageModel,
     convert_official_state_dict,
 )
-from internimage_hf.modeling_internimage import InternImageDCNv3, InternImageLayer, drop_path
+from internimage_hf.modeling_internimage import ChannelsLastConv2d, InternImageDCNv3, InternImageLayer, drop_path
 
 LOGIT_ATOL = 1e-4
 
@@ -304,20 +305,55 @@ def test_device_map_auto_loads(tmp_path):
         assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 3)
 
 
-def test_conv_weights_are_channels_last_after_construction_and_loading(tmp_path):
-    # A convolution over channels-last activations copies a contiguous weight into channels-last on every call.
+@pytest.mark.parametrize("model_class", [InternImageModel, InternImageForImageClassification, InternImageBackbone])
+def test_load_contiguous_weights(tmp_path, model_class):
+    # Transformers' common test: loading takes a non-contiguous parameter for one altered by a conversion.
+    config = InternImageConfig(channels=16, depths=[1, 1, 1, 1], groups=[1, 2, 4, 8], num_labels=3)
+    model = model_class(config)
+    assert all(param.is_contiguous() for param in model.parameters())
+    model.save_pretrained(tmp_path)
+    loaded = model_class.from_pretrained(tmp_path)
+    assert all(param.is_contiguous() for param in loaded.parameters())
+
+
+def test_convolutions_run_channels_last_on_contiguous_weights(tmp_path):
+    # The channels-last copy a convolution over channels-last activations needs is made once, not per call.
     config = InternImageConfig(channels=16, depths=[1, 1, 1, 1], groups=[1, 2, 4, 8], num_labels=3)
     model = InternImageForImageClassification(config).eval()
     model.save_pretrained(tmp_path)
     loaded = InternImageForImageClassification.from_pretrained(tmp_path)
-    with_info, info = InternImageForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    for candidate in (model, loaded, with_info):
-        convs = [m for m in candidate.modules() if isinstance(m, torch.nn.Conv2d)]
-        assert len(convs) == 2 + 4 + 3 + 1  # stem, depthwise per block, downsamples, head
-        assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    convs = [m for m in loaded.modules() if isinstance(m, ChannelsLastConv2d)]
+    assert len(convs) == 2 + 3 + 1  # stem, downsamples, head
     pixel_values = torch.randn(1, 3, 64, 64)
-    torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, atol=0, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, atol=0, rtol=0)
+        copies = [conv.channels_last_weight() for conv in convs]
+        assert all(copy.is_contiguous(memory_format=torch.channels_last) for copy in copies)
+        assert not any(copy.is_contiguous() for conv, copy in zip(convs, copies) if conv.kernel_size == (3, 3))
+        assert all(conv.channels_last_weight() is copy for conv, copy in zip(convs, copies))
+        stem = loaded.internimage.embeddings
+        assert stem.conv2(torch.randn(1, 8, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_weight_follows_every_change_of_the_parameter():
+    conv = ChannelsLastConv2d(4, 8, kernel_size=3, padding=1).eval()
+    pixels = torch.randn(2, 4, 9, 9)
+    with torch.no_grad():
+        conv(pixels)
+        conv.weight.mul_(2)  # in place: the cached copy is stale
+        torch.testing.assert_close(conv(pixels), F.conv2d(pixels, conv.weight, conv.bias, padding=1))
+        conv.weight.data = torch.randn_like(conv.weight)  # a new tensor of the same size
+        torch.testing.assert_close(conv(pixels), F.conv2d(pixels, conv.weight, conv.bias, padding=1))
+        conv.load_state_dict({"weight": torch.ones_like(conv.weight), "bias": conv.bias})
+        torch.testing.assert_close(conv(pixels), F.conv2d(pixels, conv.weight, conv.bias, padding=1))
+        half = conv.to(torch.float64)(pixels.double())
+        torch.testing.assert_close(half, F.conv2d(pixels.double(), conv.weight, conv.bias, padding=1))
+    # Under autograd the conversion is differentiable: the contiguous parameter gets its gradient.
+    conv.float().train()
+    conv(pixels).sum().backward()
+    expected = torch.autograd.grad(F.conv2d(pixels, conv.weight, conv.bias, padding=1).sum(), conv.weight)[0]
+    torch.testing.assert_close(conv.weight.grad, expected)
+    assert conv.weight.is_contiguous()
 
 
 @pytest.mark.parametrize("build", ["model", "operator"])

@@ -8,7 +8,7 @@ from transformers.models.auto.image_processing_auto import AutoImageProcessor
 from .configuration_internimage import PRESETS, InternImageConfig
 from .conversion import convert_official_state_dict
 from .dcnv3 import DCNv3Core, InternImageDCNv3, dcnv3_core
-from .hub_kernels import dcnv3_backend, kernelize, register_dcnv3_kernel_mapping
+from .hub_kernels import dcnv3_backend, kernelize, register_dcnv3_kernel_mapping, register_layer_names
 from .image_processing_internimage import InternImageImageProcessor
 from .image_processing_pil_internimage import InternImageImageProcessorPil
 from .kernel_pin import KernelPinError
@@ -30,12 +30,10 @@ AutoImageProcessor.register(
     exist_ok=True,
 )
 
-try:  # map DCNv3Core to the pinned hub kernel for `from_pretrained(..., use_kernels=True)`; nothing is downloaded
-    register_dcnv3_kernel_mapping()
+try:  # known to `kernels` but mapped to no device: Transformers' default kernelize stays quiet and offline
+    register_layer_names()
 except ImportError:
-    pass  # `kernels` is not installed: the portable PyTorch core runs
-except KernelPinError:
-    pass  # this release pins no hub kernel commit (kernelize says so when called): the PyTorch core runs
+    pass  # `kernels` is not installed: the portable PyTorch modules run
 
 __version__ = "0.1.0"
 
@@ -51,6 +49,7 @@ __all__ = [
     "InternImageImageProcessorPil",
     "InternImageModel",
     "InternImagePreTrainedModel",
+    "KernelPinError",
     "convert_official_state_dict",
     "dcnv3_backend",
     "dcnv3_core",

@@ -42,7 +42,7 @@ from .kernel_source import (
     KernelSource,
     resolve_kernel_source,
 )
-from .local_kernels import LocalKernelRepository, select_local_variant
+from .local_kernels import LocalKernelRepository, load_local_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,8 @@ def kernelize(
         return model
     try:
         if source.local_path is not None:  # report (and load) the variant picked for this torch and device
-            source = dataclasses.replace(source, local_path=select_local_variant(source.local_path, device))
+            _, variant_dir = load_local_kernel(source.local_path, device)
+            source = dataclasses.replace(source, local_path=variant_dir)
         mapping = _kernel_mapping(source, (device,))
         with kernels.use_kernel_mapping(mapping, inherit_mapping=False):
             kernels.kernelize(model, mode=kernel_mode, device=device, use_fallback=True)
@@ -238,6 +239,122 @@ def _fall_back(model: nn.Module, modules: list[nn.Module], source: KernelSource,
         "running the PyTorch implementation",
     )
     return model
+
+
+def register_layer_names() -> None:
+    """Make the kernel layers (`LAYER_DEVICES`) known to the global ``kernels`` mapping, mapped to no device.
+
+    Transformers >= 5.25 kernelizes on every ``from_pretrained`` by default (a UperNet with an InternImage backbone,
+    say); a tagged layer missing from the mapping then logs "No kernel mapping found" once per instance. Mapped to
+    no device, the layers keep their PyTorch forward silently (``kernels``' no-device fallback) and nothing is
+    downloaded. An existing mapping (`register_dcnv3_kernel_mapping`) is kept.
+
+    Raises:
+        ImportError: ``kernels`` is not installed.
+    """
+    import kernels
+
+    kernels.register_kernel_mapping({layer_name: {} for layer_name in LAYER_DEVICES})
+
+
+def hub_kernels_enabled() -> bool:
+    """Transformers' switch ``USE_HUB_KERNELS`` (default on; 1, ON, YES or TRUE in any case keep it on)."""
+    return os.environ.get("USE_HUB_KERNELS", "YES").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _config_entry(layer_name: str, entry) -> tuple[str, dict]:
+    """``(location, metadata)`` of one `KernelConfig` entry ``"place:Layer"`` or ``("place:Layer", {...})``."""
+    location, metadata = entry if isinstance(entry, tuple) and len(entry) == 2 else (entry, {})
+    if not isinstance(location, str) or ":" not in location or not isinstance(metadata, dict):
+        raise ValueError(
+            f"kernel_config entry for `{layer_name}` must be 'org/name:{layer_name}' (or '/path/to/build:{layer_name}' "
+            f"with use_local_kernel=True), optionally in a tuple with a dict of revision/version/trust_remote_code; "
+            f"got {entry!r}"
+        )
+    location, _, repo_layer = location.rpartition(":")
+    unknown = set(metadata) - {"revision", "version", "trust_remote_code"}
+    if repo_layer not in LAYER_DEVICES or unknown or not location:
+        raise ValueError(
+            f"kernel_config entry for `{layer_name}`: {entry!r} must name one of the kernel's layers "
+            f"{sorted(LAYER_DEVICES)} and only revision/version/trust_remote_code"
+        )
+    return location, metadata
+
+
+def kernel_config_source(kernel_config, device: str) -> dict | None:
+    """`kernelize` arguments for a Transformers ``KernelConfig`` (``None``: the default kernel, ``{}``).
+
+    Its ``kernel_mapping`` may name any of the kernel layers (`LAYER_DEVICES`), each as ``"org/name:Layer"`` or
+    ``("org/name:Layer", {"revision" or "version": ..., "trust_remote_code": ...})`` (with ``use_local_kernel=True``
+    ``"/path/to/build:Layer"``), or as a dict of such per device. One kernel serves every layer, so the entries for
+    ``device`` must all name the same kernel.
+
+    Returns:
+        The keyword arguments of `kernelize`, or ``None`` when the config names no kernel for ``device``.
+
+    Raises:
+        ValueError: a layer this model does not have, a malformed entry, or entries naming different kernels.
+    """
+    if kernel_config is None:
+        return {}
+    mapping = getattr(kernel_config, "kernel_mapping", None)
+    if not isinstance(mapping, dict):
+        raise ValueError(f"kernel_config.kernel_mapping must be a dict, got {type(mapping).__name__}")
+    places = {}
+    for layer_name, entry in mapping.items():
+        if layer_name not in LAYER_DEVICES:
+            raise ValueError(
+                f"kernel_config maps `{layer_name}`, which InternImage does not have; its kernel layers are "
+                f"{sorted(LAYER_DEVICES)}"
+            )
+        if isinstance(entry, dict):  # per device: none for this device keeps PyTorch, as in Transformers
+            if device not in entry:
+                continue
+            entry = entry[device]
+        location, metadata = _config_entry(layer_name, entry)
+        places[(location, repr(sorted(metadata.items())))] = (location, metadata)
+    if len(places) > 1:
+        raise ValueError(
+            "one DCNv3 kernel serves all of InternImage's kernel layers, but kernel_config names several: "
+            + ", ".join(sorted(location for location, _ in places.values()))
+        )
+    if not places:
+        return None
+    location, metadata = next(iter(places.values()))
+    if getattr(kernel_config, "use_local_kernel", False):
+        return {"local_path": location}
+    return {"repo_id": location, **metadata}
+
+
+def set_model_kernels(model: nn.Module, use_kernels: bool, kernel_config=None, mode=None) -> None:
+    """Transformers' kernel switch for InternImage models (``use_kernels=True``, ``kernel_config=``,
+    ``model.use_kernels``), served by `kernelize`: the same kernel, variant, device and trust rules.
+
+    ``USE_HUB_KERNELS`` switched off keeps PyTorch, as Transformers does.
+    """
+    if use_kernels and not hub_kernels_enabled():
+        _log_once(logging.WARNING, "DCNv3: use_kernels=True, but USE_HUB_KERNELS disables hub kernels; running PyTorch")
+        use_kernels = False
+    kernel_mode = None
+    if use_kernels:
+        device = _infer_device(model)
+        arguments = kernel_config_source(kernel_config, device)
+        if arguments is None:
+            _log_once(logging.INFO, f"DCNv3: kernel_config names no kernel for {device}; running PyTorch")
+        else:
+            kernelize(model, mode=mode, **arguments)
+        try:
+            import kernels
+
+            kernel_mode = _to_mode(mode, kernels, model.training)
+        except ImportError:
+            pass
+    else:
+        _restore_pytorch(_tagged_modules(model, tuple(LAYER_DEVICES)))
+    # Transformers' own record behind `model.use_kernels` and `model.kernels_mode` (5.4 to 5.25 keep it here);
+    # the mode stops `train()`/`eval()` from kernelizing again for a mode already served.
+    model._use_kernels = bool(use_kernels)
+    model._kernels_mode = kernel_mode
 
 
 def _describe_forward(module: nn.Module) -> str:
@@ -283,6 +400,10 @@ __all__ = [
     "KernelSource",
     "dcnv3_backend",
     "kernelize",
+    "hub_kernels_enabled",
+    "kernel_config_source",
     "register_dcnv3_kernel_mapping",
+    "register_layer_names",
     "resolve_kernel_source",
+    "set_model_kernels",
 ]

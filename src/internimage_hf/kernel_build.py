@@ -17,6 +17,7 @@ kernel-builder (see ``kernel_src/flake.nix``).
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -469,7 +470,22 @@ def _install_python(build: dict, src_dir: Path, variant_dir: Path, ops: str, bac
         if path.name != "_ops.py":
             shutil.copy2(path, variant_dir / path.name)
     (variant_dir / "_ops.py").write_text(_OPS_PY.format(ops=ops))
-    (variant_dir / "metadata.json").write_text(json.dumps(_metadata(build, ops, backend, archs), indent=2) + "\n")
+    metadata = {**_metadata(build, ops, backend, archs), "digest": variant_digest(variant_dir)}
+    (variant_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def variant_digest(variant_dir: Path) -> dict:
+    """``metadata.json``'s ``digest``: the SHA-256 (base64) of every file of the variant but the metadata itself.
+
+    ``kernels`` >= 0.19 checks the files against it before importing a variant (and warns when it is missing);
+    earlier releases ignore it. The format is the one ``kernels`` parses (``{"algorithm", "files"}``).
+    """
+    files = {}
+    for path in sorted(variant_dir.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.name != "metadata.json":
+            digest = hashlib.sha256(path.read_bytes()).digest()
+            files[path.relative_to(variant_dir).as_posix()] = base64.b64encode(digest).decode()
+    return {"algorithm": "sha256", "files": files}
 
 
 def main(argv: list[str] | None = None) -> int:

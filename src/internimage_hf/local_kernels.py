@@ -1,20 +1,30 @@
-"""Pick the build variant of a local DCNv3 kernel that fits the running torch and device (needs ``kernels``).
+"""Load the build variant of a local DCNv3 kernel that fits the running torch and device (needs ``kernels``).
 
 A local kernel is a kernel repo root, its ``build/`` dir, or one variant dir (``torch214-cxx11-cpu-x86_64-linux``,
-holding ``metadata.json``). The variant is chosen by the ``kernels`` resolver's own rules (torch major.minor,
-C++ ABI, CPU, OS, backend), with two differences from ``kernels.get_local_kernel``:
+holding ``metadata.json``). Roots and ``build/`` dirs are resolved by ``kernels.get_local_kernel`` itself, the
+public loader whose signature ``kernels`` 0.17 to 0.19 share, so the variant naming and selection rules are always
+those of the installed ``kernels``. Two differences from calling it directly:
 
 - the backend follows the model's device, not only the torch build: a model on CPU gets the ``cpu`` variant on a
   CUDA build of torch (``kernels`` would only accept the CUDA one there), and the build's own backend otherwise
   (our CUDA variants also serve CPU tensors);
-- a variant dir passed directly is checked as well (``kernels`` imports it whatever torch it was built for, and a
-  compiled extension for another torch can crash the process): it is refused with the resolver's reason.
+- a variant dir passed directly is checked first (``kernels`` imports it whatever torch it was built for, and a
+  compiled extension for another torch can crash the process): its name is judged by the ``kernels`` variant
+  resolver and the dir is refused with the resolver's reason. ``kernels`` exports no function for that check, so
+  the resolver module is looked up where each release keeps it; a release that keeps it elsewhere gets a clear
+  error asking for the build root instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import json
 from pathlib import Path
+from types import ModuleType
+
+# Where ``kernels`` releases keep the variant resolver: 0.19 moved it under ``_internals``.
+_RESOLVER_MODULES = ("kernels._internals.variants", "kernels.variants")
 
 
 class KernelVariantError(FileNotFoundError):
@@ -26,18 +36,36 @@ def _backends(device: str) -> tuple[str | None, ...]:
     return ("cpu", None) if device == "cpu" else (None,)
 
 
-def _rejections(trace) -> str:
-    from kernels import VariantRejected
+def _variant_resolver() -> ModuleType | None:
+    """The installed ``kernels``' module with ``parse_variant`` and ``resolve_variants``, if it has one."""
+    for name in _RESOLVER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "parse_variant") and hasattr(module, "resolve_variants"):
+            return module
+    return None
 
-    reasons = [f"{d.variant.variant_str}: {d.reason}" for d in trace if isinstance(d, VariantRejected)]
+
+def _rejections(trace) -> str:
+    reasons = [f"{d.variant.variant_str}: {d.reason}" for d in trace if hasattr(d, "reason")]
     return "; ".join(reasons) or "it holds no build variants"
 
 
-def _check_variant_dir(path: Path, device: str) -> Path:
-    from kernels.variants import parse_variant, resolve_variants
+def check_variant_dir(path: Path, device: str) -> None:
+    """Refuse a variant dir whose name says it was built for another torch, CPU, OS or backend.
 
+    Raises:
+        KernelVariantError: the name does not fit this system, cannot be parsed, or cannot be checked.
+    """
+    resolver = _variant_resolver()
+    if resolver is None:
+        raise KernelVariantError(
+            f"cannot check the kernel variant {path} with this `kernels` release; pass its build root instead"
+        )
     try:
-        variant = parse_variant(path.name)
+        variant = resolver.parse_variant(path.name)
     except ValueError:
         raise KernelVariantError(
             f"cannot tell which torch the kernel variant {path} was built for: a variant directory must keep its "
@@ -45,43 +73,68 @@ def _check_variant_dir(path: Path, device: str) -> Path:
         ) from None
     first_trace = None
     for backend in _backends(device):
-        accepted, trace = resolve_variants([variant], backend)
+        accepted, trace = resolver.resolve_variants([variant], backend)
         if accepted:
-            return path
+            return
         first_trace = first_trace or trace
     raise KernelVariantError(f"the kernel variant {path} does not fit this system: {_rejections(first_trace)}")
 
 
-def select_local_variant(path: str | Path, device: str) -> Path:
-    """The variant dir of the local kernel ``path`` to load for a model on ``device`` (``"cpu"``, ``"cuda"``).
+def _metadata_id(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "metadata.json").read_text()).get("id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _variant_dir_of(module: ModuleType, path: Path) -> Path:
+    """The variant dir of the local kernel ``path`` that ``module`` was loaded from.
+
+    ``kernels`` imports a variant under its metadata id and returns the module already imported under that id, so
+    the dir is found by id (``module.__file__`` may name an earlier copy of the same build).
+    """
+    folders = [path] + [d for base in (path, path / "build") if base.is_dir() for d in sorted(base.iterdir())]
+    for folder in folders:
+        if (folder / "metadata.json").is_file() and _metadata_id(folder) == module.__name__:
+            return folder
+    return Path(module.__file__).parent
+
+
+def load_local_kernel(path: str | Path, device: str) -> tuple[ModuleType, Path]:
+    """Import the variant of the local kernel ``path`` that serves a model on ``device`` (``"cpu"``, ``"cuda"``).
+
+    Returns:
+        The kernel module and the variant dir it was loaded from (inside ``path`` as given, links unresolved).
 
     Raises:
-        KernelVariantError: ``path`` has no fitting variant, or is a variant dir that does not fit (the reason
-            given is the resolver's, e.g. ``Torch version (2.13) does not match environment Torch version (2.14)``).
+        KernelVariantError: ``path`` is missing, has no fitting variant, or is a variant dir that does not fit
+            (the reason given is the resolver's, e.g. ``Torch version (2.13) does not match environment Torch
+            version (2.14)``).
     """
-    from kernels.variants import get_variants_local, resolve_variants
+    import kernels
 
     path = Path(path)
     if (path / "metadata.json").is_file():
-        return _check_variant_dir(path, device)
-    bases = [base for base in (path, path / "build") if base.is_dir()]
-    first_trace = []
-    for backend in _backends(device):
-        for base in bases:
-            accepted, trace = resolve_variants(get_variants_local(base), backend)
-            if accepted:
-                return base / accepted[0].variant_str
-            first_trace = first_trace or trace
-    if not bases:
+        check_variant_dir(path, device)
+    elif not path.is_dir():
         raise KernelVariantError(f"no local kernel directory {path}")
-    raise KernelVariantError(f"no variant of the kernel in {path} fits this system: {_rejections(first_trace)}")
+    first_error = None
+    for backend in _backends(device):
+        try:
+            module = kernels.get_local_kernel(path, backend=backend)
+        except FileNotFoundError as err:
+            first_error = first_error or err
+            continue
+        return module, _variant_dir_of(module, path)
+    reason = " ".join(str(first_error).split())
+    raise KernelVariantError(f"no variant of the kernel in {path} fits this system: {reason}")
 
 
 @dataclasses.dataclass(frozen=True)
 class LocalKernelRepository:
-    """A ``kernels`` mapping target for a local kernel: picks the variant for ``device`` when loaded.
+    """A ``kernels`` mapping target for a local kernel: loads the variant for ``device`` (`load_local_kernel`).
 
-    Like ``kernels.LocalLayerRepository`` (which loads the variant it is given), plus `select_local_variant`.
+    Like ``kernels.LocalLayerRepository``, which loads the variant of the torch build whatever the device.
     Hashable, since ``kernels`` caches loaded layers per repository.
     """
 
@@ -90,13 +143,14 @@ class LocalKernelRepository:
     device: str
 
     def load(self):
-        import kernels
-
-        variant = select_local_variant(self.path, self.device)
-        return kernels.LocalLayerRepository(variant, layer_name=self.layer_name).load()
+        module, _ = load_local_kernel(self.path, self.device)
+        layer = getattr(getattr(module, "layers", None), self.layer_name, None)
+        if layer is None:
+            raise ValueError(f"the kernel in {self.path} has no layer `{self.layer_name}` in its `layers` module")
+        return layer
 
     def __str__(self) -> str:
         return f"`{self.path}` ({self.device} variant, layer `{self.layer_name}`)"
 
 
-__all__ = ["KernelVariantError", "LocalKernelRepository", "select_local_variant"]
+__all__ = ["KernelVariantError", "LocalKernelRepository", "check_variant_dir", "load_local_kernel"]

@@ -72,16 +72,58 @@ class InternImageDropPath(nn.Module):
         return f"p={self.drop_prob}"
 
 
+class ChannelsLastConv2d(nn.Conv2d):
+    """`nn.Conv2d` that convolves with its weight in channels-last memory, the layout of the activations it meets.
+
+    With a channels-last weight PyTorch runs the convolution channels-last and lays its output out channels-last
+    (which the LayerNorm after it reads as ``(rows, C)``); with a contiguous one it would copy the weight into
+    channels-last on every call. The parameter itself stays contiguous, as Transformers' loading expects (it takes
+    a non-contiguous parameter for one altered by a conversion): outside autograd the channels-last copy is cached
+    until the parameter changes (another tensor, an in-place update, a new device or dtype); under autograd,
+    ``torch.compile`` and export the conversion is part of the graph.
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(hidden_states, self.channels_last_weight(), self.bias)
+
+    def channels_last_weight(self) -> torch.Tensor:
+        """The weight in channels-last memory: a cached copy, or a differentiable conversion when one is needed."""
+        weight = self.weight
+        needs_graph = torch.is_grad_enabled() and weight.requires_grad
+        if needs_graph or torch.compiler.is_compiling() or torch.jit.is_tracing() or weight.device.type == "meta":
+            return weight.contiguous(memory_format=torch.channels_last)
+        cached = self.__dict__.get("_channels_last_cache")
+        if cached is None or not _cache_matches(cached, weight):
+            # The source is kept (it shares the weight's storage), so a replaced weight can never reuse its address
+            # while the copy is cached.
+            source = weight.detach()
+            cached = (source, weight._version, source.contiguous(memory_format=torch.channels_last))
+            self.__dict__["_channels_last_cache"] = cached
+        return cached[2]
+
+
+def _cache_matches(cached: tuple, weight: torch.Tensor) -> bool:
+    """Whether a ``(source, version, copy)`` cache entry was made from ``weight`` as it is now."""
+    source, version, _ = cached
+    return (
+        source.data_ptr() == weight.data_ptr()
+        and version == weight._version
+        and source.dtype == weight.dtype
+        and source.device == weight.device
+        and source.shape == weight.shape
+    )
+
+
 class InternImageStem(nn.Module):
     """Two stride-2 3x3 convolutions: ``(N, 3, H, W)`` -> ``(N, C, H/4, W/4)`` (a view of a channels-last tensor)."""
 
     def __init__(self, config: InternImageConfig) -> None:
         super().__init__()
         half = config.channels // 2
-        self.conv1 = nn.Conv2d(config.num_channels, half, kernel_size=3, stride=2, padding=1)
+        self.conv1 = ChannelsLastConv2d(config.num_channels, half, kernel_size=3, stride=2, padding=1)
         self.norm1 = nn.LayerNorm(half, eps=config.layer_norm_eps)
         self.act = build_activation(config.act_layer)
-        self.conv2 = nn.Conv2d(half, config.channels, kernel_size=3, stride=2, padding=1)
+        self.conv2 = ChannelsLastConv2d(half, config.channels, kernel_size=3, stride=2, padding=1)
         self.norm2 = nn.LayerNorm(config.channels, eps=config.layer_norm_eps)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -96,7 +138,7 @@ class InternImageDownsample(nn.Module):
 
     def __init__(self, config: InternImageConfig, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, 2 * channels, kernel_size=3, stride=2, padding=1, bias=False)
+        self.conv = ChannelsLastConv2d(channels, 2 * channels, kernel_size=3, stride=2, padding=1, bias=False)
         self.norm = nn.LayerNorm(2 * channels, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -250,37 +292,42 @@ class InternImagePreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained` that also reads the official hub checkpoints (remote-code format).
+        """`PreTrainedModel.from_pretrained` that also reads the official hub checkpoints (remote-code format), and
+        runs kernels only when asked.
 
-        Their weights are named ``"model." + official key``; a key mapping renames them on load. Our own
-        checkpoints never start with ``model.``, so the mapping leaves them alone.
+        Official weights are named ``"model." + official key``; a key mapping renames them on load (our own
+        checkpoints never start with ``model.``). ``use_kernels`` defaults to False here, though Transformers >= 5.25
+        defaults it to True: loading stays offline and quiet, and works whatever ``kernels`` is installed.
+        ``use_kernels=True`` or ``kernel_config=`` kernelize after loading, through `set_use_kernels`.
         """
         kwargs.setdefault("key_mapping", official_hub_key_mapping())
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        use_kernels = kwargs.pop("use_kernels", False)
+        kernel_config = kwargs.pop("kernel_config", None)
+        kernels_mode = kwargs.pop("kernels_mode", None)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, use_kernels=False, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info=True
-        model.use_channels_last_conv_weights()
+        if use_kernels or kernel_config is not None:
+            model.set_use_kernels(True, kernel_config, kernels_mode)
         return loaded
 
-    def post_init(self) -> None:
-        """Transformers' end-of-construction step, then the convolution weights in channels-last memory."""
-        super().post_init()
-        self.use_channels_last_conv_weights()
+    def set_use_kernels(self, use_kernels, kernel_config=None, mode=None, device_map=None):
+        """Transformers' kernel switch (``from_pretrained(..., use_kernels=True, kernel_config=...)``,
+        ``model.use_kernels = True``, a mode change on ``train()``), served by `internimage_hf.kernelize`.
 
-    def use_channels_last_conv_weights(self):
-        """Store every convolution weight in channels-last memory, the layout of the activations it meets.
+        The kernel, its build variant for the model's device and its trust follow the rules of
+        `internimage_hf.kernelize`, so `dcnv3_backend` and the outputs are the same either way, with any ``kernels``
+        release. A ``kernel_config`` names the kernel as in Transformers (``"org/name:DCNv3Core"``, or a local build
+        ``"/path:DCNv3Core"`` with ``use_local_kernel=True``), on CPU too.
 
-        A convolution over channels-last input with a contiguous (NCHW) weight copies the weight into channels-last
-        on every call (e.g. 4.7 MB per forward for InternImage-T's last downsample). Done at construction and by
-        `from_pretrained`; loading weights any other way (e.g. a wrapping model's `from_pretrained`) may bring
-        contiguous weights back, and calling this again restores the faster layout. Values are unchanged.
-
-        Returns:
-            the model itself.
+        Args:
+            use_kernels (`bool`): kernelize (True) or restore the PyTorch modules (False).
+            kernel_config (`KernelConfig`, *optional*): which kernel; default: `internimage_hf.kernelize`'s.
+            mode (`kernels.Mode`, *optional*): default from ``model.training``.
+            device_map (`dict`, *optional*): accepted for Transformers' signature; the device is the parameters'.
         """
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d) and module.weight.device.type != "meta":
-                module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
-        return self
+        from .hub_kernels import set_model_kernels
+
+        set_model_kernels(self, use_kernels, kernel_config, mode)
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
         """Always writes this package's own key names (a loaded official checkpoint is not renamed back)."""
@@ -438,7 +485,7 @@ class InternImageConvHead(nn.Module):
     def __init__(self, config: InternImageConfig) -> None:
         super().__init__()
         width = int(config.num_features * config.cls_scale)
-        self.conv = nn.Conv2d(config.num_features, width, kernel_size=1, bias=False)
+        self.conv = ChannelsLastConv2d(config.num_features, width, kernel_size=1, bias=False)
         self.norm = nn.BatchNorm2d(width)
         self.act = build_activation(config.act_layer)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -504,9 +551,9 @@ class InternImageClipHead(nn.Module):
     def __init__(self, config: InternImageConfig) -> None:
         super().__init__()
         stride = CLIP_POOL_STRIDE
-        self.stage4_proj = nn.Conv2d(config.num_features, CLIP_PRETRAIN_EMBED_DIM * stride**2, kernel_size=1)
+        self.stage4_proj = ChannelsLastConv2d(config.num_features, CLIP_PRETRAIN_EMBED_DIM * stride**2, kernel_size=1)
         self.pixel_shuffle = nn.PixelShuffle(stride)
-        self.stage3_proj = nn.Conv2d(config.num_features // 2, CLIP_PRETRAIN_EMBED_DIM, kernel_size=1)
+        self.stage3_proj = ChannelsLastConv2d(config.num_features // 2, CLIP_PRETRAIN_EMBED_DIM, kernel_size=1)
         self.attention_pool = InternImageAttentionPooling(
             config, CLIP_PRETRAIN_EMBED_DIM, CLIP_ATTENTION_HEADS, CLIP_EMBED_DIM
         )

@@ -272,18 +272,18 @@ def test_kernelize_without_kernels_package(clean_env, monkeypatch, caplog):
 
 
 def test_register_mapping(kernels_module, clean_env, cpu_kernel_build):
-    from kernels.layer.globals import _KERNEL_MAPPING
-
-    token = _KERNEL_MAPPING.set(dict(_KERNEL_MAPPING.get()))
-    try:
+    with kernels_module.use_kernel_mapping({}):  # a copy of the global mapping, dropped on exit
         source = hub_kernels.register_dcnv3_kernel_mapping(local_path=cpu_kernel_build.variant_dir)
         assert source.describe() == f"local:{cpu_kernel_build.variant_dir}"
-        assert hub_kernels.DCNV3_LAYER_NAME in _KERNEL_MAPPING.get()
         module, params, (value, offset, mask) = _module_and_inputs()
         kernels_module.kernelize(module, mode=kernels_module.Mode.INFERENCE, device="cpu")
         assert hub_kernels.dcnv3_backend(module).startswith("kernel:" + cpu_kernel_build.ops_name)
-    finally:
-        _KERNEL_MAPPING.reset(token)
+        torch.testing.assert_close(
+            module(value, offset, mask), reference_core(value, offset, mask, params), atol=1e-5, rtol=0
+        )
+    module, _, _ = _module_and_inputs()
+    kernels_module.kernelize(module, mode=kernels_module.Mode.INFERENCE, device="cpu")
+    assert hub_kernels.dcnv3_backend(module) == "pytorch"
 
 
 # --------------------------------------------------------------------------------------------------

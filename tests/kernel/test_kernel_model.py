@@ -113,25 +113,3 @@ def test_torch_compile_keeps_the_onednn_linears(cpu_kernel_build):
     assert targets.count(torch.ops.mkldnn._linear_pointwise) == 6 * blocks
     # `nn.Linear` is left only for the classifier head (and there is no separate activation of the MLP's fc1).
     assert targets.count(torch._C._nn.linear) == 1
-
-
-def test_from_pretrained_use_kernels(tmp_path, cpu_kernel_build):
-    """transformers' own kernel path: works with 5.20-5.22 + kernels 0.17.x, a clear refusal elsewhere."""
-    from kernels.layer.globals import _KERNEL_MAPPING
-    from transformers.utils.import_utils import is_kernels_available
-
-    tiny_model().save_pretrained(tmp_path / "model")
-    token = _KERNEL_MAPPING.set(dict(_KERNEL_MAPPING.get()))
-    try:
-        hub_kernels.register_dcnv3_kernel_mapping(local_path=cpu_kernel_build.variant_dir)
-        if not is_kernels_available():
-            with pytest.raises(ValueError, match="[Kk]ernels"):
-                InternImageForImageClassification.from_pretrained(tmp_path / "model", use_kernels=True)
-            return
-        model = InternImageForImageClassification.from_pretrained(tmp_path / "model", use_kernels=True).eval()
-        assert hub_kernels.dcnv3_backend(model).startswith("kernel:" + cpu_kernel_build.ops_name)
-        pixels = torch.randn(1, 3, 64, 64)
-        with torch.no_grad():
-            torch.testing.assert_close(model(pixels).logits, tiny_model()(pixels).logits, atol=1e-5, rtol=0)
-    finally:
-        _KERNEL_MAPPING.reset(token)
