@@ -329,8 +329,10 @@ def test_convolutions_run_channels_last_on_contiguous_weights(tmp_path):
         torch.testing.assert_close(loaded(pixel_values).logits, model(pixel_values).logits, atol=0, rtol=0)
         copies = [conv.channels_last_weight() for conv in convs]
         assert all(copy.is_contiguous(memory_format=torch.channels_last) for copy in copies)
-        assert not any(copy.is_contiguous() for conv, copy in zip(convs, copies) if conv.kernel_size == (3, 3))
-        assert all(conv.channels_last_weight() is copy for conv, copy in zip(convs, copies))
+        assert not any(
+            copy.is_contiguous() for conv, copy in zip(convs, copies, strict=True) if conv.kernel_size == (3, 3)
+        )
+        assert all(conv.channels_last_weight() is copy for conv, copy in zip(convs, copies, strict=True))
         stem = loaded.internimage.embeddings
         assert stem.conv2(torch.randn(1, 8, 8, 8)).is_contiguous(memory_format=torch.channels_last)
 
