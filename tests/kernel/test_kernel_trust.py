@@ -279,3 +279,16 @@ def test_publish_argument_errors(publish, build_dir, capsys):
         with pytest.raises(SystemExit) as info:
             publish.main(argv)
         assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_kernel_config_follows_the_same_trust_rules(pinned, recorded):
+    kernel_config = pytest.importorskip("transformers").KernelConfig
+    module = TinyDCNv3(dcnv3_params()).eval()
+    hub_kernels.set_model_kernels(module, True, kernel_config({"DCNv3Core": "internimage-hf/dcnv3:DCNv3Core"}))
+    assert recorded and all(
+        (c["revision"], c["version"], c["trust_remote_code"]) == (PINNED, None, True) for c in recorded
+    )
+    recorded.clear()
+    other = kernel_config({"DCNv3Core": ("internimage-hf/dcnv3:DCNv3Core", {"revision": OTHER})})
+    hub_kernels.set_model_kernels(module, True, other)
+    assert recorded and all((c["revision"], c["trust_remote_code"]) == (OTHER, False) for c in recorded)
