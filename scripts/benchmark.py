@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import ConvNextConfig, ConvNextForImageClassification
@@ -65,23 +67,34 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], object], device: str) -> float:
-    start = time.perf_counter()
+class Timing(NamedTuple):
+    """Seconds of one call: wall clock, and user CPU time of the whole process (all threads)."""
+
+    wall: float
+    user: float
+
+
+def timed(fn: Callable[[], object], device: str) -> Timing:
+    start, user = time.perf_counter(), os.times().user
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return Timing(time.perf_counter() - start, os.times().user - user)
 
 
-def median_times(calls: dict[str, Callable[[], object]], args: argparse.Namespace) -> dict[str, float]:
-    """Median seconds per call of each entry; each runs `iters` calls back to back (its steady state) and the
-    entries take turns over `rounds`, so drifts in machine load hit them alike."""
+def median_times(calls: dict[str, Callable[[], object]], args: argparse.Namespace) -> dict[str, Timing]:
+    """Median wall and user CPU seconds per call of each entry; each runs `iters` calls back to back (its steady
+    state) and the entries take turns over `rounds`, so drifts in machine load hit them alike. User CPU time does not
+    count waiting (page faults served from disk, another process holding a core), which wall time does."""
     times = {name: [] for name in calls}
     for _ in range(args.rounds):
         for name, call in calls.items():
             for _ in range(args.warmup):
                 call()
             times[name] += [timed(call, args.device) for _ in range(args.iters)]
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {
+        name: Timing(statistics.median(t.wall for t in values), statistics.median(t.user for t in values))
+        for name, values in times.items()
+    }
 
 
 def kernel_tree(args: argparse.Namespace) -> Path:
@@ -123,13 +136,16 @@ def pixels_for(args: argparse.Namespace, batch: int) -> torch.Tensor:
     return torch.randn(size, device=args.device, dtype=getattr(torch, args.dtype))
 
 
-def print_rows(title: str, batch: int, seconds: dict[str, float], extra: dict[str, str] | None = None) -> None:
+def print_rows(title: str, batch: int, seconds: dict[str, Timing], extra: dict[str, str] | None = None) -> None:
     print(f"\n{title}, batch {batch}")
-    print(f"{'model':<26}{'ms':>10}{'img/s':>9}{'x ConvNeXt-T':>14}  {'' if extra is None else 'notes'}")
+    header = f"{'model':<26}{'ms':>10}{'img/s':>9}{'x ConvNeXt-T':>14}{'user CPU ms':>13}{'x ConvNeXt-T':>14}"
+    print(f"{header}  {'' if extra is None else 'notes'}")
+    base = seconds[BASELINE]
     for name, value in seconds.items():
-        ratio = value / seconds[BASELINE]
         note = (extra or {}).get(name, "")
-        print(f"{name:<26}{value * 1e3:>10.1f}{batch / value:>9.1f}{ratio:>14.2f}  {note}")
+        wall = f"{value.wall * 1e3:>10.1f}{batch / value.wall:>9.1f}{value.wall / base.wall:>14.2f}"
+        user = f"{value.user * 1e3:>13.1f}{value.user / max(base.user, 1e-9):>14.2f}"
+        print(f"{name:<26}{wall}{user}  {note}")
 
 
 @torch.no_grad()
@@ -180,16 +196,16 @@ def first_call_seconds(compiled: torch.nn.Module, pixels: torch.Tensor, device: 
     from torch._inductor.utils import fresh_cache
 
     with fresh_cache():
-        return timed(lambda: compiled(pixel_values=pixels), device)
+        return timed(lambda: compiled(pixel_values=pixels), device).wall
 
 
 def print_compiled(title: str, args, batch: int, compiled: dict, compile_seconds: dict, eager: dict) -> None:
     pixels = pixels_for(args, batch)
     calls = {name: (lambda m=model, x=pixels: m(pixel_values=x)) for name, model in compiled.items()}
     seconds = median_times(calls, args)
+    speedup = {name: seconds[name].wall / eager[batch][name].wall for name in seconds}
     notes = {
-        name: f"compile {compile_seconds[name]:.0f} s (first call), {seconds[name] / eager[batch][name]:.2f}x eager"
-        for name in seconds
+        name: f"compile {compile_seconds[name]:.0f} s (first call), {speedup[name]:.2f}x eager" for name in seconds
     }
     print_rows(title, batch, seconds, notes)
 
