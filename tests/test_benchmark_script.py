@@ -31,8 +31,9 @@ def test_smoke_run_prints_forward_training_and_compiled_rows(capsys):
         rows = {line.split()[0]: line.split() for line in section.splitlines()[2:] if line.strip()}
         assert set(rows) == set(MODELS), section
         assert "user CPU ms" in section.splitlines()[1]
-        assert float(rows["convnext_t"][3]) == pytest.approx(1.0) and float(rows["convnext_t"][5]) == pytest.approx(1.0)
-        assert all(float(row[1]) > 0 and float(row[4]) > 0 for row in rows.values())
+        assert float(rows["convnext_t"][3]) == pytest.approx(1.0)
+        # User CPU time ticks in 10 ms steps, so a smoke call may take none of it.
+        assert all(float(row[1]) > 0 and float(row[4]) >= 0 for row in rows.values())
     assert "peak" in sections[1] and "x eager" in sections[-1]
 
 
