@@ -358,6 +358,22 @@ def test_channels_last_weight_follows_every_change_of_the_parameter():
     assert conv.weight.is_contiguous()
 
 
+def test_channels_last_weight_sees_fused_optimizer_steps():
+    # Fused AdamW writes the weights without bumping their version counter.
+    conv = ChannelsLastConv2d(4, 8, kernel_size=3, padding=1)
+    optimizer = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)
+    pixels = torch.randn(2, 4, 9, 9)
+    for _ in range(2):
+        conv.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(conv(pixels), F.conv2d(pixels, conv.weight, conv.bias, padding=1))
+        conv(pixels).sum().backward()  # the training forward may come without a train() call
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        torch.testing.assert_close(conv(pixels), F.conv2d(pixels, conv.weight, conv.bias, padding=1))
+
+
 @pytest.mark.parametrize("build", ["model", "operator"])
 def test_fresh_weights_follow_the_official_dcnv3_initialisation(build):
     # Transformers >= 5.2x skips re-initialising tensors it has marked, so each linear must get its rule directly.

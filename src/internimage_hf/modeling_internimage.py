@@ -80,8 +80,14 @@ class ChannelsLastConv2d(nn.Conv2d):
     channels-last on every call. The parameter itself stays contiguous, as Transformers' loading expects (it takes
     a non-contiguous parameter for one altered by a conversion): outside autograd the channels-last copy is cached
     until the parameter changes (another tensor, an in-place update, a new device or dtype); under autograd,
-    ``torch.compile`` and export the conversion is part of the graph.
+    ``torch.compile`` and export the conversion is part of the graph. Fused optimizers update weights without
+    bumping their version counter, so the cache is also dropped by every forward with gradients (which any
+    optimizer step needs first) and by `train`/`eval`.
     """
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_channels_last_cache", None)
+        return super().train(mode)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(hidden_states, self.channels_last_weight(), self.bias)
@@ -91,6 +97,7 @@ class ChannelsLastConv2d(nn.Conv2d):
         weight = self.weight
         needs_graph = torch.is_grad_enabled() and weight.requires_grad
         if needs_graph or torch.compiler.is_compiling() or torch.jit.is_tracing() or weight.device.type == "meta":
+            self.__dict__.pop("_channels_last_cache", None)
             return weight.contiguous(memory_format=torch.channels_last)
         cached = self.__dict__.get("_channels_last_cache")
         if cached is None or not _cache_matches(cached, weight):
@@ -325,6 +332,8 @@ class InternImagePreTrainedModel(PreTrainedModel):
             mode (`kernels.Mode`, *optional*): default from ``model.training``.
             device_map (`dict`, *optional*): accepted for Transformers' signature; the device is the parameters'.
         """
+        if not use_kernels and not self.use_kernels:
+            return  # nothing to undo (Transformers calls this on every load; remote code has no hub_kernels)
         from .hub_kernels import set_model_kernels
 
         set_model_kernels(self, use_kernels, kernel_config, mode)
