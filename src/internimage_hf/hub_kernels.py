@@ -18,11 +18,11 @@ Which kernel is loaded, and when its code is trusted, is decided by `internimage
 pinned in the package (`internimage_hf.kernel_pin`). Local kernels load the build variant that fits the torch
 and the model's device (`internimage_hf.local_kernels`).
 
-transformers integration: ``from_pretrained(..., use_kernels=True)`` kernelizes with the global ``kernels``
-mapping, so call `register_dcnv3_kernel_mapping()` first. That path needs a transformers release whose
-kernels pin accepts the installed ``kernels`` (5.20-5.22 with kernels 0.17.2). transformers >= 5.23 requires
-kernels >= 0.18.2 and otherwise raises ``ValueError: Kernels are not available``; `kernelize` here works
-with any transformers version because it calls ``kernels.kernelize`` directly.
+transformers integration: InternImage models route Transformers' switch (``from_pretrained(..., use_kernels=True)``,
+``kernel_config=``, ``model.use_kernels``) to `kernelize` through `set_model_kernels`, with any ``kernels`` release.
+``import internimage_hf`` registers the layer names mapped to no device (`register_layer_names`), so Transformers'
+default kernelize (on in 5.25) leaves them alone quietly; a Transformers model wrapping the backbone kernelizes it
+after `register_dcnv3_kernel_mapping`.
 """
 
 from __future__ import annotations
