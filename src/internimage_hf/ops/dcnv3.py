@@ -18,7 +18,7 @@ coordinates and zeros outside the image. With ``remove_center`` the centre tap i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +35,6 @@ except ImportError:  # pragma: no cover - exercised in environments without `ker
 
         return decorate
 
-
-if TYPE_CHECKING:
-    from .configuration_internimage import InternImageConfig
 
 # Attribute naming the official initialisation of an operator's linear (read by the model's weight init).
 DCNV3_INIT_ATTR = "_dcnv3_init"
@@ -306,6 +303,19 @@ class DCNv3Core(nn.Module):
         )  # fmt: skip
 
 
+class OperatorSettings(Protocol):
+    """The settings `InternImageDCNv3.from_config` reads: the attributes of that name of an `InternImageConfig`, or
+    of any object that has them (this module does not depend on the model's configuration)."""
+
+    dw_kernel_size: int | None
+    offset_scale: float
+    act_layer: str
+    norm_layer: str
+    layer_norm_eps: float
+    center_feature_scale: bool
+    remove_center: bool
+
+
 @use_kernel_forward_from_hub("InternImageDCNv3")
 class InternImageDCNv3(nn.Module):
     """The DCNv3 operator with its projections: ``(N, H, W, channels)`` -> ``(N, H, W, channels)``, channels-last.
@@ -397,10 +407,15 @@ class InternImageDCNv3(nn.Module):
             nn.init.zeros_(linear.bias)
 
     @classmethod
-    def from_config(
-        cls, config: InternImageConfig, channels: int, group: int, kernel_size: int = 3
-    ) -> InternImageDCNv3:
-        """The operator of an InternImage block of width `channels` with `group` groups, as `config` sets it up."""
+    def from_config(cls, config: OperatorSettings, channels: int, group: int, kernel_size: int = 3) -> InternImageDCNv3:
+        """The operator of an InternImage block of width `channels` with `group` groups, as `config` sets it up.
+
+        Args:
+            config: the operator settings shared by every block, e.g. an `InternImageConfig` (see `OperatorSettings`).
+            channels: input and output width of the block.
+            group: number of groups of the block's stage.
+            kernel_size: side of the regular sampling grid.
+        """
         return cls(
             channels=channels,
             kernel_size=kernel_size,
