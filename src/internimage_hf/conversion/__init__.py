@@ -1,7 +1,8 @@
 """Converting official InternImage checkpoints into this package's Hugging Face format.
 
-The key renames (`keys`) are what the model itself uses to read official hub weights; the rest is the
-checkpoint converter behind `scripts/convert_checkpoint.py`, one module per step:
+The key renames (`keys`, over the model's own `models.internimage.checkpoint_keys` rules) turn whole official state
+dicts into this package's names; the rest is the checkpoint converter behind `scripts/convert_checkpoint.py`, one
+module per step:
 
 - `releases`: the table of official checkpoints (architecture, classes, resolution, published accuracy), the
   Mask2Former segmentation releases included;
@@ -11,33 +12,31 @@ checkpoint converter behind `scripts/convert_checkpoint.py`, one module per step
 - `building`: checking the weights against the model, building it, and verifying the written result;
 - `writing`: the files of a converted directory (weights, config, processor, model card);
 - `output_dir`: where they go, so that nothing the converter did not write is ever deleted;
-- `pipeline`: `convert_checkpoint`, which runs the steps in order.
+- `pipeline`: `convert_checkpoint`, which runs the steps in order;
+- `cli`: the command line of `scripts/convert_checkpoint.py`.
 
-Only the key renames are imported here: the modeling code needs them, and the converter imports the modeling code.
+Only the key renames are imported here (``import internimage_hf`` exports `convert_official_state_dict`); the
+converter's steps import the modeling code.
 """
 
 from .keys import (
     MMSEG_HEAD_RULES,
-    OFFICIAL_KEY_RULES,
     convert_mmseg_head_key,
     convert_mmseg_upernet_state_dict,
     convert_official_backbone_key,
     convert_official_key,
     convert_official_state_dict,
-    official_hub_key_mapping,
     split_backbone_state_dict,
     strip_ddp_prefix,
 )
 
 __all__ = [
     "MMSEG_HEAD_RULES",
-    "OFFICIAL_KEY_RULES",
     "convert_mmseg_head_key",
     "convert_mmseg_upernet_state_dict",
     "convert_official_backbone_key",
     "convert_official_key",
     "convert_official_state_dict",
-    "official_hub_key_mapping",
     "split_backbone_state_dict",
     "strip_ddp_prefix",
 ]

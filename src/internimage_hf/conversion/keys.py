@@ -5,7 +5,8 @@ Two official formats exist:
 - the released `.pth` files (weights under ``"model"``), named like ``levels.0.blocks.0.dcn.offset.weight``;
 - the official hub repos (remote code), named ``"model." + official key`` with ``gamma1/2`` -> ``layer_scale1/2``.
 
-Both are described by one ordered list of regex renames over the official key.
+Both are described by one ordered list of regex renames over the official key, `OFFICIAL_KEY_RULES`, which lives
+with the model (`internimage_hf.models.internimage.checkpoint_keys`: the model reads official hub weights with it).
 """
 
 from __future__ import annotations
@@ -15,46 +16,7 @@ from collections.abc import Mapping
 
 import torch
 
-# (pattern, replacement) applied in order to an official key. Patterns starting with "^" are anchored at the
-# start of the official key; the others only match name fragments that never occur in this package's names.
-OFFICIAL_KEY_RULES: tuple[tuple[str, str], ...] = (
-    (r"^head\.", "classifier."),
-    (r"^patch_embed\.conv(\d)\.", r"internimage.embeddings.conv\1."),
-    (r"^patch_embed\.norm(\d)\.1\.", r"internimage.embeddings.norm\1."),
-    (r"^levels\.", "internimage.encoder.stages."),
-    (r"^conv_head\.0\.", "head.conv."),
-    (r"^conv_head\.1\.0\.", "head.norm."),
-    (r"^dcnv3_head_x4\.0\.", "head.stage4_proj."),
-    (r"^dcnv3_head_x3\.", "head.stage3_proj."),
-    (r"^clip_projector\.", "head.attention_pool."),
-    (r"^fc_norm\.0\.", "head.fc_norm."),
-    (r"\.blocks\.", ".layers."),
-    (r"\.dw_conv\.0\.", ".depthwise_conv."),
-    (r"\.dw_conv\.1\.1\.", ".depthwise_norm."),
-    (r"\.norm1\.0\.", ".norm1."),
-    (r"\.norm2\.0\.", ".norm2."),
-    (r"\.res_post_norm1\.0\.", ".res_post_norm1."),
-    (r"\.res_post_norm2\.0\.", ".res_post_norm2."),
-    (r"\.gamma1$", ".layer_scale1"),
-    (r"\.gamma2$", ".layer_scale2"),
-    (r"\.post_norms\.(\d+)\.0\.", r".post_norms.\1."),
-    (r"\.norm\.0\.", ".norm."),
-    (r"\.downsample\.norm\.1\.", ".downsample.norm."),
-    (r"\.norm1_q\.0\.", ".norm_q."),
-    (r"\.norm1_k\.0\.", ".norm_k."),
-    (r"\.norm1_v\.0\.", ".norm_v."),
-    (r"\.cross_dcn\.", ".cross_attention."),
-)
-
-HUB_PREFIX = "model."
-
-
-def official_hub_key_mapping() -> dict[str, str]:
-    """`key_mapping` for `from_pretrained` that reads the official hub repos' ``model.``-prefixed names."""
-    return {
-        (r"^model\." + pattern[1:] if pattern.startswith("^") else pattern): replacement
-        for pattern, replacement in OFFICIAL_KEY_RULES
-    }
+from ..models.internimage.checkpoint_keys import HUB_PREFIX, OFFICIAL_KEY_RULES
 
 
 def convert_official_key(key: str) -> str:
@@ -158,13 +120,11 @@ def convert_mmseg_upernet_state_dict(state_dict: Mapping[str, torch.Tensor]) -> 
 
 __all__ = [
     "MMSEG_HEAD_RULES",
-    "OFFICIAL_KEY_RULES",
     "convert_mmseg_head_key",
     "convert_mmseg_upernet_state_dict",
     "convert_official_backbone_key",
     "convert_official_key",
     "convert_official_state_dict",
-    "official_hub_key_mapping",
     "split_backbone_state_dict",
     "strip_ddp_prefix",
 ]

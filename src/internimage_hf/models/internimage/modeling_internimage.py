@@ -24,9 +24,9 @@ from transformers.modeling_outputs import (
     ImageClassifierOutputWithNoAttention,
 )
 
+from ...ops.dcnv3 import DCNV3_INIT_ATTR, InternImageDCNv3, as_rows, build_activation, use_kernel_forward_from_hub
+from .checkpoint_keys import official_hub_key_mapping
 from .configuration_internimage import InternImageConfig
-from .conversion import official_hub_key_mapping
-from .dcnv3 import DCNV3_INIT_ATTR, InternImageDCNv3, as_rows, build_activation, use_kernel_forward_from_hub
 
 # Constants of the official CLIP-projector head of InternImage-H/G.
 CLIP_PRETRAIN_EMBED_DIM = 1024
@@ -334,7 +334,7 @@ class InternImagePreTrainedModel(PreTrainedModel):
         """
         if not use_kernels and not self.use_kernels:
             return  # nothing to undo (Transformers calls this on every load; remote code has no hub_kernels)
-        from .hub_kernels import set_model_kernels
+        from ...hub_kernels import set_model_kernels
 
         set_model_kernels(self, use_kernels, kernel_config, mode)
 
@@ -432,7 +432,7 @@ class InternImagePreTrainedModel(PreTrainedModel):
     @property
     def dcnv3_backend(self) -> str:
         """Which DCNv3 implementation runs: ``"pytorch"`` or the hub/local kernel in use."""
-        from .hub_kernels import dcnv3_backend
+        from ...hub_kernels import dcnv3_backend
 
         return dcnv3_backend(self)
 
