@@ -1,6 +1,6 @@
 """Swap the PyTorch DCNv3 core for the compiled hub kernel (``internimage-hf/dcnv3``) with ``kernels``.
 
-The model's `internimage_hf.dcnv3.DCNv3Core` modules are tagged for the ``kernels`` library
+The model's `internimage_hf.ops.dcnv3.DCNv3Core` modules are tagged for the ``kernels`` library
 (``use_kernel_forward_from_hub("DCNv3Core")``), and so are its MLPs (``"InternImageMLP"``) and DCNv3 operators
 (``"InternImageDCNv3"``). `kernelize` replaces their forward with the kernel's ``layers.DCNv3Core`` (cuda and
 cpu), ``layers.InternImageMLP`` and ``layers.InternImageDCNv3`` (cpu only: oneDNN linears with the bias (and the
@@ -13,10 +13,10 @@ PyTorch path:
 - failures (``kernels`` missing, no commit pinned for the default kernel, offline without a cached kernel,
   unsupported device, no build variant for this torch) leave the model on the PyTorch path and are logged once.
 
-Which kernel is loaded, and when its code is trusted, is decided by `internimage_hf.kernel_source`: the
+Which kernel is loaded, and when its code is trusted, is decided by `internimage_hf.hub_kernels.source`: the
 ``local_path`` / ``repo_id`` arguments, the environment variable ``INTERNIMAGE_DCNV3_KERNEL``, else the commit
-pinned in the package (`internimage_hf.kernel_pin`). Local kernels load the build variant that fits the torch
-and the model's device (`internimage_hf.local_kernels`).
+pinned in the package (`internimage_hf.hub_kernels.pin`). Local kernels load the build variant that fits the torch
+and the model's device (`internimage_hf.hub_kernels.local`).
 
 transformers integration: InternImage models route Transformers' switch (``from_pretrained(..., use_kernels=True)``,
 ``kernel_config=``, ``model.use_kernels``) to `kernelize` through `set_model_kernels`, with any ``kernels`` release.
@@ -33,16 +33,9 @@ import os
 
 from torch import nn
 
-from .kernel_pin import KernelPinError
-from .kernel_source import (
-    DCNV3_KERNEL_REPO_ID,
-    DCNV3_KERNEL_VERSION,
-    KERNEL_ENV,
-    REVISION_ENV,
-    KernelSource,
-    resolve_kernel_source,
-)
-from .local_kernels import LocalKernelRepository, load_local_kernel
+from .local import LocalKernelRepository, load_local_kernel
+from .pin import KernelPinError
+from .source import KernelSource, resolve_kernel_source
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +171,7 @@ def kernelize(
     Modules the kernel cannot serve keep their PyTorch forward.
 
     Args:
-        model: any module containing `internimage_hf.dcnv3.DCNv3Core` submodules; modified in place.
+        model: any module containing `internimage_hf.ops.dcnv3.DCNv3Core` submodules; modified in place.
         mode: a ``kernels.Mode`` (or ``"inference"`` / ``"training"``); default from ``model.training``.
             Add ``kernels.Mode.TORCH_COMPILE`` when the model will be compiled.
         device: ``"cuda"`` or ``"cpu"``; default: the device of the model's parameters.
@@ -375,7 +368,7 @@ def dcnv3_backend(model: nn.Module) -> str:
     """Which DCNv3 implementation ``model`` runs.
 
     Args:
-        model: any module; its `internimage_hf.dcnv3.DCNv3Core` submodules are inspected (none: ``"pytorch"``).
+        model: any module; its `internimage_hf.ops.dcnv3.DCNv3Core` submodules are inspected (none: ``"pytorch"``).
 
     Returns:
         ``"pytorch"``, ``"hub:<repo>@v<version>"`` / ``"hub:<repo>@<revision>"``, ``"local:<path>"``, or
@@ -388,22 +381,17 @@ def dcnv3_backend(model: nn.Module) -> str:
 
 
 __all__ = [
-    "DCNV3_KERNEL_REPO_ID",
-    "DCNV3_KERNEL_VERSION",
     "DCNV3_LAYER_NAME",
-    "KERNEL_ENV",
     "LAYER_DEVICES",
     "MLP_LAYER_NAME",
     "OPERATOR_LAYER_NAME",
-    "REVISION_ENV",
-    "KernelPinError",
-    "KernelSource",
+    "PYTORCH_BACKEND",
+    "SUPPORTED_DEVICES",
     "dcnv3_backend",
-    "kernelize",
     "hub_kernels_enabled",
     "kernel_config_source",
+    "kernelize",
     "register_dcnv3_kernel_mapping",
     "register_layer_names",
-    "resolve_kernel_source",
     "set_model_kernels",
 ]

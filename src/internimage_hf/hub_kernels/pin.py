@@ -2,7 +2,7 @@
 
 A hub branch such as ``v1`` moves whenever someone pushes to it; a commit id does not (it is the hash of the
 content). The package therefore ships the one commit its maintainers published and checked, and only that
-commit is loaded without the caller opting in to remote code (see `internimage_hf.kernel_source`).
+commit is loaded without the caller opting in to remote code (see `internimage_hf.hub_kernels.source`).
 
 The pin file is JSON with three keys::
 

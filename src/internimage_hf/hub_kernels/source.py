@@ -2,13 +2,13 @@
 
 Selection, highest priority first:
 
-1. ``local_path=``: a local kernel repo, its ``build/`` dir or one variant dir (see `internimage_hf.local_kernels`);
+1. ``local_path=``: a local kernel repo, its ``build/`` dir or one variant dir (see `internimage_hf.hub_kernels.local`);
 2. ``repo_id=`` (a hub id ``org/name``) with ``revision=`` (branch, tag or commit) or ``version=`` (branch
    ``v<version>``);
 3. the environment: ``INTERNIMAGE_DCNV3_KERNEL`` is a local path when it starts with ``/``, ``.`` or ``~``, else it
    must be a hub id (an existing ``./org/name`` folder does not turn ``org/name`` into a path);
    ``INTERNIMAGE_DCNV3_KERNEL_REVISION`` pins a hub revision when neither ``revision`` nor ``version`` is passed;
-4. the default: the pinned commit of `internimage_hf.kernel_pin` (refused with `KernelPinError` while unpinned).
+4. the default: the pinned commit of `internimage_hf.hub_kernels.pin` (refused with `KernelPinError` while unpinned).
 
 Trust: the ``kernels`` library only loads hub code from publishers the Hub flags as trusted unless
 ``trust_remote_code`` is set. It is set for the pinned ``(repo, commit)`` pair shipped with the package, and
@@ -24,7 +24,7 @@ from pathlib import Path
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .kernel_pin import PIN_PATH, KernelPinError, read_kernel_pin
+from .pin import PIN_PATH, KernelPinError, read_kernel_pin
 
 DCNV3_KERNEL_REPO_ID = "internimage-hf/dcnv3"
 # Kernel API version this package calls (hub branch ``v1``): used for a caller's repo named without a revision.
