@@ -9,22 +9,24 @@ import torch
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import is_torchvision_available
 
-from ..configuration_internimage import PRESETS
-from ..model_card import ModelCardInfo, render_model_card
+from ..hub.model_card import ModelCardInfo, render_model_card
+from ..models.internimage.configuration_internimage import PRESETS
 from .planning import ConversionPlan
-from .releases import UPERNET_ADE20K, SegmentationRelease, parse_mmseg_name
+from .releases import UPERNET_ADE20K, Release, SegmentationRelease, find_release, parse_mmseg_name
 from .sources import Source
 
-# `labels.segmentation_id2label` sets as the model card names them.
+# `data.labels.segmentation_id2label` sets as the model card names them.
 LABEL_SET_NAMES = {"ade20k": "ADE20K", "cityscapes": "Cityscapes", "coco_stuff": "COCO-Stuff"}
 
 
 def make_image_processor(image_size: int, center_crop: bool = True):
     """The official evaluation transform at `image_size` (torchvision backend when available, else PIL)."""
     if is_torchvision_available():
-        from ..image_processing_internimage import InternImageImageProcessor as processor_class
+        from ..models.internimage.image_processing_internimage import InternImageImageProcessor as processor_class
     else:
-        from ..image_processing_pil_internimage import InternImageImageProcessorPil as processor_class
+        from ..models.internimage.image_processing_pil_internimage import (
+            InternImageImageProcessorPil as processor_class,
+        )
     return processor_class(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
@@ -98,6 +100,7 @@ def card_info(
     )
     title = segmentation.name if segmentation else title
     summary_fields = ("channels", "depths", "groups", "offset_scale", "post_norm", "res_post_norm", "layer_scale")
+    source_url = segmentation.pth_url if segmentation else _release_url(release, source)
     return ModelCardInfo(
         title=title,
         task=plan.task,
@@ -106,7 +109,7 @@ def card_info(
         image_size=plan.image_size,
         num_labels=num_labels,
         source=_source_name(plan, source),
-        source_url=segmentation.pth_url if segmentation else _release_url(release, source),
+        source_url=source_url,
         pretraining=(segmentation or release).pretraining if segmentation or release else None,
         label_set=label_set,
         metrics=metrics,
@@ -114,7 +117,14 @@ def card_info(
         verification=verification,
         repo_id=repo_id,
         config_summary={k: getattr(config, k) for k in summary_fields},
+        release=_known_release(source_url),
     )
+
+
+def _known_release(source_url: str | None) -> Release | None:
+    """The official release the weights come from, read off the card's `source_url` (its last part is the release
+    name: ``.../resolve/main/<release>.pth`` or ``https://huggingface.co/OpenGVLab/<release>``), else `None`."""
+    return find_release(source_url.rsplit("/", 1)[-1]) if source_url else None
 
 
 def _source_name(plan: ConversionPlan, source: Source) -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .hub_kernels import PYTORCH_BACKEND, dcnv3_backend
-from .modeling_internimage import MIN_INPUT_SIZE
+from ..hub_kernels import PYTORCH_BACKEND, dcnv3_backend
+from ..models.internimage.modeling_internimage import MIN_INPUT_SIZE
 
 # torch.export guards on the stride layout of convolutions whose input is one pixel high or wide (the last stage of a
 # 32..63 px input), so a program's dynamic height and width start at 33. The ONNX graph keeps no such guard: the
@@ -222,8 +222,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_model(name: str, task: str) -> nn.Module:
     """`from_pretrained(name)` for the task's class, or a randomly initialised model for ``preset:NAME``."""
-    from . import modeling_internimage
-    from .configuration_internimage import InternImageConfig
+    from ..models.internimage import modeling_internimage
+    from ..models.internimage.configuration_internimage import InternImageConfig
 
     model_class = getattr(modeling_internimage, TASKS[task])
     if name.startswith("preset:"):

@@ -3,15 +3,17 @@
 The YAML front matter is written through `huggingface_hub.ModelCardData`: license, library, pipeline tag, tags,
 datasets, `base_model` (the official hub repo holding the same weights, for a known release) and a `model-index`
 with the official ImageNet-1k top-1 (`huggingface_hub.EvalResult`) where the official tables publish one.
+
+Everything the card says comes from its caller in a `ModelCardInfo`; the official release the weights come from
+(the converter looks it up in `internimage_hf.conversion.releases`) is one of those facts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from huggingface_hub import EvalResult, ModelCardData
-
-from .conversion.releases import Release, find_release
 
 PAPER_URL = "https://arxiv.org/abs/2211.05778"
 OFFICIAL_REPO_URL = "https://github.com/OpenGVLab/InternImage"
@@ -26,7 +28,7 @@ CITATION = """@inproceedings{wang2023internimage,
   year      = {2023}
 }"""
 
-# Where the top-1 values of the model-index come from (`conversion.releases.RELEASES` copies them).
+# Where the top-1 values of the model-index come from (the converter's release table copies them).
 OFFICIAL_RESULTS_SOURCE = "InternImage official results (classification/README.md)"
 # Key order of the front matter; ModelCardData appends the model-index last.
 FRONT_MATTER_ORDER = ["license", "library_name", "pipeline_tag", "tags", "datasets", "base_model"]
@@ -37,6 +39,26 @@ TASK_PIPELINE_TAGS = {
     "upernet": "image-segmentation",
     "mask2former": "image-segmentation",
 }
+
+
+class PublishedRelease(Protocol):
+    """What the card reads of the official release the weights come from (`conversion.releases.Release` has it)."""
+
+    @property
+    def hub_repo(self) -> str | None:
+        """The official hub repo holding the same weights."""
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the release's own head."""
+
+    @property
+    def image_size(self) -> int:
+        """Resolution of the published accuracy."""
+
+    @property
+    def top1(self) -> float | None:
+        """Published ImageNet-1k top-1 (%), if any."""
 
 
 @dataclass
@@ -53,7 +75,6 @@ class ModelCardInfo:
         num_labels: classes of the head.
         source: file or directory name the weights were read from.
         source_url: download URL of a known release (its ``.pth`` or its official hub repo), else `None`.
-            A known release found from it sets `base_model` and the `model-index`.
         pretraining: pre-training / fine-tuning data, as the official tables state it.
         label_set: the dataset whose class names `config.id2label` holds (``"ImageNet-1k"``, ``"ImageNet-22k"``,
             ``"ADE20K"`` ...), else `None`.
@@ -63,7 +84,9 @@ class ModelCardInfo:
         repo_id: hub repo the card is written for (used in the usage snippets).
         config_summary: config fields shown as a table.
         base_model: hub repo id the weights were converted or fine-tuned from; default: the official hub repo of
-            the release named by `source_url`.
+            `release`.
+        release: the official release the weights come from, else `None`: the default `base_model`, and the
+            published top-1 of the `model-index`.
     """
 
     title: str
@@ -82,32 +105,21 @@ class ModelCardInfo:
     repo_id: str | None = None
     config_summary: dict[str, object] = field(default_factory=dict)
     base_model: str | None = None
+    release: PublishedRelease | None = None
 
 
-def known_release(info: ModelCardInfo) -> Release | None:
-    """The official release the weights come from, read off `info.source_url` (its last part is the release name).
-
-    Args:
-        info: the card facts; the converter sets `source_url` only for a known release, to
-            ``.../resolve/main/<release>.pth`` or ``https://huggingface.co/OpenGVLab/<release>``.
-
-    Returns:
-        The `conversion.releases.Release`, or `None` for weights of no known release.
-    """
-    return find_release(info.source_url.rsplit("/", 1)[-1]) if info.source_url else None
-
-
-def imagenet_eval_results(info: ModelCardInfo, release: Release | None) -> list[EvalResult]:
+def imagenet_eval_results(info: ModelCardInfo) -> list[EvalResult]:
     """The official ImageNet-1k top-1 (in %) of a classifier with the release's own 1000-class head, else ``[]``.
 
     Args:
-        info: the card facts (`task` and `num_labels` decide whether the published accuracy is this model's).
-        release: the release the weights come from (`known_release`), or `None`.
+        info: the card facts (`release` holds the published accuracy; `task` and `num_labels` decide whether it is
+            this model's).
 
     Returns:
         One `huggingface_hub.EvalResult` (task image-classification, dataset imagenet-1k, split validation, metric
         accuracy) or an empty list.
     """
+    release = info.release
     if info.task != "classification" or release is None or release.top1 is None:
         return []
     if info.num_labels != release.num_classes:  # another head: the published accuracy is not this model's
@@ -135,12 +147,12 @@ def model_card_data(info: ModelCardInfo) -> ModelCardData:
         info: the facts of the converted checkpoint.
 
     Returns:
-        A `huggingface_hub.ModelCardData`; `base_model` is `info.base_model`, else the official hub repo of the
-        release named by `info.source_url` (same weights), else absent. `model-index` holds the official
-        ImageNet-1k top-1 when `imagenet_eval_results` finds one.
+        A `huggingface_hub.ModelCardData`; `base_model` is `info.base_model`, else the official hub repo of
+        `info.release` (same weights), else absent. `model-index` holds the official ImageNet-1k top-1 when
+        `imagenet_eval_results` finds one.
     """
-    release = known_release(info)
-    eval_results = imagenet_eval_results(info, release)
+    release = info.release
+    eval_results = imagenet_eval_results(info)
     return ModelCardData(
         license="mit",
         library_name="transformers",
@@ -290,4 +302,4 @@ def render_model_card(info: ModelCardInfo) -> str:
     return "\n\n".join(sections) + "\n"
 
 
-__all__ = ["ModelCardInfo", "imagenet_eval_results", "known_release", "model_card_data", "render_model_card"]
+__all__ = ["ModelCardInfo", "imagenet_eval_results", "model_card_data", "render_model_card"]
