@@ -1,24 +1,42 @@
-"""InternImage as native Hugging Face Transformers classes, with a DCNv3 hub kernel."""
+"""InternImage as native Hugging Face Transformers classes, with a DCNv3 hub kernel.
+
+One folder per concern, imports only going down this list (`tests/test_import_layers.py`):
+
+- `data`: class names shipped with the package (`data.labels` and its JSON files);
+- `ops`: the portable DCNv3 operator (`ops.dcnv3`);
+- `hub_kernels`: the compiled DCNv3 kernel in place of the PyTorch modules (`kernelize`);
+- `models.internimage`: configuration, modeling and image processors, named as in ``transformers.models``;
+- `hub`: sharing checkpoints: remote code (`hub.remote_code`), model cards, ``torch.export`` / ONNX (`hub.export`);
+- `conversion`: official checkpoints -> this package's format (behind ``scripts/convert_checkpoint.py``);
+- `training`: the training loops behind ``scripts/train.py`` and ``scripts/train_segmentation.py``.
+
+This module exports the public classes and registers them with the Auto classes.
+"""
 
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
 # The top-level name is a placeholder without torchvision in transformers < 5.5; the module is always real.
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
-from .configuration_internimage import PRESETS, InternImageConfig
 from .conversion import convert_official_state_dict
-from .dcnv3 import DCNv3Core, InternImageDCNv3, dcnv3_core
-from .hub_kernels import dcnv3_backend, kernelize, register_dcnv3_kernel_mapping, register_layer_names
-from .image_processing_internimage import InternImageImageProcessor
-from .image_processing_pil_internimage import InternImageImageProcessorPil
-from .kernel_pin import KernelPinError
-from .modeling_internimage import (
+from .hub_kernels import (
+    KernelPinError,
+    dcnv3_backend,
+    kernelize,
+    register_dcnv3_kernel_mapping,
+    register_layer_names,
+)
+from .models.internimage.configuration_internimage import PRESETS, InternImageConfig
+from .models.internimage.image_processing_internimage import InternImageImageProcessor
+from .models.internimage.image_processing_pil_internimage import InternImageImageProcessorPil
+from .models.internimage.modeling_internimage import (
     InternImageBackbone,
     InternImageForImageClassification,
     InternImageImageClassifierOutput,
     InternImageModel,
     InternImagePreTrainedModel,
 )
+from .ops.dcnv3 import DCNv3Core, InternImageDCNv3, dcnv3_core
 
 AutoConfig.register("internimage", InternImageConfig, exist_ok=True)
 AutoModel.register(InternImageConfig, InternImageModel, exist_ok=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, UperNetForSemanticSegmentation
 
-from ..configuration_internimage import InternImageConfig
-from ..modeling_internimage import InternImageBackbone, InternImageForImageClassification
+from ..models.internimage.configuration_internimage import InternImageConfig
+from ..models.internimage.modeling_internimage import InternImageBackbone, InternImageForImageClassification
 from .errors import ConversionError
 from .keys import convert_mmseg_head_key, convert_official_backbone_key, convert_official_state_dict, strip_ddp_prefix
 from .mask2former import build_mask2former_config, convert_mask2former_head_state_dict

@@ -1,4 +1,4 @@
-"""Convert official InternImage checkpoints into this package's Hugging Face format (command line and API).
+"""The command line of ``scripts/convert_checkpoint.py``: official InternImage checkpoints -> Hugging Face format.
 
 Sources (detected automatically):
 
@@ -13,9 +13,9 @@ Sources (detected automatically):
 The output directory holds ``config.json`` (with ImageNet class names for 1000/21841-class heads, ADE20K /
 Cityscapes / COCO-Stuff names for segmentation heads of those datasets),
 ``model.safetensors``, ``preprocessor_config.json`` and a model card ``README.md``; with ``--push_to_hub`` (or
-``--remote_code``) also the modeling code and ``auto_map`` (`internimage_hf.remote_code`), so that it loads with
-``trust_remote_code=True`` without ``internimage_hf``. The steps live in
-`internimage_hf.conversion`; this module is the command line over them and keeps their public names.
+``--remote_code``) also the modeling code and ``auto_map`` (`internimage_hf.hub.remote_code`), so that it loads
+with ``trust_remote_code=True`` without ``internimage_hf``. The steps live in the other modules of
+`internimage_hf.conversion` (the API: `conversion.pipeline.convert_checkpoint` and `conversion.pipeline.push_to_hub`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .configuration_internimage import PRESETS
-from .conversion.errors import ConversionError
-from .conversion.pipeline import ConversionResult, convert_checkpoint, push_to_hub
-from .conversion.planning import TASKS, plan_conversion
-from .conversion.releases import RELEASES, Release, find_release
-from .conversion.sources import Source, load_source
+from ..models.internimage.configuration_internimage import PRESETS
+from .errors import ConversionError
+from .pipeline import convert_checkpoint, push_to_hub
+from .planning import TASKS
+from .releases import RELEASES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,17 +94,4 @@ def main(argv: list[str] | None = None, api=None) -> int:
     return 0
 
 
-__all__ = [
-    "RELEASES",
-    "ConversionError",
-    "ConversionResult",
-    "Release",
-    "Source",
-    "build_parser",
-    "convert_checkpoint",
-    "find_release",
-    "load_source",
-    "main",
-    "plan_conversion",
-    "push_to_hub",
-]
+__all__ = ["build_parser", "main"]

@@ -36,7 +36,7 @@ _CONVERTED_MODEL_TYPES = ("internimage", "upernet")
 
 def is_converted_file(path: Path) -> bool:
     """A regular file (not a link) named like one a conversion writes, or remote code the converter generated."""
-    from ..remote_code import is_generated_file  # imports the model; the key renames above must not
+    from ..hub.remote_code import is_generated_file  # imports the model code, which only this check needs
 
     name_matches = path.name in CONVERTED_FILES or _WEIGHT_SHARD.fullmatch(path.name) is not None
     return (name_matches or is_generated_file(path)) and not path.is_symlink() and path.is_file()

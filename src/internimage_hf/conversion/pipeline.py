@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..remote_code import RemoteCodeError, add_remote_code
+from ..hub.remote_code import RemoteCodeError, add_remote_code
 from .building import VERIFY_TOLERANCE, build_model, unused_keys, verify_converted
 from .errors import ConversionError
 from .output_dir import OutputDirectory
@@ -55,7 +55,7 @@ def convert_checkpoint(
     weight is read. Nothing is left at `output_dir` when any step fails, and
     `overwrite` only ever replaces a previous conversion (see `output_dir.OutputDirectory`).
 
-    `remote_code` also writes the modeling code and `auto_map` (`internimage_hf.remote_code`), so the output loads
+    `remote_code` also writes the modeling code and `auto_map` (`internimage_hf.hub.remote_code`), so the output loads
     with ``trust_remote_code=True`` where ``internimage_hf`` is not installed; `None` (the default) means "when the
     output is bound for the Hub" (`repo_id` given). Segmentation outputs (UperNet, Mask2Former) cannot carry it (an
     explicit request is an error).

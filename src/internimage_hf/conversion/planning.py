@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from transformers import UperNetConfig
 
-from ..configuration_internimage import PRESETS, InternImageConfig
-from ..labels import has_imagenet_labels, imagenet_id2label, segmentation_id2label
+from ..data.labels import has_imagenet_labels, imagenet_id2label, segmentation_id2label
+from ..models.internimage.configuration_internimage import PRESETS, InternImageConfig
 from .errors import ConversionError
 from .releases import Release, SegmentationRelease, dataset_label_set, parse_mmseg_name
 from .sources import Source, read_json
@@ -59,7 +59,7 @@ class ConversionPlan:
     """Everything decided before building the model: task, backbone config, labels, image size, release.
 
     `segmentation_release` is the official Mask2Former release the source is; `segmentation_labels` the
-    `labels.segmentation_id2label` set of a segmentation head (its names go into the head's config).
+    `data.labels.segmentation_id2label` set of a segmentation head (its names go into the head's config).
     """
 
     task: str

@@ -87,7 +87,7 @@ UPERNET_ADE20K: dict[str, tuple[int, float, float]] = {
     "h": (896, 59.9, 60.3),
 }
 _MMSEG_NAME = re.compile(r"(?:upernet|mask2former)_internimage_(t|s|b|l|xl|h|g)_(\d+)(?:x\d+)?_")
-# Dataset words of the official segmentation file names -> `labels.segmentation_id2label` sets. A name like
+# Dataset words of the official segmentation file names -> `data.labels.segmentation_id2label` sets. A name like
 # ``..._cocostuff2ade20k`` names the fine-tuning chain, so the word found last is the model's own dataset.
 _DATASET_WORDS = {"ade20k": "ade20k", "cityscapes": "cityscapes", "cocostuff": "coco_stuff"}
 
@@ -97,7 +97,7 @@ class SegmentationRelease:
     """One official Mask2Former semantic-segmentation checkpoint (segmentation/README.md and its config).
 
     `miou` is the published (single-scale, multi-scale) validation mIoU in %; `label_set` the
-    `labels.segmentation_id2label` set whose names the head's classes are (`None`: no shipped names); `test_scale`
+    `data.labels.segmentation_id2label` set whose names the head's classes are (`None`: no shipped names); `test_scale`
     the official test resize (long side, short side), whole-image inference unless `slide` gives the sliding-window
     crop; `num_queries`/`hidden_dim`/`num_heads` the head's size, checked against the weights.
     """
@@ -190,7 +190,7 @@ def find_segmentation_release(name: str | None) -> SegmentationRelease | None:
 
 
 def dataset_label_set(name: str) -> str | None:
-    """The `labels.segmentation_id2label` set an official segmentation file name ends with, if any."""
+    """The `data.labels.segmentation_id2label` set an official segmentation file name ends with, if any."""
     stem = _release_key(name)
     found = [(stem.rfind(word), label_set) for word, label_set in _DATASET_WORDS.items() if word in stem]
     return max(found)[1] if found else None

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldValidationError
 
-from ..configuration_internimage import InternImageConfig
+from ..models.internimage.configuration_internimage import InternImageConfig
 from .errors import ConversionError
 
 # Upper bounds, each several times the largest official value (G: channels 512, 48 blocks in stage 3,

@@ -300,8 +300,8 @@ def check_torchvision(options) -> None:
 
 def build_image_processor(image_size: int):
     """The evaluation transform as an image processor (torchvision backend when available, else PIL)."""
-    from ..image_processing_internimage import InternImageImageProcessor
-    from ..image_processing_pil_internimage import InternImageImageProcessorPil
+    from ..models.internimage.image_processing_internimage import InternImageImageProcessor
+    from ..models.internimage.image_processing_pil_internimage import InternImageImageProcessorPil
 
     cls = InternImageImageProcessor if has_torchvision() else InternImageImageProcessorPil
     return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})

@@ -65,11 +65,11 @@ def model_card_text(options, results: dict, repo_id: str, image_size: int, remot
 def push_to_hub(output_dir: Path, options, results: dict) -> str:
     """Write README.md (model card) into `output_dir` and upload the folder; returns the repo id.
 
-    With `options.hub_remote_code` the modeling code and `auto_map` go along (`internimage_hf.remote_code`).
+    With `options.hub_remote_code` the modeling code and `auto_map` go along (`internimage_hf.hub.remote_code`).
     """
     from huggingface_hub import HfApi, ModelCard
 
-    from ..remote_code import add_remote_code
+    from ..hub.remote_code import add_remote_code
 
     api = HfApi()
     # create_repo resolves the namespace ("name" -> "user/name"); the card's usage snippet needs the full id.

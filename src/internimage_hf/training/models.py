@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..configuration_internimage import PRESETS, InternImageConfig
+from ..models.internimage.configuration_internimage import PRESETS, InternImageConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def build_model(options, id2label: dict[int, str], label2id: dict[str, int]):
     """
     from transformers import AutoModelForImageClassification
 
-    from ..modeling_internimage import InternImageForImageClassification
+    from ..models.internimage.modeling_internimage import InternImageForImageClassification
 
     labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": label2id}
     if is_preset(options.model):

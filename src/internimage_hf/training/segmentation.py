@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from ..configuration_internimage import InternImageConfig
+from ..models.internimage.configuration_internimage import InternImageConfig
 from .arguments import CommonTrainingOptions, _help
 from .loop import Trainer
 from .models import is_preset, preset_config
@@ -235,7 +235,7 @@ def saved_model_type(path: str) -> str | None:
 
 def build_segmentation_model(options, id2label: dict[int, str], label2id: dict[str, int]):
     """A UperNet or Mask2Former model with an InternImage backbone for the dataset's labels (see `--model`)."""
-    from ..modeling_internimage import InternImageBackbone
+    from ..models.internimage.modeling_internimage import InternImageBackbone
 
     cls = model_class(options.architecture)
     labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": label2id}
@@ -272,8 +272,8 @@ def build_segmentation_processor(architecture: str, image_size: int, reduce_labe
         return mask2former_processor_class()(
             size=size, ignore_index=IGNORE_INDEX, do_reduce_labels=reduce_labels, resample=PIL.Image.BILINEAR
         )
-    from ..image_processing_internimage import InternImageImageProcessor
-    from ..image_processing_pil_internimage import InternImageImageProcessorPil
+    from ..models.internimage.image_processing_internimage import InternImageImageProcessor
+    from ..models.internimage.image_processing_pil_internimage import InternImageImageProcessorPil
     from .data import has_torchvision
 
     cls = InternImageImageProcessor if has_torchvision() else InternImageImageProcessorPil
