@@ -23,6 +23,7 @@ import argparse
 import copy
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,7 +34,9 @@ import torch
 from transformers import ConvNextConfig, ConvNextForImageClassification
 
 from internimage_hf import InternImageConfig, InternImageForImageClassification, kernelize
-from internimage_hf.profiling import peak_memory_bytes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from profiling import peak_memory_bytes  # noqa: E402
 
 BASELINE = "convnext_t"
 
@@ -100,7 +103,7 @@ def median_times(calls: dict[str, Callable[[], object]], args: argparse.Namespac
 def kernel_tree(args: argparse.Namespace) -> Path:
     if args.kernel_dir is not None:
         return args.kernel_dir
-    from internimage_hf.kernel_build import build_kernel
+    from kernel_build import build_kernel
 
     out = Path(tempfile.mkdtemp(prefix="dcnv3-kernel-"))
     backend = "cuda" if args.device.startswith("cuda") else "cpu"

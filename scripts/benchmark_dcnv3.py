@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the DCNv3 kernel against the PyTorch core (`internimage_hf.dcnv3.dcnv3_core`) in one process.
+"""Benchmark the DCNv3 kernel against the PyTorch core (`internimage_hf.ops.dcnv3.dcnv3_core`) in one process.
 
 Shapes: the four InternImage-T stages at 224x224 (channels 64/128/256/512, groups 4/8/16/32, 56/28/14/7 px,
 3x3 kernel). Reports forward and forward+backward times, speed-ups, peak memory allocated by one call
@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 
-from internimage_hf.dcnv3 import dcnv3_core, softmax_over_points
-from internimage_hf.profiling import peak_memory_bytes
+from internimage_hf.ops.dcnv3 import dcnv3_core, softmax_over_points
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from profiling import peak_memory_bytes  # noqa: E402
 
 STAGES = [(64, 4, 56), (128, 8, 28), (256, 16, 14), (512, 32, 7)]  # (channels, groups, spatial) of T @ 224
 PEAK_GBPS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0, "L4": 300.0, "A10": 600.0}

@@ -2,7 +2,7 @@
 """GPU benchmark of DCNv3 with softmax-normalised masks (what InternImage runs), for scripts/gpu_check.sh.
 
 Implementations, each timed forward and forward+backward on InternImage-T's four stage shapes (224x224 input):
-- ``pytorch``: ``torch.softmax`` over each group's points, then ``internimage_hf.dcnv3.dcnv3_core``;
+- ``pytorch``: ``torch.softmax`` over each group's points, then ``internimage_hf.ops.dcnv3.dcnv3_core``;
 - ``kernel``: the hub kernel's ``dcnv3_softmax`` (one launch forward, one backward);
 - ``official``: ``torch.softmax`` then the official InternImage DCNv3 CUDA op, when ``--official-src`` points at its
   ``ops_dcnv3`` folder (compiled here with ``torch.utils.cpp_extension``; supplied by whoever runs the check,
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from internimage_hf.dcnv3 import dcnv3_core
+from internimage_hf.ops.dcnv3 import dcnv3_core
 
 STAGES = [(64, 4, 56), (128, 8, 28), (256, 16, 14), (512, 32, 7)]  # (channels, groups, size) of T @ 224
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -5,12 +5,12 @@
         [--task auto|classification|backbone|upernet] [--verify] [--push_to_hub REPO]
 
 SOURCE is an official classification .pth, an official hub repo directory or an mmdet/mmseg checkpoint; see
-`internimage_hf.convert_checkpoint` for the details and `--help` for every option.
+`internimage_hf.conversion.cli` for the details and `--help` for every option.
 """
 
 import sys
 
-from internimage_hf.convert_checkpoint import main
+from internimage_hf.conversion.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

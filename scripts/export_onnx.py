@@ -7,12 +7,12 @@
 MODEL is a checkpoint directory or hub id (`from_pretrained`), or `preset:t` etc. for a randomly initialised
 model. `--verify` runs the file with onnxruntime at 224x224, 256x320 and 32x32, batch 1 and 2, and prints the
 largest difference from PyTorch. Needs `pip install onnx onnxruntime onnxscript` (the `dev` extra). All logic
-lives in `internimage_hf.export`.
+lives in `internimage_hf.hub.export`.
 """
 
 import sys
 
-from internimage_hf.export import main
+from internimage_hf.hub.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,12 +8,14 @@
 
 Runs on CPU with the official PyTorch DCNv3 core; the compiled op is not needed (its import is stubbed when it is
 not installed). The official code is never copied into this repository; its commit is recorded in each fixture.
-See `internimage_hf.parity_fixtures` for the file format and `--help` for every option.
+See `tools/parity_fixtures.py` for the file format and `--help` for every option.
 """
 
 import sys
+from pathlib import Path
 
-from internimage_hf.parity_fixtures import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from parity_fixtures import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

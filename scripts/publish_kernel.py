@@ -10,8 +10,8 @@ manylinux_2_28-clean; publish kernel-builder (Nix) builds for a Hub-compliant re
 with ``--pin-revision``.
 
 The pin: the package loads its default hub kernel only at the commit written in
-``src/internimage_hf/dcnv3_kernel_pin.json`` (a branch such as ``v1`` can be moved by anyone who can push to
-it). After an upload this script writes the new commit there; commit that file and release the package. A
+``src/internimage_hf/hub_kernels/dcnv3_kernel_pin.json`` (a branch such as ``v1`` can be moved by anyone who can
+push to it). After an upload this script writes the new commit there; commit that file and release the package. A
 commit is the only thing pinned; review the uploaded code at that commit before releasing.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 # Load the pin module by path: it needs only the standard library, so this CLI does not import the whole
 # package (transformers), and it writes the pin file of this checkout, not of an installed copy.
-_PATH = Path(__file__).resolve().parents[1] / "src" / "internimage_hf" / "kernel_pin.py"
+_PATH = Path(__file__).resolve().parents[1] / "src" / "internimage_hf" / "hub_kernels" / "pin.py"
 _SPEC = importlib.util.spec_from_file_location("internimage_hf_kernel_pin", _PATH)
 kernel_pin = importlib.util.module_from_spec(_SPEC)
 sys.modules[_SPEC.name] = kernel_pin  # dataclasses look their module up in sys.modules
