@@ -3,18 +3,23 @@
 The golden files in `../shared/golden` (50 MB) when that folder is there; otherwise the compact fixtures in
 `tests/fixtures/` (same layout, tiny models of the same six styles; `scripts/make_parity_fixtures.py`), so the
 parity tests also run in a fresh clone.
+
+The developer tools (`tools/`: parity fixtures, kernel builds) are not part of the package: this puts their folder on
+`sys.path`, so the tests import them by name (`import kernel_build`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from internimage_hf.parity_fixtures import read_fixture
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from parity_fixtures import read_fixture  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

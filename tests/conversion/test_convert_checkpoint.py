@@ -22,20 +22,17 @@ from safetensors.torch import save_file
 import internimage_hf  # noqa: F401  (registers the Auto classes)
 from internimage_hf import InternImageBackbone, InternImageConfig
 from internimage_hf.conversion import convert_mmseg_upernet_state_dict, convert_official_backbone_key
-from internimage_hf.convert_checkpoint import (
-    RELEASES,
-    ConversionError,
-    Source,
-    convert_checkpoint,
-    find_release,
-    main,
-    plan_conversion,
-)
-from internimage_hf.labels import imagenet_id2label, segmentation_id2label
-from internimage_hf.model_card import ModelCardInfo, render_model_card
+from internimage_hf.conversion.cli import main
+from internimage_hf.conversion.errors import ConversionError
+from internimage_hf.conversion.pipeline import convert_checkpoint
+from internimage_hf.conversion.planning import plan_conversion
+from internimage_hf.conversion.releases import RELEASES, find_release
+from internimage_hf.conversion.sources import Source
+from internimage_hf.data.labels import imagenet_id2label, segmentation_id2label
+from internimage_hf.hub.model_card import ModelCardInfo, render_model_card
 
 TOLERANCE = 1e-4
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 UPERNET_TEST_CASES = ("tiny_t", "tiny_s", "tiny_h")
 
 
@@ -425,8 +422,8 @@ def test_push_to_hub_uses_hf_api(golden_cases, tmp_path, capsys):
 
 CONVERTED_FILES = ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
 REMOTE_CODE_FILES = [
+    "checkpoint_keys_hf.py",
     "configuration_internimage_hf.py",
-    "conversion_keys_hf.py",
     "dcnv3_hf.py",
     "image_processing_internimage_hf.py",
     "image_processing_pil_internimage_hf.py",

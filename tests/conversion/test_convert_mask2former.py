@@ -18,20 +18,22 @@ from transformers.utils import is_torchvision_available
 
 import internimage_hf  # noqa: F401  (registers InternImage as a backbone)
 from internimage_hf import InternImageConfig
-from internimage_hf.configuration_internimage import PRESETS
+from internimage_hf.conversion.cli import main
+from internimage_hf.conversion.errors import ConversionError
 from internimage_hf.conversion.mask2former import (
     build_mask2former_config,
     convert_mask2former_head_key,
     convert_mask2former_state_dict,
 )
+from internimage_hf.conversion.pipeline import convert_checkpoint
 from internimage_hf.conversion.releases import (
     MASK2FORMER_RELEASES,
     dataset_label_set,
     find_segmentation_release,
     parse_mmseg_name,
 )
-from internimage_hf.convert_checkpoint import ConversionError, convert_checkpoint, main
-from internimage_hf.labels import segmentation_id2label
+from internimage_hf.data.labels import segmentation_id2label
+from internimage_hf.models.internimage.configuration_internimage import PRESETS
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 TOLERANCE = 1e-4

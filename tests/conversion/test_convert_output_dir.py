@@ -21,9 +21,9 @@ import pytest
 import torch
 from filelock import FileLock
 
-from internimage_hf.convert_checkpoint import main
+from internimage_hf.conversion.cli import main
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_checkpoint.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "convert_checkpoint.py"
 CONVERTED = ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
 
 
@@ -132,7 +132,7 @@ KILLED_RUN = textwrap.dedent(
     """
     import os, pathlib, signal, sys
     import internimage_hf.conversion.pipeline as pipeline
-    from internimage_hf.convert_checkpoint import main
+    from internimage_hf.conversion.cli import main
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import internimage_hf.conversion.sources as sources
-from internimage_hf.convert_checkpoint import main
+from internimage_hf.conversion.cli import main
 
 TINY = {"channels": 16, "depths": [1, 1, 2, 1], "groups": [1, 2, 4, 8], "num_classes": 10}
 

@@ -16,9 +16,9 @@ from PIL import Image
 from transformers import UperNetConfig, UperNetForSemanticSegmentation, pipeline
 
 from internimage_hf import InternImageConfig
+from internimage_hf.conversion.pipeline import convert_checkpoint
 from internimage_hf.conversion.writing import make_image_processor
-from internimage_hf.convert_checkpoint import convert_checkpoint
-from internimage_hf.labels import segmentation_id2label
+from internimage_hf.data.labels import segmentation_id2label
 
 IMAGE_SIZE = 64
 SKY = 2  # ADE20K class index of "sky"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from internimage_hf.labels import SEGMENTATION_LABEL_FILES, segmentation_id2label
+from internimage_hf.data.labels import SEGMENTATION_LABEL_FILES, segmentation_id2label
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_label_files.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_label_files.py"
 
 # (dataset, number of classes, a few index -> name pairs of mmseg's class order)
 KNOWN = [

@@ -1,4 +1,4 @@
-"""`internimage_hf.export`: ONNX files (both exporters) and `torch.export` programs at every input size."""
+"""`internimage_hf.hub.export`: ONNX files (both exporters) and `torch.export` programs at every input size."""
 
 import warnings
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from internimage_hf import InternImageConfig, InternImageForImageClassification
-from internimage_hf.export import (
+from internimage_hf.hub.export import (
     _TensorOutputs,
     example_outputs,
     example_pixel_values,
@@ -132,7 +132,7 @@ def test_bad_export_requests_raise_clear_errors(model, prepare, kwargs, message,
 
 
 def test_kernelized_model_is_refused(model, monkeypatch, tmp_path):
-    monkeypatch.setattr("internimage_hf.export.dcnv3_backend", lambda m: "hub:kernels-community/dcnv3@v1")
+    monkeypatch.setattr("internimage_hf.hub.export.dcnv3_backend", lambda m: "hub:kernels-community/dcnv3@v1")
     with pytest.raises(ValueError, match="cannot be exported"):
         export_onnx(model, tmp_path / "model.onnx")
 

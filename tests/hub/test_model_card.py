@@ -14,7 +14,7 @@ from internimage_hf.conversion.planning import ConversionPlan
 from internimage_hf.conversion.releases import RELEASES
 from internimage_hf.conversion.sources import Source
 from internimage_hf.conversion.writing import card_info, write_model_card
-from internimage_hf.model_card import ModelCardInfo, model_card_data, render_model_card
+from internimage_hf.hub.model_card import ModelCardInfo, model_card_data, render_model_card
 
 TINY = {"channels": 16, "depths": [1, 1, 1, 1], "groups": [1, 2, 4, 8]}
 
@@ -73,6 +73,7 @@ def card_info_for(**overrides) -> ModelCardInfo:
     fields = dict(
         title=release.name, task="classification", variant="s", num_parameters=50_000_000, image_size=224,
         num_labels=1000, source=release.pth_file, source_url=release.pth_url, label_set="ImageNet-1k",
+        release=release,
     )  # fmt: skip
     return ModelCardInfo(**{**fields, **overrides})
 
@@ -83,7 +84,7 @@ def test_card_metadata_rules():
     reheaded = model_card_data(card_info_for(num_labels=10, label_set=None))
     assert reheaded.base_model == "OpenGVLab/internimage_s_1k_224" and reheaded.eval_results is None
     # a checkpoint of no known release: neither
-    custom = model_card_data(card_info_for(title="custom", source="mine.pth", source_url=None))
+    custom = model_card_data(card_info_for(title="custom", source="mine.pth", source_url=None, release=None))
     assert custom.base_model is None and custom.eval_results is None
     # an explicit base model (e.g. the checkpoint a model was fine-tuned from) wins
     assert model_card_data(card_info_for(base_model="me/finetuned-from")).base_model == "me/finetuned-from"

@@ -26,7 +26,7 @@ from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from internimage_hf import InternImageForImageClassification, InternImageImageProcessor
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "previous_release_checkpoint"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "previous_release_checkpoint"
 TOLERANCE = 1e-5
 
 

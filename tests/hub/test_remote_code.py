@@ -34,7 +34,8 @@ from internimage_hf import (
     InternImageImageProcessor,
     InternImageImageProcessorPil,
 )
-from internimage_hf.remote_code import (
+from internimage_hf.hub import remote_code
+from internimage_hf.hub.remote_code import (
     GENERATED_MARKER,
     RemoteCodeError,
     add_remote_code,
@@ -97,8 +98,8 @@ def test_generated_files_are_the_package_modules_with_relative_imports():
         "modeling_internimage_hf.py",
         "image_processing_internimage_hf.py",
         "image_processing_pil_internimage_hf.py",
-        "conversion_keys_hf.py",
         "dcnv3_hf.py",
+        "checkpoint_keys_hf.py",
     ]
     for module, (name, text) in zip(remote_code_modules(), files.items(), strict=True):
         source = (PACKAGE_DIR.parent / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8")
@@ -129,36 +130,44 @@ def test_generated_files_are_self_contained(tmp_path):
         assert not required & {"internimage_hf", "kernels"}, (name, required)
     modeling = files["modeling_internimage_hf.py"]
     assert "from .configuration_internimage_hf import InternImageConfig" in modeling
-    assert "from .conversion_keys_hf import official_hub_key_mapping" in modeling
-    assert "internimage_hf.hub_kernels, which is not part of the remote code" in modeling
+    assert "from .checkpoint_keys_hf import official_hub_key_mapping" in modeling
+    assert "from .dcnv3_hf import DCNV3_INIT_ATTR" in modeling
+    assert "internimage_hf.hub_kernels.kernelizing, which is not part of the remote code" in modeling
+
+
+def test_generated_file_names_must_not_clash(monkeypatch):
+    monkeypatch.setattr(remote_code, "remote_module_name", lambda module: "same_hf")
+    with pytest.raises(RemoteCodeError, match="would both be written as same_hf.py"):
+        remote_code_modules()
 
 
 PROBE_MODULE = textwrap.dedent(
     '''
-    """A module written the ways the package's modules may import each other."""
+    """A module of the model's folder written the ways the package's modules may import each other."""
 
-    from .dcnv3 import (
+    from ...ops.dcnv3 import (
         DCNv3Core,
         dcnv3_core as core,  # the core
     )
-    from internimage_hf.configuration_internimage import PRESETS
-    from .conversion import official_hub_key_mapping
+    from internimage_hf.models.internimage.configuration_internimage import PRESETS
+    from .checkpoint_keys import official_hub_key_mapping
+    from ... import InternImageConfig  # re-exported by the package root
 
 
     def backend():
         if PRESETS:
-            from .hub_kernels import dcnv3_backend
-            from .dcnv3 import softmax_over_points; x = 1
+            from ...hub_kernels import dcnv3_backend
+            from ...ops.dcnv3 import softmax_over_points; x = 1
         return dcnv3_backend, softmax_over_points, x
     '''
 )
 
 
 def load_probe(tmp_path, monkeypatch, source: str) -> str:
-    """Import `source` as a module of the package (it is never written into the package directory)."""
+    """Import `source` as a module of the model's folder (it is never written into the package directory)."""
     import importlib.util
 
-    name = "internimage_hf._remote_code_probe"
+    name = "internimage_hf.models.internimage._remote_code_probe"
     path = tmp_path / "probe.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(name, path)
@@ -172,16 +181,17 @@ def test_generation_rewrites_every_import_form(tmp_path, monkeypatch):
     name = load_probe(tmp_path, monkeypatch, PROBE_MODULE)
     selected = [
         name,
-        "internimage_hf.dcnv3",
-        "internimage_hf.configuration_internimage",
-        "internimage_hf.conversion.keys",
+        "internimage_hf.ops.dcnv3",
+        "internimage_hf.models.internimage.configuration_internimage",
+        "internimage_hf.models.internimage.checkpoint_keys",
     ]
     text = generate_module(name, selected)
     body = "\n".join(text.splitlines()[HEADER_LINES:])
     assert "\nfrom .dcnv3_hf import DCNv3Core, dcnv3_core as core\n" in body
     assert "\nfrom .configuration_internimage_hf import PRESETS\n" in body
-    assert "\nfrom .conversion_keys_hf import official_hub_key_mapping\n" in body
-    assert "        raise ImportError('dcnv3_backend comes from internimage_hf.hub_kernels" in body
+    assert "\nfrom .checkpoint_keys_hf import official_hub_key_mapping\n" in body
+    assert "\nfrom .configuration_internimage_hf import InternImageConfig  # re-exported by the package root\n" in body
+    assert "        raise ImportError('dcnv3_backend comes from internimage_hf.hub_kernels.kernelizing" in body
     assert "        from .dcnv3_hf import softmax_over_points; x = 1\n" in body
     assert body.count("internimage_hf.") == 1  # only inside the ImportError message
     ast.parse(text)
@@ -189,12 +199,15 @@ def test_generation_rewrites_every_import_form(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("statement", "message"),
-    [("from . import dcnv3", "does not import a name"), ("import internimage_hf.dcnv3", "cannot become a relative")],
+    [
+        ("from ...ops import dcnv3", "does not import a name"),
+        ("import internimage_hf.ops.dcnv3", "cannot become a relative"),
+    ],
 )
 def test_generation_refuses_imports_transformers_cannot_follow(tmp_path, monkeypatch, statement, message):
     name = load_probe(tmp_path, monkeypatch, statement + "\n")
     with pytest.raises(RemoteCodeError, match=message):
-        generate_module(name, [name, "internimage_hf.dcnv3"])
+        generate_module(name, [name, "internimage_hf.ops.dcnv3"])
 
 
 # --- the directory

@@ -16,11 +16,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import kernel_build
 import pytest
 import torch
 from dcnv3_test_loader import load_variant
 
-from internimage_hf import hub_kernels, kernel_build
+from internimage_hf import hub_kernels
+from internimage_hf.hub_kernels import kernelizing
 
 KERNEL_SRC = Path(__file__).resolve().parents[2] / "kernel_src"
 
@@ -112,5 +114,5 @@ def clean_env(monkeypatch):
     """No kernel-selecting environment variables and a fresh once-only log; returns the monkeypatch."""
     monkeypatch.delenv(hub_kernels.KERNEL_ENV, raising=False)
     monkeypatch.delenv(hub_kernels.REVISION_ENV, raising=False)
-    hub_kernels._logged.clear()
+    kernelizing._logged.clear()
     return monkeypatch

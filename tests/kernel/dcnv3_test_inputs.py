@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from internimage_hf.dcnv3 import dcnv3_core, dcnv3_output_size, softmax_over_points
+from internimage_hf.ops.dcnv3 import dcnv3_core, dcnv3_output_size, softmax_over_points
 
 
 def dcnv3_params(group=2, group_channels=4, kernel=3, stride=1, pad=None, dilation=1, offset_scale=1.0,
                  remove_center=False, kernel_w=None) -> dict:  # fmt: skip
-    """Keyword arguments of a DCNv3 call (same names as `internimage_hf.dcnv3.dcnv3_core`)."""
+    """Keyword arguments of a DCNv3 call (same names as `internimage_hf.ops.dcnv3.dcnv3_core`)."""
     kernel_w = kernel if kernel_w is None else kernel_w
     if pad is None:
         pad = dilation * (kernel - 1) // 2

@@ -9,10 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import kernel_build
 import pytest
 import torch
-
-from internimage_hf import kernel_build
 
 REPO = Path(__file__).resolve().parents[2]
 KERNEL_SRC = REPO / "kernel_src"

@@ -14,7 +14,7 @@ from dcnv3_test_inputs import (
 )
 from dcnv3_test_loader import load_variant
 
-from internimage_hf.dcnv3 import dcnv3_core
+from internimage_hf.ops.dcnv3 import dcnv3_core
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

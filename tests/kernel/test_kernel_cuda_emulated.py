@@ -22,7 +22,7 @@ from dcnv3_test_inputs import (
     reference_core,
 )
 
-from internimage_hf.dcnv3 import dcnv3_core
+from internimage_hf.ops.dcnv3 import dcnv3_core
 
 REPO = Path(__file__).resolve().parents[2]
 KERNEL_SRC = REPO / "kernel_src"

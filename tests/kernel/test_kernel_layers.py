@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from internimage_hf import InternImageConfig, hub_kernels
-from internimage_hf.dcnv3 import InternImageDCNv3
-from internimage_hf.modeling_internimage import InternImageMLP
+from internimage_hf.hub_kernels import kernelizing
+from internimage_hf.models.internimage.modeling_internimage import InternImageMLP
+from internimage_hf.ops.dcnv3 import InternImageDCNv3
 
 
 def mlp(act_layer: str = "GELU", channels: int = 24, drop_rate: float = 0.0) -> InternImageMLP:
@@ -102,10 +103,10 @@ def test_unfusable_cases_keep_the_module_semantics(dcnv3_kernel, fused_calls, ca
 def test_kernel_mapping_serves_the_mlp_on_cpu_only():
     source = hub_kernels.resolve_kernel_source(local_path="/nonexistent/kernel")
     pytest.importorskip("kernels")
-    cuda = hub_kernels._kernel_mapping(source, ("cuda",))
+    cuda = kernelizing._kernel_mapping(source, ("cuda",))
     assert set(cuda[hub_kernels.DCNV3_LAYER_NAME]) == {"cuda"}
     assert cuda[hub_kernels.MLP_LAYER_NAME] == {}
-    both = hub_kernels._kernel_mapping(source, ("cuda", "cpu"))
+    both = kernelizing._kernel_mapping(source, ("cuda", "cpu"))
     assert set(both[hub_kernels.MLP_LAYER_NAME]) == {"cpu"}
     assert both[hub_kernels.MLP_LAYER_NAME]["cpu"].layer_name == hub_kernels.MLP_LAYER_NAME
     assert cuda[hub_kernels.OPERATOR_LAYER_NAME] == {}
@@ -116,7 +117,7 @@ def test_mlp_without_a_device_entry_keeps_its_forward(caplog):
     """What `kernelize` on CUDA does with the MLPs: the mapping has no cuda entry, kernels keeps the plain forward."""
     kernels = pytest.importorskip("kernels")
     module = mlp()
-    mapping = hub_kernels._kernel_mapping(hub_kernels.resolve_kernel_source(local_path="/nonexistent"), ("cuda",))
+    mapping = kernelizing._kernel_mapping(hub_kernels.resolve_kernel_source(local_path="/nonexistent"), ("cuda",))
     with (
         caplog.at_level(logging.WARNING),
         kernels.use_kernel_mapping(
@@ -124,7 +125,7 @@ def test_mlp_without_a_device_entry_keeps_its_forward(caplog):
         ),
     ):
         kernels.kernelize(module, mode=kernels.Mode.INFERENCE, device="cuda")
-    assert not hub_kernels._runs_kernel(module)
+    assert not kernelizing._runs_kernel(module)
     assert not caplog.records
 
 
@@ -219,7 +220,7 @@ def test_kernelize_serves_the_operator_on_cpu(cpu_kernel_build, fused_calls):
     reference = copy.deepcopy(model)
     kernelize(model, mode="inference", local_path=cpu_kernel_build.root)
     operators = [m for m in model.modules() if isinstance(m, InternImageDCNv3)]
-    assert len(operators) == 5 and all(hub_kernels._runs_kernel(m) for m in operators)
+    assert len(operators) == 5 and all(kernelizing._runs_kernel(m) for m in operators)
     pixel_values = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values).logits, reference(pixel_values).logits, atol=1e-5, rtol=1e-5)

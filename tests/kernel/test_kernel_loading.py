@@ -10,13 +10,15 @@ import sys
 import textwrap
 from pathlib import Path
 
+import kernel_build
 import pytest
 import torch
 from dcnv3_test_inputs import dcnv3_params, make_inputs, reference_core
 from dcnv3_test_loader import load_variant
 from tiny_dcnv3_module import TinyDCNv3
 
-from internimage_hf import hub_kernels, kernel_build, kernel_pin
+from internimage_hf import hub_kernels
+from internimage_hf.hub_kernels import pin as kernel_pin
 
 SRC_DIR = Path(__file__).resolve().parents[2] / "src"
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -92,8 +94,8 @@ _HUB_SCRIPT = textwrap.dedent(
     from dcnv3_test_inputs import dcnv3_params, make_inputs, reference_core
     from tiny_dcnv3_module import TinyDCNv3
     import internimage_hf.hub_kernels as hk
-    import internimage_hf.kernel_pin as kp
-    from internimage_hf.dcnv3 import dcnv3_core
+    import internimage_hf.hub_kernels.pin as kp
+    from internimage_hf.ops.dcnv3 import dcnv3_core
 
     kp.PIN_PATH = kp.Path({pin!r})
     params = dcnv3_params(group=2, group_channels=4, offset_scale=1.5, remove_center=True)
@@ -234,7 +236,7 @@ def test_kernelize_offline_without_cache_keeps_pytorch(clean_env, tmp_path):
         from dcnv3_test_inputs import dcnv3_params
         from tiny_dcnv3_module import TinyDCNv3
         import internimage_hf.hub_kernels as hk
-        import internimage_hf.kernel_pin as kp
+        import internimage_hf.hub_kernels.pin as kp
         kp.PIN_PATH = kp.Path({str(pin)!r})
         module = TinyDCNv3(dcnv3_params())
         hk.kernelize(module)

@@ -11,8 +11,9 @@ from internimage_hf import (
     convert_official_state_dict,
     hub_kernels,
 )
-from internimage_hf.dcnv3 import InternImageDCNv3
-from internimage_hf.modeling_internimage import InternImageMLP
+from internimage_hf.hub_kernels import kernelizing
+from internimage_hf.models.internimage.modeling_internimage import InternImageMLP
+from internimage_hf.ops.dcnv3 import InternImageDCNv3
 
 LOGIT_ATOL = 1e-4
 
@@ -51,7 +52,7 @@ def test_golden_logits_through_kernel(golden, cpu_kernel_build):
     assert model.dcnv3_backend == hub_kernels.dcnv3_backend(model)
     # on CPU the MLPs run the kernel's fused oneDNN layer too (float32, no gradients here)
     mlps = [module for module in model.modules() if isinstance(module, InternImageMLP)]
-    assert mlps and all(hub_kernels._runs_kernel(module) for module in mlps)
+    assert mlps and all(kernelizing._runs_kernel(module) for module in mlps)
     outputs = model(golden.input, output_hidden_states=True)
     torch.testing.assert_close(outputs.logits, golden.logits, atol=LOGIT_ATOL, rtol=0)
     for produced, expected in zip(outputs.hidden_states[1:], golden.stage_outputs, strict=True):

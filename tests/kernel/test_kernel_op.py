@@ -8,7 +8,7 @@ from dcnv3_test_inputs import dcnv3_params, make_inputs, reference_core
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from internimage_hf.dcnv3 import dcnv3_core
+from internimage_hf.ops.dcnv3 import dcnv3_core
 
 ARG_ORDER = ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h", "dilation_w", "group",
              "group_channels", "offset_scale", "remove_center")  # fmt: skip

@@ -14,7 +14,8 @@ import pytest
 from dcnv3_test_inputs import dcnv3_params, make_inputs, reference_core
 from tiny_dcnv3_module import TinyDCNv3
 
-from internimage_hf import hub_kernels, kernel_pin
+from internimage_hf import hub_kernels
+from internimage_hf.hub_kernels import pin as kernel_pin
 
 REPO = Path(__file__).resolve().parents[2]
 PINNED = "0123456789abcdef0123456789abcdef01234567"

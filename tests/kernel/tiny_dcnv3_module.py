@@ -1,11 +1,11 @@
-"""A minimal module around `internimage_hf.dcnv3.DCNv3Core`, for kernelize tests without the full model."""
+"""A minimal module around `internimage_hf.ops.dcnv3.DCNv3Core`, for kernelize tests without the full model."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from internimage_hf.dcnv3 import DCNv3Core
+from internimage_hf.ops.dcnv3 import DCNv3Core
 
 
 class TinyDCNv3(nn.Module):

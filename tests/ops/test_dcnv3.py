@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from internimage_hf import InternImageConfig, InternImageModel, dcnv3_core
-from internimage_hf.dcnv3 import DCNv3Core, InternImageDCNv3, as_rows, dcnv3_output_size, softmax_over_points
+from internimage_hf.ops.dcnv3 import DCNv3Core, InternImageDCNv3, as_rows, dcnv3_output_size, softmax_over_points
 
 
 def make_inputs(batch, height, width, group, group_channels, kernel=3, stride=1, pad=1, dilation=1,
@@ -266,7 +266,7 @@ COMPILE_ARGS = (3, 3, 1, 1, 1, 1, 1, 1, 2, 4, 2.0, False)
 
 
 def test_compile_op_passes_opcheck():
-    from internimage_hf.dcnv3 import _dcnv3_softmax_core_op
+    from internimage_hf.ops.dcnv3 import _dcnv3_softmax_core_op
 
     torch.manual_seed(0)
     tensors = [torch.randn(1, 5, 6, c, dtype=torch.float64, requires_grad=True) for c in (8, 36, 18)]

@@ -11,7 +11,7 @@ pytest.importorskip("mmengine", reason="reference implementations not installed:
 
 from mmseg.datasets import ADE20KDataset, CityscapesDataset, COCOStuffDataset  # noqa: E402
 
-from internimage_hf.labels import SEGMENTATION_LABEL_FILES, segmentation_id2label  # noqa: E402
+from internimage_hf.data.labels import SEGMENTATION_LABEL_FILES, segmentation_id2label  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_label_files.py"
 DATA_DIR = Path(__file__).resolve().parents[2] / "src" / "internimage_hf" / "data"

@@ -30,7 +30,7 @@ pytest.importorskip("mmengine", reason="reference implementations not installed:
 from mmseg.models.decode_heads import FCNHead, UPerHead  # noqa: E402
 from transformers import UperNetForSemanticSegmentation  # noqa: E402
 
-from internimage_hf.convert_checkpoint import convert_checkpoint  # noqa: E402
+from internimage_hf.conversion.pipeline import convert_checkpoint  # noqa: E402
 
 TOLERANCE = 1e-4
 STYLES = ("tiny_t", "tiny_s", "tiny_h")

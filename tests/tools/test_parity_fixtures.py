@@ -1,4 +1,4 @@
-"""The compact parity fixtures (`tests/fixtures`, `internimage_hf.parity_fixtures`): our model and DCNv3 core
+"""The compact parity fixtures (`tests/fixtures`, `tools/parity_fixtures.py`): our model and DCNv3 core
 against the official outputs they hold, their size and provenance, and where the golden cases come from."""
 
 import os
@@ -9,10 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from internimage_hf import InternImageConfig, InternImageForImageClassification, convert_official_state_dict, dcnv3_core
-from internimage_hf.parity_fixtures import (
+from parity_fixtures import (
     MODEL_ATOL,
     OP_ATOL,
     STYLES,
@@ -21,9 +18,12 @@ from internimage_hf.parity_fixtures import (
     rebuild_weights,
     tensor_sha256,
 )
+from safetensors.torch import load_file
+
+from internimage_hf import InternImageConfig, InternImageForImageClassification, convert_official_state_dict, dcnv3_core
 
 FIXTURE_NAMES = sorted(STYLES)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @torch.no_grad()

@@ -142,7 +142,7 @@ def test_presets_cover_the_seven_official_sizes():
 
 # What generic tooling passes (Transformers' ConfigTester passes `hidden_size=37` to every vision config).
 COMMON_INPUTS = {"hidden_size": 37, "num_channels": 3, "channels": 16, "depths": [1, 1, 2, 1], "groups": [2, 2, 4, 4]}
-HIDDEN_SIZE_LOGGER = "internimage_hf.configuration_internimage"
+HIDDEN_SIZE_LOGGER = "internimage_hf.models.internimage.configuration_internimage"
 
 
 def test_common_kwargs_are_accepted_and_hidden_size_follows_the_widths(caplog):

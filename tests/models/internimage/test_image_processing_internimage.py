@@ -12,12 +12,8 @@ from transformers.image_utils import load_image
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 from transformers.utils import logging as hf_logging
 
-from internimage_hf import (
-    InternImageConfig,
-    InternImageImageProcessor,
-    InternImageImageProcessorPil,
-    image_processing_internimage,
-)
+from internimage_hf import InternImageConfig, InternImageImageProcessor, InternImageImageProcessorPil
+from internimage_hf.models.internimage import image_processing_internimage
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 needs_torchvision = pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision is not installed (minimal environment)")

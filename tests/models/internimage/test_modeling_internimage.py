@@ -12,7 +12,12 @@ from internimage_hf import (
     InternImageModel,
     convert_official_state_dict,
 )
-from internimage_hf.modeling_internimage import ChannelsLastConv2d, InternImageDCNv3, InternImageLayer, drop_path
+from internimage_hf.models.internimage.modeling_internimage import (
+    ChannelsLastConv2d,
+    InternImageDCNv3,
+    InternImageLayer,
+    drop_path,
+)
 
 LOGIT_ATOL = 1e-4
 
