@@ -5,7 +5,8 @@ The golden files in `../shared/golden` (50 MB) when that folder is there; otherw
 parity tests also run in a fresh clone.
 
 The developer tools (`tools/`: parity fixtures, kernel builds) are not part of the package: this puts their folder on
-`sys.path`, so the tests import them by name (`import kernel_build`).
+`sys.path`, so the tests import them by name (`import kernel_build`); likewise `tests/support/` (helpers shared by
+several test folders, and the kernel-build fixtures of `kernel_builds`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 from parity_fixtures import read_fixture  # noqa: E402
+
+# The built kernels are used by tests/kernel (the kernel itself), tests/hub_kernels (loading it) and tests/tools.
+pytest_plugins = ("kernel_builds",)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -25,6 +25,7 @@ from transformers import AutoModelForImageClassification
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from internimage_hf import InternImageForImageClassification, InternImageImageProcessor
+from internimage_hf.hub.remote_code import add_remote_code, is_generated_file, remote_code_files
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "previous_release_checkpoint"
 TOLERANCE = 1e-5
@@ -71,8 +72,8 @@ LOAD_WITHOUT_PACKAGE = textwrap.dedent(
 )
 
 
-def test_previous_release_remote_code_loads_without_the_package(tmp_path):
-    checkpoint = shutil.copytree(FIXTURE, tmp_path / "checkpoint")
+def load_without_the_package(checkpoint: Path, tmp_path: Path) -> tuple[dict, torch.Tensor]:
+    """(class names, logits) of `checkpoint` loaded with ``trust_remote_code=True`` where the package is hidden."""
     site_packages = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     env = {
         **os.environ,
@@ -80,14 +81,34 @@ def test_previous_release_remote_code_loads_without_the_package(tmp_path):
         "HF_MODULES_CACHE": str(tmp_path / "modules"),
         "HF_HUB_OFFLINE": "1",
     }
+    outputs = tmp_path / "outputs.safetensors"
     result = subprocess.run(
-        [sys.executable, "-S", "-c", LOAD_WITHOUT_PACKAGE, str(checkpoint), str(tmp_path / "outputs.safetensors")],
+        [sys.executable, "-S", "-c", LOAD_WITHOUT_PACKAGE, str(checkpoint), str(outputs)],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1]), load_file(outputs)["logits"]
+
+
+def test_previous_release_remote_code_loads_without_the_package(tmp_path):
+    checkpoint = shutil.copytree(FIXTURE, tmp_path / "checkpoint")
+    report, logits = load_without_the_package(checkpoint, tmp_path)
     assert report["model"].startswith("transformers_modules.")
     assert report["model"].endswith(".modeling_internimage_hf.InternImageForImageClassification")
     assert report["processor"].startswith("transformers_modules.")
-    logits = load_file(tmp_path / "outputs.safetensors")["logits"]
+    torch.testing.assert_close(logits, expected_outputs()["logits"], atol=TOLERANCE, rtol=0)
+
+
+def test_new_remote_code_replaces_the_previous_release_files(tmp_path):
+    checkpoint = shutil.copytree(FIXTURE, tmp_path / "checkpoint")
+    own_file = checkpoint / "my_notes_hf.py"  # not generated: never touched
+    own_file.write_text("NOTE = 1\n")
+    assert (checkpoint / "conversion_keys_hf.py").is_file()  # written by the previous release
+    add_remote_code(checkpoint)
+    generated = {path.name for path in checkpoint.glob("*_hf.py") if is_generated_file(path)}
+    assert generated == set(remote_code_files())
+    assert not (checkpoint / "conversion_keys_hf.py").exists()
+    assert own_file.read_text() == "NOTE = 1\n"
+    report, logits = load_without_the_package(checkpoint, tmp_path)
+    assert report["model"].endswith(".modeling_internimage_hf.InternImageForImageClassification")
     torch.testing.assert_close(logits, expected_outputs()["logits"], atol=TOLERANCE, rtol=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_classifier import tiny_model
 
 from internimage_hf import (
     InternImageConfig,
@@ -13,7 +14,6 @@ from internimage_hf import (
 )
 from internimage_hf.hub_kernels import kernelizing
 from internimage_hf.models.internimage.modeling_internimage import InternImageMLP
-from internimage_hf.ops.dcnv3 import InternImageDCNv3
 
 LOGIT_ATOL = 1e-4
 
@@ -28,20 +28,6 @@ def _kernels_and_clean_env(monkeypatch):
 def golden_model(golden) -> InternImageForImageClassification:
     model = InternImageForImageClassification(InternImageConfig(**golden.model_kwargs)).eval()
     model.load_state_dict(convert_official_state_dict(golden.state_dict), strict=True)
-    return model
-
-
-def tiny_model() -> InternImageForImageClassification:
-    config = InternImageConfig(channels=16, depths=(1, 1, 2, 1), groups=(2, 2, 4, 4), num_labels=3, drop_path_rate=0.0)
-    torch.manual_seed(0)
-    model = InternImageForImageClassification(config).eval()
-    # Move the points off the pixel grid: at the official zero-offset init every sample sits on a pixel centre, where
-    # the bilinear gradient w.r.t. the offset is one-sided and the kernel and grid_sample may take different sides.
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, InternImageDCNv3):
-                module.offset.weight.normal_(std=0.1)
-                module.mask.weight.normal_(std=0.1)
     return model
 
 

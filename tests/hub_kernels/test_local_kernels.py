@@ -21,6 +21,7 @@ from internimage_hf import hub_kernels
 from internimage_hf.hub_kernels import pin as kernel_pin
 
 SRC_DIR = Path(__file__).resolve().parents[2] / "src"
+SUPPORT_DIR = Path(__file__).resolve().parents[1] / "support"
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 MOVED_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 
@@ -123,7 +124,7 @@ def test_offline_hub_cache_and_kernelize(tmp_path, resolver_kernel_build):
     marker_variant(moved / "build" / resolver_kernel_build.variant_dir.name, tmp_path / "moved-code-ran")
     hub_cache_layout(tmp_path / "cache", moved, commit=MOVED_COMMIT)  # refs/v1 -> MOVED_COMMIT
     pin = write_pin(tmp_path / "pin.json", FAKE_COMMIT)
-    tests = str(Path(__file__).parent)
+    tests = str(SUPPORT_DIR)
     script = _HUB_SCRIPT.format(src=str(SRC_DIR), tests=tests, backend=None, pin=str(pin), commit=FAKE_COMMIT)
     env = {**os.environ, "KERNELS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     env.pop("INTERNIMAGE_DCNV3_KERNEL", None)
@@ -232,7 +233,7 @@ def test_kernelize_offline_without_cache_keeps_pytorch(clean_env, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
-        sys.path[:0] = [{str(SRC_DIR)!r}, {str(Path(__file__).parent)!r}]
+        sys.path[:0] = [{str(SRC_DIR)!r}, {str(SUPPORT_DIR)!r}]
         from dcnv3_test_inputs import dcnv3_params
         from tiny_dcnv3_module import TinyDCNv3
         import internimage_hf.hub_kernels as hk

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_kernel_model import tiny_model
+from tiny_classifier import tiny_model
 
 from internimage_hf import InternImageConfig, InternImageForImageClassification, hub_kernels
 

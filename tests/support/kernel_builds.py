@@ -1,4 +1,5 @@
-"""Fixtures for the DCNv3 hub-kernel tests: build the kernel once per session (optionally cached) and load it.
+"""Fixtures for the DCNv3 kernel tests (a pytest plugin loaded by tests/conftest.py): build the kernel once per
+session (optionally cached) and load it.
 
 ``INTERNIMAGE_KERNEL_BUILD_CACHE=<dir>`` keeps builds across runs, keyed by variant, torch version and the
 source tree hash (so an edited kernel_src is rebuilt). ``INTERNIMAGE_KERNEL_PREBUILT=<root>`` uses a build root
