@@ -24,6 +24,8 @@ ARGS_CHECKED_MODULES = {
     "internimage_hf.models.internimage.image_processing_internimage",
     "internimage_hf.models.internimage.image_processing_pil_internimage",
     "internimage_hf.hub.model_card",
+    "internimage_hf.models.dino_detr.modeling_dino_detr",
+    "internimage_hf.conversion.dino_detr",
 }
 
 # Sections of the page (`## <title>`) and the callables whose parameters each must name.
@@ -34,6 +36,7 @@ SECTION_SIGNATURES = {
     "kernelize": [internimage_hf.kernelize, internimage_hf.register_dcnv3_kernel_mapping],
     "DCNv3 operator": [internimage_hf.DCNv3Core.forward, internimage_hf.dcnv3_core],
     "convert_checkpoint": [convert_checkpoint, internimage_hf.convert_official_state_dict],
+    "DinoDetrForObjectDetection": [internimage_hf.DinoDetrForObjectDetection.forward],
 }
 
 

@@ -6,6 +6,7 @@ One folder per concern, imports only going down this list (`tests/test_import_la
 - `ops`: the portable DCNv3 operator (`ops.dcnv3`);
 - `hub_kernels`: the compiled DCNv3 kernel in place of the PyTorch modules (`kernelize`);
 - `models.internimage`: configuration, modeling and image processors, named as in ``transformers.models``;
+- `models.dino_detr`: the DINO detector (InternImage backbone by default);
 - `hub`: sharing checkpoints: remote code (`hub.remote_code`), model cards, ``torch.export`` / ONNX (`hub.export`);
 - `conversion`: official checkpoints -> this package's format (behind ``scripts/convert_checkpoint.py``);
 - `training`: the training loops behind ``scripts/train.py`` and ``scripts/train_segmentation.py``.
@@ -13,7 +14,13 @@ One folder per concern, imports only going down this list (`tests/test_import_la
 This module exports the public classes and registers them with the Auto classes.
 """
 
-from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForObjectDetection,
+)
 
 # The top-level name is a placeholder without torchvision in transformers < 5.5; the module is always real.
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
@@ -25,6 +32,13 @@ from .hub_kernels import (
     kernelize,
     register_dcnv3_kernel_mapping,
     register_layer_names,
+)
+from .models.dino_detr.configuration_dino_detr import DinoDetrConfig
+from .models.dino_detr.modeling_dino_detr import (
+    DinoDetrForObjectDetection,
+    DinoDetrModel,
+    DinoDetrObjectDetectionOutput,
+    DinoDetrPreTrainedModel,
 )
 from .models.internimage.configuration_internimage import PRESETS, InternImageConfig
 from .models.internimage.image_processing_internimage import InternImageImageProcessor
@@ -42,6 +56,9 @@ AutoConfig.register("internimage", InternImageConfig, exist_ok=True)
 AutoModel.register(InternImageConfig, InternImageModel, exist_ok=True)
 AutoModelForImageClassification.register(InternImageConfig, InternImageForImageClassification, exist_ok=True)
 AutoBackbone.register(InternImageConfig, InternImageBackbone, exist_ok=True)
+AutoConfig.register("dino_detr", DinoDetrConfig, exist_ok=True)
+AutoModel.register(DinoDetrConfig, DinoDetrModel, exist_ok=True)
+AutoModelForObjectDetection.register(DinoDetrConfig, DinoDetrForObjectDetection, exist_ok=True)
 AutoImageProcessor.register(
     InternImageConfig,
     image_processor_classes={"torchvision": InternImageImageProcessor, "pil": InternImageImageProcessorPil},
@@ -58,6 +75,11 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "DCNv3Core",
+    "DinoDetrConfig",
+    "DinoDetrForObjectDetection",
+    "DinoDetrModel",
+    "DinoDetrObjectDetectionOutput",
+    "DinoDetrPreTrainedModel",
     "InternImageBackbone",
     "InternImageConfig",
     "InternImageDCNv3",

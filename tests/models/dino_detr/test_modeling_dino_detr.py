@@ -1,0 +1,145 @@
+"""DinoDetrForObjectDetection on tiny configurations: outputs, Auto classes, other backbones, initialisation, errors.
+
+Numerical equality with the official implementation is tested against fixtures in test_dino_detr_parity.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForObjectDetection, ResNetConfig
+
+from internimage_hf import DinoDetrConfig, DinoDetrForObjectDetection, DinoDetrModel
+
+TINY_BACKBONE = {
+    "model_type": "internimage",
+    "channels": 16,
+    "depths": [1, 1, 2, 1],
+    "groups": [1, 2, 4, 8],
+    "out_features": ["stage2", "stage3", "stage4"],
+    "layer_scale": 1.0,
+}
+
+
+def tiny_config(**overrides) -> DinoDetrConfig:
+    settings = {
+        "backbone_config": TINY_BACKBONE,
+        "d_model": 32,
+        "neck_norm_groups": 8,
+        "num_queries": 20,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "num_labels": 5,
+    }
+    return DinoDetrConfig(**{**settings, **overrides})
+
+
+def tiny_detector(**overrides) -> DinoDetrForObjectDetection:
+    torch.manual_seed(0)
+    return DinoDetrForObjectDetection(tiny_config(**overrides)).eval()
+
+
+def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    pixel_values = torch.randn(2, 3, 96, 128)
+    pixel_mask = torch.ones(2, 96, 128, dtype=torch.long)
+    pixel_mask[1, 64:] = 0
+    pixel_mask[1, :, 96:] = 0
+    pixel_values[1, :, 64:] = 0
+    pixel_values[1, :, :, 96:] = 0
+    return pixel_values, pixel_mask
+
+
+@torch.no_grad()
+def test_outputs_have_the_documented_shapes():
+    model = tiny_detector()
+    pixel_values, pixel_mask = padded_batch()
+    outputs = model(pixel_values, pixel_mask=pixel_mask)
+    assert outputs.logits.shape == (2, 20, 5)
+    assert outputs.pred_boxes.shape == (2, 20, 4)
+    assert len(outputs.auxiliary_outputs) == 1
+    assert outputs.auxiliary_outputs[0]["pred_boxes"].shape == (2, 20, 4)
+    assert outputs.intermediate_hidden_states.shape == (2, 2, 20, 32)
+    assert outputs.intermediate_reference_points.shape == (2, 3, 20, 4)
+    assert outputs.encoder_topk_logits.shape == (2, 20, 5)
+    sequence = 12 * 16 + 6 * 8 + 3 * 4 + 2 * 2  # strides 8, 16, 32 and the extra stride-64 level
+    assert outputs.encoder_last_hidden_state.shape == (2, sequence, 32)
+    assert torch.isfinite(outputs.logits).all()
+    assert ((outputs.pred_boxes > 0) & (outputs.pred_boxes < 1)).all()
+
+
+@torch.no_grad()
+def test_first_layer_boxes_start_from_the_selected_proposals():
+    """Layer 0 predicts offsets from the selected encoder proposals; its references are those proposals."""
+    model = tiny_detector()
+    pixel_values, pixel_mask = padded_batch()
+    outputs = model(pixel_values, pixel_mask=pixel_mask)
+    torch.testing.assert_close(outputs.intermediate_reference_points[:, 0], outputs.encoder_topk_boxes)
+
+
+@torch.no_grad()
+def test_save_and_load_through_the_auto_classes(tmp_path):
+    model = tiny_detector()
+    pixel_values, pixel_mask = padded_batch()
+    expected = model(pixel_values, pixel_mask=pixel_mask)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForObjectDetection.from_pretrained(tmp_path).eval()
+    assert type(loaded) is DinoDetrForObjectDetection
+    produced = loaded(pixel_values, pixel_mask=pixel_mask)
+    torch.testing.assert_close(produced.logits, expected.logits, atol=0, rtol=0)
+    torch.testing.assert_close(produced.pred_boxes, expected.pred_boxes, atol=0, rtol=0)
+    base = AutoModel.from_pretrained(tmp_path)
+    assert type(base) is DinoDetrModel
+
+
+@torch.no_grad()
+def test_a_transformers_backbone_through_backbone_config():
+    backbone = ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], out_features=["stage2", "stage3", "stage4"]
+    )
+    model = tiny_detector(backbone_config=backbone)
+    assert type(model.model.backbone).__name__ == "ResNetBackbone"
+    pixel_values, pixel_mask = padded_batch()
+    outputs = model(pixel_values, pixel_mask=pixel_mask)
+    assert outputs.logits.shape == (2, 20, 5)
+
+
+def test_parameter_count_of_the_official_t_detector():
+    """The official README lists 49M parameters for DINO with InternImage-T."""
+    with torch.device("meta"):
+        model = DinoDetrForObjectDetection(DinoDetrConfig())
+    assert round(sum(parameter.numel() for parameter in model.parameters()) / 1e6) == 49
+
+
+def test_initialisation_follows_the_official_detector():
+    model = tiny_detector()
+    attention = model.model.encoder.layers[0].self_attn
+    offsets = attention.sampling_offsets.bias.view(attention.n_heads, attention.n_levels, attention.n_points, 2)
+    # head 0 points along +x, k + 1 steps out for point k, on every level
+    torch.testing.assert_close(
+        offsets[0, :, :, 0], torch.arange(1.0, attention.n_points + 1).expand(attention.n_levels, -1)
+    )
+    assert torch.count_nonzero(attention.sampling_offsets.weight) == 0
+    assert torch.count_nonzero(attention.attention_weights.weight) == 0
+    prior = -math.log((1 - 0.01) / 0.01)
+    for head in model.model.class_heads:
+        torch.testing.assert_close(head.bias, torch.full_like(head.bias, prior))
+    for head in model.model.box_heads:
+        assert torch.count_nonzero(head.layers[-1].weight) == 0
+
+
+@pytest.mark.parametrize(
+    ("pixel_values", "pixel_mask", "message"),
+    [
+        (torch.zeros(3, 64, 64), None, "pixel_values"),
+        (torch.zeros(1, 3, 64, 64), torch.ones(1, 32, 64), "pixel_mask"),
+    ],
+)
+def test_bad_inputs_name_the_argument(pixel_values, pixel_mask, message):
+    model = tiny_detector()
+    with pytest.raises(ValueError, match=message):
+        model(pixel_values, pixel_mask=pixel_mask)
