@@ -15,6 +15,12 @@ mmsegmentation, the reference implementation of the official InternImage segment
     .venv-ref/bin/python scripts/make_label_files.py --segmentation     # the installed mmseg (make_reference_env.sh)
     python scripts/make_label_files.py --segmentation --mmseg-source mmsegmentation-1.2.2-py3-none-any.whl
 
+COCO (80 detection classes) comes from the dataset metadata of mmdetection (3.3.0), the reference implementation of
+the official InternImage DINO detectors::
+
+    pip download --no-deps mmdet==3.3.0 -d /tmp/mmdet_wheel
+    python scripts/make_label_files.py --detection --mmdet-source /tmp/mmdet_wheel/mmdet-3.3.0-py3-none-any.whl
+
 The class tuples are read from the package's source (`mmseg/datasets/{ade,cityscapes,coco_stuff}.py`) as Python
 literals, without importing mmseg (its import needs mmcv's compiled ops). Names are stripped of surrounding
 whitespace: mmseg spells ADE20K class 7 ``"bed "``. Class indices are the model output channels: ADE20K index 0 is
@@ -57,6 +63,8 @@ MMSEG_DATASETS = {
     "cityscapes": ("datasets/cityscapes.py", "CityscapesDataset", 19),
     "coco_stuff": ("datasets/coco_stuff.py", "COCOStuffDataset", 171),
 }
+# dataset -> (module of the mmdet package, dataset class, number of classes)
+MMDET_DATASETS = {"coco": ("datasets/coco.py", "CocoDataset", 80)}
 
 
 def read_timm_info(source: Path) -> dict[str, str]:
@@ -94,21 +102,21 @@ def check_class_to_idx(path: Path, synsets_22k: list[str]) -> None:
     print(f"{path}: same 21,841-class order as imagenet22k_synsets.txt")
 
 
-def installed_mmseg_dir() -> Path:
-    """The directory of the installed `mmseg` package, found without importing it."""
-    spec = importlib.util.find_spec("mmseg")
+def installed_package_dir(package: str) -> Path:
+    """The directory of the installed `package` (mmseg, mmdet), found without importing it."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(
-            "mmsegmentation is not installed; run `bash scripts/make_reference_env.sh` or pass --mmseg-source"
+            f"{package} is not installed; run `bash scripts/make_reference_env.sh` or pass --{package}-source"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def read_mmseg_module(source: Path, module: str) -> str:
-    """The text of `mmseg/<module>` from an mmsegmentation wheel or from the `mmseg` package directory."""
+def read_package_module(source: Path, package: str, module: str) -> str:
+    """The text of `<package>/<module>` from the package's wheel or from its package directory."""
     if source.is_file():
         with zipfile.ZipFile(source) as wheel:
-            return wheel.read(f"mmseg/{module}").decode("utf-8")
+            return wheel.read(f"{package}/{module}").decode("utf-8")
     return (source / module).read_text(encoding="utf-8")
 
 
@@ -119,18 +127,31 @@ def metainfo_classes(module_text: str, class_name: str) -> tuple[str, ...]:
             continue
         for statement in node.body:
             targets = statement.targets if isinstance(statement, ast.Assign) else []
-            if [getattr(t, "id", None) for t in targets] == ["METAINFO"] and isinstance(statement.value, ast.Call):
-                keywords = {k.arg: k.value for k in statement.value.keywords}
-                if "classes" in keywords:
-                    return tuple(ast.literal_eval(keywords["classes"]))
-    raise SystemExit(f"no METAINFO = dict(classes=...) in class {class_name}")
+            if [getattr(t, "id", None) for t in targets] != ["METAINFO"]:
+                continue
+            fields = _dict_fields(statement.value)
+            if "classes" in fields:
+                return tuple(ast.literal_eval(fields["classes"]))
+    raise SystemExit(f"no METAINFO = dict(classes=...) or {{'classes': ...}} in class {class_name}")
 
 
-def segmentation_labels(source: Path) -> dict[str, dict[str, str]]:
-    """{dataset: {"<class index>": name}} for every dataset of `MMSEG_DATASETS`, counts checked."""
+def _dict_fields(node: ast.expr) -> dict[str, ast.expr]:
+    """The fields of a ``dict(key=...)`` call (mmseg) or a ``{'key': ...}`` literal (mmdet)."""
+    if isinstance(node, ast.Call):
+        return {keyword.arg: keyword.value for keyword in node.keywords}
+    if isinstance(node, ast.Dict):
+        return {
+            key.value: value for key, value in zip(node.keys, node.values, strict=True) if isinstance(key, ast.Constant)
+        }
+    return {}
+
+
+def dataset_labels(source: Path, package: str, datasets: dict[str, tuple[str, str, int]]) -> dict[str, dict[str, str]]:
+    """{dataset: {"<class index>": name}} for every dataset of `datasets` (`MMSEG_DATASETS`, `MMDET_DATASETS`),
+    read from `package`'s source at `source`, counts checked."""
     labels = {}
-    for dataset, (module, class_name, expected) in MMSEG_DATASETS.items():
-        names = [name.strip() for name in metainfo_classes(read_mmseg_module(source, module), class_name)]
+    for dataset, (module, class_name, expected) in datasets.items():
+        names = [name.strip() for name in metainfo_classes(read_package_module(source, package, module), class_name)]
         if len(names) != expected or len(set(names)) != expected:
             raise SystemExit(f"{class_name}: expected {expected} distinct classes, found {len(set(names))}")
         labels[dataset] = {str(i): name for i, name in enumerate(names)}
@@ -168,15 +189,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--mmseg-source", type=Path, help="an mmsegmentation wheel or mmseg package dir (default: the installed one)"
     )
+    parser.add_argument("--detection", action="store_true", help="write the COCO detection file")
+    parser.add_argument(
+        "--mmdet-source", type=Path, help="an mmdetection wheel or mmdet package dir (default: the installed one)"
+    )
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--check-class-to-idx", type=Path, help="official meta_data/22k_class_to_idx.json")
     args = parser.parse_args(argv)
-    if args.timm_source is None and not args.segmentation:
-        parser.error("pass a timm source (ImageNet files), --segmentation, or both")
+    if args.timm_source is None and not (args.segmentation or args.detection):
+        parser.error("pass a timm source (ImageNet files), --segmentation, --detection, or several")
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.segmentation:
-        for dataset, id2label_map in segmentation_labels(args.mmseg_source or installed_mmseg_dir()).items():
+        source = args.mmseg_source or installed_package_dir("mmseg")
+        for dataset, id2label_map in dataset_labels(source, "mmseg", MMSEG_DATASETS).items():
+            write_labels(args.output_dir / f"{dataset}_labels.json", id2label_map)
+    if args.detection:
+        source = args.mmdet_source or installed_package_dir("mmdet")
+        for dataset, id2label_map in dataset_labels(source, "mmdet", MMDET_DATASETS).items():
             write_labels(args.output_dir / f"{dataset}_labels.json", id2label_map)
     if args.timm_source is not None:
         write_imagenet_labels(args.timm_source, args.output_dir, args.check_class_to_idx)

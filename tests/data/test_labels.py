@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from internimage_hf.data.labels import SEGMENTATION_LABEL_FILES, segmentation_id2label
+from internimage_hf.data.labels import SEGMENTATION_LABEL_FILES, detection_id2label, segmentation_id2label
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_label_files.py"
 
@@ -69,3 +69,17 @@ def test_script_refuses_a_wrong_class_count(tmp_path):
     main = runpy.run_path(str(SCRIPT))["main"]
     with pytest.raises(SystemExit, match="CityscapesDataset: expected 19 distinct classes, found 18"):
         main(["--segmentation", "--mmseg-source", str(source), "--output-dir", str(tmp_path / "out")])
+
+
+def test_coco_detection_labels():
+    id2label = detection_id2label("coco")
+    assert list(id2label) == list(range(80))
+    assert len(set(id2label.values())) == 80
+    assert {i: id2label[i] for i in (0, 2, 56, 79)} == {0: "person", 2: "car", 56: "chair", 79: "toothbrush"}
+    # COCO-Stuff's first 80 classes are the same things in the same order
+    assert [id2label[i] for i in range(80)] == [segmentation_id2label("coco_stuff")[i] for i in range(80)]
+
+
+def test_unknown_detection_dataset_is_refused():
+    with pytest.raises(ValueError, match=r"`dataset` must be one of \['coco'\].*'lvis'"):
+        detection_id2label("lvis")

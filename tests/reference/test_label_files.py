@@ -11,7 +11,12 @@ pytest.importorskip("mmengine", reason="reference implementations not installed:
 
 from mmseg.datasets import ADE20KDataset, CityscapesDataset, COCOStuffDataset  # noqa: E402
 
-from internimage_hf.data.labels import SEGMENTATION_LABEL_FILES, segmentation_id2label  # noqa: E402
+from internimage_hf.data.labels import (  # noqa: E402
+    DETECTION_LABEL_FILES,
+    SEGMENTATION_LABEL_FILES,
+    detection_id2label,
+    segmentation_id2label,
+)
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_label_files.py"
 DATA_DIR = Path(__file__).resolve().parents[2] / "src" / "internimage_hf" / "data"
@@ -28,4 +33,13 @@ def test_shipped_names_are_mmseg_metainfo(dataset):
 def test_script_regenerates_the_shipped_files_from_the_installed_mmseg(tmp_path):
     runpy.run_path(str(SCRIPT))["main"](["--segmentation", "--output-dir", str(tmp_path)])
     for file_name in SEGMENTATION_LABEL_FILES.values():
+        assert (tmp_path / file_name).read_bytes() == (DATA_DIR / file_name).read_bytes()
+
+
+def test_shipped_coco_names_are_mmdet_metainfo(tmp_path):
+    from mmdet.datasets import CocoDataset
+
+    assert detection_id2label("coco") == dict(enumerate(CocoDataset.METAINFO["classes"]))
+    runpy.run_path(str(SCRIPT))["main"](["--detection", "--output-dir", str(tmp_path)])
+    for file_name in DETECTION_LABEL_FILES.values():
         assert (tmp_path / file_name).read_bytes() == (DATA_DIR / file_name).read_bytes()

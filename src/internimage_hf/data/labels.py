@@ -14,6 +14,10 @@ implementation the official InternImage segmentation models were trained with), 
 - ``"ade20k"``: the 150 ADE20K (SceneParsing) classes, index 0 ``"wall"`` (the annotation's "other" is dropped);
 - ``"cityscapes"``: the 19 Cityscapes train ids, index 0 ``"road"``;
 - ``"coco_stuff"``: the 171 COCO-Stuff 164k classes (80 things then 91 stuff), index 0 ``"person"``.
+
+Object detection (from the dataset metadata of mmdetection 3.3.0, the reference implementation of the official
+InternImage DINO detectors): ``"coco"``, the 80 COCO classes in the contiguous order of the detectors' outputs
+(index 0 ``"person"``; COCO's own category ids, 1..90 with gaps, are mapped by the evaluation).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ SEGMENTATION_LABEL_FILES = {
     "cityscapes": "cityscapes_labels.json",
     "coco_stuff": "coco_stuff_labels.json",
 }
+DETECTION_LABEL_FILES = {"coco": "coco_labels.json"}
 
 
 @cache
@@ -66,9 +71,27 @@ def segmentation_id2label(dataset: str) -> dict[int, str]:
     return dict(enumerate(_load(SEGMENTATION_LABEL_FILES[dataset])))
 
 
+def detection_id2label(dataset: str) -> dict[int, str]:
+    """`id2label` of a detection dataset: ``"coco"`` (80).
+
+    Args:
+        dataset: the dataset name, one of `DETECTION_LABEL_FILES`.
+
+    Returns:
+        ``{class index: name}`` in the order of the detector's class outputs (mmdetection's class order).
+    """
+    if dataset not in DETECTION_LABEL_FILES:
+        raise ValueError(
+            f"`dataset` must be one of {sorted(DETECTION_LABEL_FILES)} (detection label names), got {dataset!r}"
+        )
+    return dict(enumerate(_load(DETECTION_LABEL_FILES[dataset])))
+
+
 __all__ = [
+    "DETECTION_LABEL_FILES",
     "IMAGENET_LABEL_FILES",
     "SEGMENTATION_LABEL_FILES",
+    "detection_id2label",
     "has_imagenet_labels",
     "imagenet_id2label",
     "segmentation_id2label",

@@ -19,6 +19,7 @@ def test_defaults_are_the_official_internimage_t_detector():
     )
     assert config.position_embedding_temperature == 20
     assert config.num_labels == 80
+    assert (config.id2label[0], config.id2label[79], config.label2id["car"]) == ("person", "toothbrush", 2)
     backbone = config.backbone_config
     assert isinstance(backbone, InternImageConfig)
     assert (backbone.channels, backbone.depths, backbone.groups) == (64, [4, 4, 18, 4], [4, 8, 16, 32])

@@ -143,3 +143,10 @@ def test_bad_inputs_name_the_argument(pixel_values, pixel_mask, message):
     model = tiny_detector()
     with pytest.raises(ValueError, match=message):
         model(pixel_values, pixel_mask=pixel_mask)
+
+
+def test_too_few_positions_for_the_queries_is_a_clear_error():
+    """A 32x32 image has 4x4 + 2x2 + 1 + 1 = 22 positions over the four levels: too few for 30 queries."""
+    model = tiny_detector(num_queries=30)
+    with pytest.raises(ValueError, match="22 positions .* fewer than num_queries=30"):
+        model(torch.zeros(1, 3, 32, 32))

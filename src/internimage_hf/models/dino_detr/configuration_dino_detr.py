@@ -4,6 +4,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from ...data.labels import detection_id2label
 from ..internimage.configuration_internimage import InternImageConfig
 
 # The backbone of the official InternImage-T DINO detector: the stages it reads (`out_indices=(1, 2, 3)` in mmdet's
@@ -46,7 +47,7 @@ class DinoDetrConfig(PreTrainedConfig):
         disable_custom_kernels: never use a compiled multi-scale deformable attention kernel (False).
 
     Every other keyword (`num_labels`, `id2label`, ...) is an argument of `transformers.PreTrainedConfig`. Without
-    labels the detector has the 80 COCO classes.
+    labels the detector has the 80 COCO classes and their names.
     """
 
     model_type = "dino_detr"
@@ -89,7 +90,8 @@ class DinoDetrConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         if self.id2label is None and kwargs.get("num_labels") is None:
-            kwargs["num_labels"] = 80
+            self.id2label = detection_id2label("coco")
+            self.label2id = {name: index for index, name in self.id2label.items()}
         self.backbone_config = _backbone_config(self.backbone_config)
         super().__post_init__(**kwargs)
         self.validate_architecture()

@@ -462,6 +462,11 @@ class DinoDetrModel(DinoDetrPreTrainedModel):
             `(N, K, C)` their logits, `(N, K, 4)` their boxes (sigmoid, with gradients for the encoder loss) and
             `(N, K, 4)` the same boxes in logit space, detached: the decoder's starting anchors.
         """
+        if memory.shape[1] < self.config.num_queries:
+            raise ValueError(
+                f"pixel_values: the {memory.shape[1]} positions of the feature levels {spatial_shapes} are fewer than "
+                f"num_queries={self.config.num_queries}; use larger images (DINO selects its queries among them)"
+            )
         masked_memory, proposals = encoder_proposals(memory, ~valid_mask, spatial_shapes)
         scored_memory = self.proposal_layer_norm(self.proposal_projection(masked_memory))
         logits = self.class_heads[-1](scored_memory)
