@@ -24,6 +24,7 @@ from transformers import (
 
 # The top-level name is a placeholder without torchvision in transformers < 5.5; the module is always real.
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
+from transformers.utils import is_torchvision_available
 
 from .conversion import convert_official_state_dict
 from .hub_kernels import (
@@ -59,6 +60,12 @@ AutoBackbone.register(InternImageConfig, InternImageBackbone, exist_ok=True)
 AutoConfig.register("dino_detr", DinoDetrConfig, exist_ok=True)
 AutoModel.register(DinoDetrConfig, DinoDetrModel, exist_ok=True)
 AutoModelForObjectDetection.register(DinoDetrConfig, DinoDetrForObjectDetection, exist_ok=True)
+if is_torchvision_available():  # Deformable DETR's processor, which DINO's extends, needs torchvision
+    from .models.dino_detr.image_processing_dino_detr import DinoDetrImageProcessor
+
+    AutoImageProcessor.register(
+        DinoDetrConfig, image_processor_classes={"torchvision": DinoDetrImageProcessor}, exist_ok=True
+    )
 AutoImageProcessor.register(
     InternImageConfig,
     image_processor_classes={"torchvision": InternImageImageProcessor, "pil": InternImageImageProcessorPil},
