@@ -28,6 +28,7 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
 )
 
 from .configuration_dino_detr import DinoDetrConfig
+from .loss_dino_detr import DenoisingQueries, DinoDetrLoss, denoising_groups
 
 # Clamp of the inverse sigmoid around box refinement, as the official DINO head (Deformable DETR uses 1e-5).
 REFINE_EPS = 1e-3
@@ -47,7 +48,6 @@ class DinoDetrModelOutput(ModelOutput):
         encoder_last_hidden_state (`(N, S, d_model)`): the encoder output over all S flattened positions.
         encoder_topk_logits (`(N, num_queries, num_labels)`): class logits of the selected encoder proposals.
         encoder_topk_boxes (`(N, num_queries, 4)`): boxes of the selected encoder proposals.
-        denoising_meta (`dict`, *optional*): how the denoising queries were laid out (training only).
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -58,7 +58,6 @@ class DinoDetrModelOutput(ModelOutput):
     encoder_last_hidden_state: torch.Tensor | None = None
     encoder_topk_logits: torch.Tensor | None = None
     encoder_topk_boxes: torch.Tensor | None = None
-    denoising_meta: dict | None = None
 
 
 @dataclass
@@ -480,10 +479,7 @@ class DinoDetrModel(DinoDetrPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
-        denoising_queries: torch.Tensor | None = None,
-        denoising_boxes: torch.Tensor | None = None,
-        denoising_attention_mask: torch.Tensor | None = None,
-        denoising_meta: dict | None = None,
+        denoising: DenoisingQueries | None = None,
         **kwargs,
     ) -> DinoDetrModelOutput:
         r"""Run the detector without its losses.
@@ -491,10 +487,8 @@ class DinoDetrModel(DinoDetrPreTrainedModel):
         Args:
             pixel_values: `(N, 3, H, W)` normalised images, padded at the bottom and right.
             pixel_mask: `(N, H, W)`, 1 on the image and 0 on padding (default: no padding).
-            denoising_queries: `(N, P, D)` content queries of the denoising groups (training), placed first.
-            denoising_boxes: `(N, P, 4)` their noisy boxes in logit space.
-            denoising_attention_mask: `(P + num_queries, P + num_queries)` bool, True where a query may not attend.
-            denoising_meta: returned unchanged in the output.
+            denoising: denoising queries (training, from `denoising_groups`), placed before the matching queries;
+                the outputs then cover both.
         """
         if pixel_values.dim() != 4:
             raise ValueError(
@@ -522,10 +516,10 @@ class DinoDetrModel(DinoDetrPreTrainedModel):
         topk_logits, topk_boxes, anchors = self.select_queries(memory, valid_mask, shapes_list)
         queries = self.query_embeddings.weight[None].expand(batch_size, -1, -1)
         attention_mask = None
-        if denoising_queries is not None:
-            queries = torch.cat([denoising_queries, queries], 1)
-            anchors = torch.cat([denoising_boxes, anchors], 1)
-            attention_mask = _additive_mask(denoising_attention_mask, queries.dtype, batch_size)
+        if denoising is not None:
+            queries = torch.cat([denoising.queries, queries], 1)
+            anchors = torch.cat([denoising.boxes, anchors], 1)
+            attention_mask = _additive_mask(denoising.attention_mask, queries.dtype, batch_size)
         hidden_states, references = self.decoder(
             queries,
             anchors.sigmoid(),
@@ -548,7 +542,6 @@ class DinoDetrModel(DinoDetrPreTrainedModel):
             encoder_last_hidden_state=memory,
             encoder_topk_logits=topk_logits,
             encoder_topk_boxes=topk_boxes,
-            denoising_meta=denoising_meta,
         )
 
     def predict(self, hidden_states: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -569,6 +562,34 @@ def _additive_mask(blocked: torch.Tensor, dtype: torch.dtype, batch_size: int) -
     return mask[None, None].expand(batch_size, 1, -1, -1)
 
 
+def check_labels(labels: list[dict], batch_size: int, num_labels: int) -> list[dict[str, torch.Tensor]]:
+    """Validate the training targets early, naming what is wrong; returns them with float boxes.
+
+    Args:
+        labels: one dict per image with `class_labels` `(T,)` and `boxes` `(T, 4)`.
+        batch_size: images in the batch.
+        num_labels: classes of the detector.
+    """
+    if len(labels) != batch_size:
+        raise ValueError(f"labels: {len(labels)} dicts for a batch of {batch_size} images")
+    checked = []
+    for index, target in enumerate(labels):
+        if "class_labels" not in target or "boxes" not in target:
+            raise ValueError(f"labels[{index}] needs `class_labels` and `boxes`, got {sorted(target)}")
+        classes, boxes = torch.as_tensor(target["class_labels"]), torch.as_tensor(target["boxes"])
+        if classes.dim() != 1 or boxes.shape != (len(classes), 4):
+            raise ValueError(
+                f"labels[{index}]: class_labels must be (T,) and boxes (T, 4), got {tuple(classes.shape)} and "
+                f"{tuple(boxes.shape)}"
+            )
+        if len(classes) and (classes.min() < 0 or classes.max() >= num_labels):
+            raise ValueError(f"labels[{index}]: class_labels must lie in [0, {num_labels}), got {classes.tolist()}")
+        if len(boxes) and not (torch.isfinite(boxes).all() and (boxes[:, 2:] > 0).all()):
+            raise ValueError(f"labels[{index}]: boxes must be finite (cx, cy, w, h) with w, h > 0")
+        checked.append({**target, "class_labels": classes.long(), "boxes": boxes.float()})
+    return checked
+
+
 class DinoDetrForObjectDetection(DinoDetrPreTrainedModel):
     """DINO with its losses; `logits`/`pred_boxes` are the last decoder layer's predictions for the matching queries.
 
@@ -581,6 +602,7 @@ class DinoDetrForObjectDetection(DinoDetrPreTrainedModel):
     def __init__(self, config: DinoDetrConfig) -> None:
         super().__init__(config)
         self.model = DinoDetrModel(config)
+        self.criterion = DinoDetrLoss(config)
         self.post_init()
 
     def forward(
@@ -596,23 +618,49 @@ class DinoDetrForObjectDetection(DinoDetrPreTrainedModel):
             pixel_values: `(N, 3, H, W)` normalised images, padded at the bottom and right.
             pixel_mask: `(N, H, W)`, 1 on the image and 0 on padding.
             labels: one dict per image with `class_labels` `(T,)` and `boxes` `(T, 4)` (cx, cy, w, h relative to the
-                unpadded image) to compute the losses.
+                unpadded image) to compute the losses; in training mode they also give the denoising queries.
         """
+        denoising = None
         if labels is not None:
-            raise NotImplementedError("DINO training losses are not available yet")
-        outputs = self.model(pixel_values, pixel_mask=pixel_mask)
-        logits = outputs.intermediate_logits
-        boxes = outputs.intermediate_pred_boxes
+            labels = check_labels(labels, pixel_values.shape[0], self.config.num_labels)
+            if self.training and self.config.num_denoising > 0 and any(len(t["class_labels"]) for t in labels):
+                denoising = denoising_groups(
+                    labels,
+                    self.model.denoising_label_embeddings,
+                    self.config.num_denoising,
+                    self.config.num_queries,
+                    self.config.label_noise_ratio,
+                    self.config.box_noise_scale,
+                )
+        outputs = self.model(pixel_values, pixel_mask=pixel_mask, denoising=denoising)
+        loss = loss_dict = None
+        if labels is not None:
+            loss, loss_dict = self.criterion(
+                outputs.intermediate_logits,
+                outputs.intermediate_pred_boxes,
+                outputs.encoder_topk_logits,
+                outputs.encoder_topk_boxes,
+                labels,
+                denoising,
+            )
+            if denoising is None and self.training:
+                # the label embedding takes part in every step, as DDP requires (the official head does the same)
+                loss = loss + 0.0 * self.model.denoising_label_embeddings.weight.sum()
+        split = denoising.num_queries if denoising is not None else 0
+        logits = outputs.intermediate_logits[:, :, split:]
+        boxes = outputs.intermediate_pred_boxes[:, :, split:]
         auxiliary = [
             {"logits": logits[:, index], "pred_boxes": boxes[:, index]} for index in range(logits.shape[1] - 1)
         ]
         return DinoDetrObjectDetectionOutput(
+            loss=loss,
+            loss_dict=loss_dict,
             logits=logits[:, -1],
             pred_boxes=boxes[:, -1],
             auxiliary_outputs=auxiliary,
-            last_hidden_state=outputs.last_hidden_state,
-            intermediate_hidden_states=outputs.intermediate_hidden_states,
-            intermediate_reference_points=outputs.intermediate_reference_points,
+            last_hidden_state=outputs.last_hidden_state[:, split:],
+            intermediate_hidden_states=outputs.intermediate_hidden_states[:, :, split:],
+            intermediate_reference_points=outputs.intermediate_reference_points[:, :, split:],
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_topk_logits=outputs.encoder_topk_logits,
             encoder_topk_boxes=outputs.encoder_topk_boxes,
