@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_modeling_dino_detr import padded_batch, tiny_config, tiny_detector
 from torch import nn
 
 from internimage_hf import DinoDetrForObjectDetection
 from internimage_hf.models.dino_detr.loss_dino_detr import denoising_groups, denoising_indices
-
-from test_modeling_dino_detr import padded_batch, tiny_config, tiny_detector
 
 LABELS = [
     {"class_labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.5, 0.3, 0.4]])},
@@ -83,7 +82,7 @@ def test_training_step_has_every_term_and_gradients():
         assert expected <= names
     weights = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
     total = sum(
-        value * weights[name[: name.index("_", 5)] if name.count("_") > 1 else name]
+        value * next(weight for base, weight in weights.items() if name.startswith(base))
         for name, value in outputs.loss_dict.items()
     )
     torch.testing.assert_close(outputs.loss, total)
