@@ -4,7 +4,7 @@
 #   bash scripts/make_reference_env.sh [DIR]      (default .venv-ref)
 #   DIR/bin/python -m pytest tests/reference
 # mmcv-lite is mmcv without its compiled ops; 2.1.0 because mmdet 3.3.0 and mmseg 1.2.2 refuse mmcv >= 2.2.
-# tests/reference/mmcv_ext_standin.py stands in for the compiled extension at import time.
+# tools/mmcv_ext_standin.py stands in for the compiled extension at import time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-.venv-ref}

@@ -3,7 +3,7 @@
 
 import importlib.util
 
-import mmcv_ext_standin
+import mmcv_ext_standin  # tools/, on sys.path from tests/conftest.py
 
 if importlib.util.find_spec("mmcv") is not None:
     mmcv_ext_standin.install()

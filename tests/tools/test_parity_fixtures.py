@@ -146,3 +146,14 @@ def test_script_regenerates_the_committed_fixtures(tmp_path):
         for key, value in committed.items():
             atol = 0 if key.startswith("state_dict.") or key == "input" else 1e-6
             torch.testing.assert_close(fresh[key], value, atol=atol, rtol=0, msg=f"{name} {key}")
+
+
+def test_detection_fixture_is_compact_and_records_the_official_commit():
+    from detection_fixtures import read_fixture as read_detection_fixture
+
+    path = REPO / "tests" / "fixtures" / "detection" / "dino_internimage_t.safetensors"
+    assert path.stat().st_size <= 1_000_000
+    tensors, metadata = read_detection_fixture(path)
+    assert re.fullmatch(r"[0-9a-f]{40}", metadata["official_commit"])
+    assert metadata["official_config"].endswith("dino_4scale_internimage_t_1x_coco_layer_wise_lr.py")
+    assert sum(v.numel() for k, v in tensors.items() if k.startswith("state_dict.")) == 48_736_828

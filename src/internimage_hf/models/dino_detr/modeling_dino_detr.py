@@ -470,10 +470,14 @@ class DinoDetrModel(DinoDetrPreTrainedModel):
         scored_memory = self.proposal_layer_norm(self.proposal_projection(masked_memory))
         logits = self.class_heads[-1](scored_memory)
         boxes = self.box_heads[-1](scored_memory) + proposals
-        top = torch.topk(logits.max(-1)[0], self.config.num_queries, dim=1)[1]
+        top = self.rank_proposals(logits)
         top_logits = torch.gather(logits, 1, top[..., None].expand(-1, -1, logits.shape[-1]))
         top_boxes = torch.gather(boxes, 1, top[..., None].expand(-1, -1, 4))
         return top_logits, top_boxes.sigmoid(), top_boxes.detach()
+
+    def rank_proposals(self, logits: torch.Tensor) -> torch.Tensor:
+        """`(N, S, C)` proposal logits -> `(N, num_queries)` indices of the best class scores, best first."""
+        return torch.topk(logits.max(-1)[0], self.config.num_queries, dim=1)[1]
 
     def forward(
         self,
@@ -562,13 +566,16 @@ def _additive_mask(blocked: torch.Tensor, dtype: torch.dtype, batch_size: int) -
     return mask[None, None].expand(batch_size, 1, -1, -1)
 
 
-def check_labels(labels: list[dict], batch_size: int, num_labels: int) -> list[dict[str, torch.Tensor]]:
-    """Validate the training targets early, naming what is wrong; returns them with float boxes.
+def check_labels(
+    labels: list[dict], batch_size: int, num_labels: int, dtype: torch.dtype, device: torch.device
+) -> list[dict[str, torch.Tensor]]:
+    """Validate the training targets early, naming what is wrong; returns them on `device`, boxes in `dtype`.
 
     Args:
         labels: one dict per image with `class_labels` `(T,)` and `boxes` `(T, 4)`.
         batch_size: images in the batch.
         num_labels: classes of the detector.
+        dtype / device: those of the model's predictions.
     """
     if len(labels) != batch_size:
         raise ValueError(f"labels: {len(labels)} dicts for a batch of {batch_size} images")
@@ -586,7 +593,7 @@ def check_labels(labels: list[dict], batch_size: int, num_labels: int) -> list[d
             raise ValueError(f"labels[{index}]: class_labels must lie in [0, {num_labels}), got {classes.tolist()}")
         if len(boxes) and not (torch.isfinite(boxes).all() and (boxes[:, 2:] > 0).all()):
             raise ValueError(f"labels[{index}]: boxes must be finite (cx, cy, w, h) with w, h > 0")
-        checked.append({**target, "class_labels": classes.long(), "boxes": boxes.float()})
+        checked.append({**target, "class_labels": classes.to(device, torch.long), "boxes": boxes.to(device, dtype)})
     return checked
 
 
@@ -622,7 +629,9 @@ class DinoDetrForObjectDetection(DinoDetrPreTrainedModel):
         """
         denoising = None
         if labels is not None:
-            labels = check_labels(labels, pixel_values.shape[0], self.config.num_labels)
+            labels = check_labels(
+                labels, pixel_values.shape[0], self.config.num_labels, pixel_values.dtype, pixel_values.device
+            )
             if self.training and self.config.num_denoising > 0 and any(len(t["class_labels"]) for t in labels):
                 denoising = denoising_groups(
                     labels,
