@@ -8,16 +8,23 @@ from pathlib import Path
 import torch
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, UperNetForSemanticSegmentation
 
+from ..data.labels import detection_id2label
+from ..models.dino_detr.configuration_dino_detr import DinoDetrConfig
+from ..models.dino_detr.modeling_dino_detr import DinoDetrForObjectDetection
 from ..models.internimage.configuration_internimage import InternImageConfig
 from ..models.internimage.modeling_internimage import InternImageBackbone, InternImageForImageClassification
+from .dino_detr import convert_official_dino_state_dict
 from .errors import ConversionError
 from .keys import convert_mmseg_head_key, convert_official_backbone_key, convert_official_state_dict, strip_ddp_prefix
 from .mask2former import build_mask2former_config, convert_mask2former_head_state_dict
 from .planning import SEGMENTATION_TASKS, ConversionPlan, build_upernet_config, segmentation_label_names
-from .releases import SegmentationRelease
+from .releases import DetectionRelease, SegmentationRelease
 from .sources import Source, is_backbone_key, official_to_hub_names
 
 VERIFY_TOLERANCE = 1e-4
+DINO_VERIFY_SIZE = (256, 320)  # 1,700 positions over the four levels: more than the 900 queries
+# Not recoverable from the weights: the official detectors all use 8 heads (the head count times the points is)
+DINO_ATTENTION_HEADS = 8
 _MAX_LISTED_KEYS = 12
 
 
@@ -65,6 +72,7 @@ def unused_keys(source: Source, task: str) -> list[str]:
     if task == "classification":
         return []
     kept = set(source.head_state_dict) if task in SEGMENTATION_TASKS else set()
+    kept |= set(source.detection_state_dict) if task == "dino" else set()
     if source.kind == "mmlab":
         backbone_keys = {"backbone." + k for k in source.backbone_state_dict}
         return sorted(k for k in strip_ddp_prefix(source.state_dict) if k not in backbone_keys and k not in kept)
@@ -115,6 +123,56 @@ def build_mask2former(plan: ConversionPlan, source: Source) -> torch.nn.Module:
     return materialise(Mask2FormerForUniversalSegmentation, config, convert_mask2former_weights(source), "Mask2Former")
 
 
+def _layer_count(weights: Mapping[str, torch.Tensor], prefix: str) -> int:
+    return len({k[len(prefix) :].split(".")[0] for k in weights if k.startswith(prefix)})
+
+
+def build_dino_config(
+    backbone_config: InternImageConfig, weights: Mapping[str, torch.Tensor], release: DetectionRelease | None
+) -> DinoDetrConfig:
+    """`DinoDetrConfig` read off the official DINO weights (widths, levels, queries, classes, layers, points)."""
+    try:
+        levels, width = weights["bbox_head.transformer.level_embeds"].shape
+        num_queries = weights["bbox_head.transformer.query_embed.weight"].shape[0]
+        num_labels = weights["bbox_head.cls_branches.0.weight"].shape[0]
+        encoder = "bbox_head.transformer.encoder.layers."
+        decoder = "bbox_head.transformer.decoder.layers."
+        encoder_points = weights[encoder + "0.attentions.0.attention_weights.weight"].shape[0]
+        decoder_points = weights[decoder + "0.attentions.1.attention_weights.weight"].shape[0]
+        encoder_ffn = weights[encoder + "0.ffns.0.layers.0.0.weight"].shape[0]
+        decoder_ffn = weights[decoder + "0.ffns.0.layers.0.0.weight"].shape[0]
+    except KeyError as error:
+        raise ConversionError(f"DINO head incomplete: {error.args[0]} missing") from error
+    per_head = DINO_ATTENTION_HEADS * levels
+    if encoder_points % per_head or decoder_points % per_head:
+        raise ConversionError(
+            f"the deformable attention weights do not fit {DINO_ATTENTION_HEADS} heads x {levels} levels"
+        )
+    labels = {"id2label": detection_id2label("coco")} if num_labels == 80 else {"num_labels": int(num_labels)}
+    return DinoDetrConfig(
+        backbone_config=backbone_config,
+        d_model=int(width),
+        num_feature_levels=int(levels),
+        num_queries=int(num_queries),
+        encoder_layers=_layer_count(weights, encoder),
+        decoder_layers=_layer_count(weights, decoder),
+        encoder_ffn_dim=int(encoder_ffn),
+        decoder_ffn_dim=int(decoder_ffn),
+        encoder_n_points=encoder_points // per_head,
+        decoder_n_points=decoder_points // per_head,
+        num_denoising=release.num_denoising if release else DinoDetrConfig.num_denoising,
+        **labels,
+    )
+
+
+def build_dino(plan: ConversionPlan, source: Source) -> torch.nn.Module:
+    config = build_dino_config(plan.config, source.detection_state_dict, plan.detection_release)
+    weights = convert_official_dino_state_dict(
+        {"backbone." + k: v for k, v in source.backbone_state_dict.items()} | source.detection_state_dict
+    )
+    return materialise(DinoDetrForObjectDetection, config, weights, "DINO")
+
+
 def build_model(plan: ConversionPlan, source: Source) -> torch.nn.Module:
     """The converted model with the source weights, after a strict key/shape check."""
     if plan.task == "classification":
@@ -124,6 +182,8 @@ def build_model(plan: ConversionPlan, source: Source) -> torch.nn.Module:
         return materialise(InternImageBackbone, plan.config, convert_backbone_weights(source), "InternImageBackbone")
     if plan.task == "mask2former":
         return build_mask2former(plan, source)
+    if plan.task == "dino":
+        return build_dino(plan, source)
     upernet_config = build_upernet_config(plan.config, source.head_state_dict)
     upernet_config.update(segmentation_label_names(plan, upernet_config.num_labels))
     return materialise(UperNetForSemanticSegmentation, upernet_config, convert_upernet_weights(source), "UperNet")
@@ -155,6 +215,8 @@ def verify_converted(directory: Path, plan: ConversionPlan, source: Source, veri
             pairs = zip(converted(pixel_values).feature_maps, reference(pixel_values).feature_maps, strict=True)
             return max((a - b).abs().max().item() for a, b in pairs)
         backbone = _reference(InternImageBackbone, plan.config, hub_weights)
+        if plan.task == "dino":
+            return _verify_dino(directory, source, backbone, generator)
         if plan.task == "mask2former":
             converted = Mask2FormerForUniversalSegmentation.from_pretrained(directory).eval()
             weights = {"model.pixel_level_module.encoder." + k: v for k, v in backbone.state_dict().items()}
@@ -170,6 +232,21 @@ def verify_converted(directory: Path, plan: ConversionPlan, source: Source, veri
         weights.update({convert_mmseg_head_key(k): v for k, v in source.head_state_dict.items()})
         reference = materialise(UperNetForSemanticSegmentation, converted.config, weights, "UperNet")
         return (converted(pixel_values).logits - reference(pixel_values).logits).abs().max().item()
+
+
+def _verify_dino(directory: Path, source: Source, backbone: torch.nn.Module, generator) -> float:
+    """Largest difference of logits and boxes between the written detector and one assembled from the backbone
+    loaded by the hub-name route and the head converted from the source."""
+    converted = DinoDetrForObjectDetection.from_pretrained(directory).eval()
+    weights = {"model.backbone." + k: v for k, v in backbone.state_dict().items()}
+    weights |= convert_official_dino_state_dict(source.detection_state_dict)
+    reference = materialise(DinoDetrForObjectDetection, converted.config, weights, "DINO")
+    channels = converted.config.backbone_config.num_channels
+    pixel_values = torch.randn(1, channels, *DINO_VERIFY_SIZE, generator=generator)
+    ours, theirs = converted(pixel_values), reference(pixel_values)
+    return max(
+        (ours.logits - theirs.logits).abs().max().item(), (ours.pred_boxes - theirs.pred_boxes).abs().max().item()
+    )
 
 
 def _reference(model_class, config: InternImageConfig, hub_weights: Mapping[str, torch.Tensor]) -> torch.nn.Module:

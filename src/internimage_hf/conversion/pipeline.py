@@ -11,7 +11,15 @@ from .building import VERIFY_TOLERANCE, build_model, unused_keys, verify_convert
 from .errors import ConversionError
 from .output_dir import OutputDirectory
 from .planning import check_image_size, plan_conversion, read_config_file
-from .releases import MASK2FORMER_RELEASES, RELEASES, find_release, find_segmentation_release
+from .releases import (
+    COMPOSITE_BACKBONE_RELEASES,
+    DINO_RELEASES,
+    MASK2FORMER_RELEASES,
+    RELEASES,
+    find_detection_release,
+    find_release,
+    find_segmentation_release,
+)
 from .sources import load_source
 from .writing import card_info, count_parameters, write_converted, write_model_card
 
@@ -61,8 +69,9 @@ def convert_checkpoint(
     explicit request is an error).
     """
     target = OutputDirectory(output_dir, source, overwrite=overwrite, log=log)
-    if name and find_release(name) is None and find_segmentation_release(name) is None:
-        known = ", ".join(sorted({*RELEASES, *MASK2FORMER_RELEASES}))
+    _refuse_composite_backbone(name, source)
+    if name and not (find_release(name) or find_segmentation_release(name) or find_detection_release(name)):
+        known = ", ".join(sorted({*RELEASES, *MASK2FORMER_RELEASES, *DINO_RELEASES}))
         raise ConversionError(f"unknown release {name!r}; known: {known}")
     check_image_size(image_size, "image_size")
     check_image_size(verify_size, "verify_size", limit=MAX_VERIFY_SIZE)
@@ -70,13 +79,14 @@ def convert_checkpoint(
         read_config_file(config_file)  # fail on a bad config now rather than after reading gigabytes of weights
     release = find_release(name) or find_release(Path(source).name)
     segmentation_release = find_segmentation_release(name) or find_segmentation_release(Path(source).name)
+    detection_release = find_detection_release(name) or find_detection_release(Path(source).name)
     with target:
         loaded = load_source(source)
         if loaded.ignored_keys:
             log(f"ignoring non-weight entries of the checkpoint: {', '.join(loaded.ignored_keys)}")
         plan = plan_conversion(
             loaded, task=task, preset=preset, config_file=Path(config_file) if config_file else None, release=release,
-            image_size=image_size, segmentation_release=segmentation_release,
+            image_size=image_size, segmentation_release=segmentation_release, detection_release=detection_release,
         )  # fmt: skip
         for note in plan.notes:
             log(note)
@@ -94,7 +104,7 @@ def convert_checkpoint(
             max_diff, verification = None, None
             if verify:
                 max_diff = verify_converted(staging, plan, loaded, verify_size)
-                what = "feature maps" if plan.task == "backbone" else "logits"
+                what = {"backbone": "feature maps", "dino": "logits and boxes"}.get(plan.task, "logits")
                 log(f"verify: max abs diff of {what} = {max_diff:.3e}")
                 if not max_diff <= VERIFY_TOLERANCE:
                     raise ConversionError(f"verification failed: max abs diff {max_diff:.3e} > {VERIFY_TOLERANCE}")
@@ -110,11 +120,23 @@ def convert_checkpoint(
     return ConversionResult(target.path, plan.task, model.config, count_parameters(model), max_diff, plan.notes)
 
 
+def _refuse_composite_backbone(name: str | None, source: str | os.PathLike) -> None:
+    """A CB-InternImage release, named or by its file name, is refused before any weight is read."""
+    for candidate in (name, Path(source).name):
+        stem = Path(str(candidate or "")).name.removesuffix(".pth").lower()
+        if stem in COMPOSITE_BACKBONE_RELEASES:
+            raise ConversionError(
+                f"{stem} is a CB-InternImage detector (a composite backbone: two InternImage-H joined by "
+                "`backbone.cb_linears`); internimage_hf has no model for it. The single-backbone DINO releases "
+                f"convert: {', '.join(sorted(DINO_RELEASES))}"
+            )
+
+
 def _include_remote_code(remote_code: bool | None, repo_id: str | None, task: str, log) -> bool:
     """Whether to write remote code: as asked, else for Hub-bound output; never for a segmentation model (UperNet,
     Mask2Former), whose config nests ours."""
     wanted = repo_id is not None if remote_code is None else remote_code
-    head = {"upernet": "UperNet", "mask2former": "Mask2Former"}.get(task)
+    head = {"upernet": "UperNet", "mask2former": "Mask2Former", "dino": "DINO"}.get(task)
     if wanted and head:
         if remote_code:
             raise ConversionError(

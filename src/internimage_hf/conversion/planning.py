@@ -14,17 +14,19 @@ from transformers import UperNetConfig
 from ..data.labels import has_imagenet_labels, imagenet_id2label, segmentation_id2label
 from ..models.internimage.configuration_internimage import PRESETS, InternImageConfig
 from .errors import ConversionError
-from .releases import Release, SegmentationRelease, dataset_label_set, parse_mmseg_name
+from .releases import DetectionRelease, Release, SegmentationRelease, dataset_label_set, parse_mmseg_name
 from .sources import Source, read_json
 from .validation import SIZE_LIMITS, build_config, check_config_values, official_config_kwargs
 
-TASKS = ("classification", "backbone", "upernet", "mask2former")
+TASKS = ("classification", "backbone", "upernet", "mask2former", "dino")
 SEGMENTATION_TASKS = ("upernet", "mask2former")
+DENSE_TASKS = ("backbone", *SEGMENTATION_TASKS, "dino")  # backbones of mmdet/mmseg models
 STAGE_FEATURES = ["stage1", "stage2", "stage3", "stage4"]
 # mmseg defaults of the official UperNet configs (`_base_/models/upernet_r50.py`); pool scales are not
 # recoverable from the weights (only their number is).
 MMSEG_POOL_SCALES = (1, 2, 3, 6)
 MMSEG_IGNORE_INDEX = 255
+DINO_TEST_SHORT_SIDE = 800  # the official DINO test resize: shorter side 800, longer at most 1333
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
@@ -59,7 +61,8 @@ class ConversionPlan:
     """Everything decided before building the model: task, backbone config, labels, image size, release.
 
     `segmentation_release` is the official Mask2Former release the source is; `segmentation_labels` the
-    `data.labels.segmentation_id2label` set of a segmentation head (its names go into the head's config).
+    `data.labels.segmentation_id2label` set of a segmentation head (its names go into the head's config);
+    `detection_release` the official DINO release.
     """
 
     task: str
@@ -69,6 +72,7 @@ class ConversionPlan:
     notes: list[str] = field(default_factory=list)
     segmentation_release: SegmentationRelease | None = None
     segmentation_labels: str | None = None
+    detection_release: DetectionRelease | None = None
 
 
 def base_config_kwargs(
@@ -100,10 +104,14 @@ def decide_task(source: Source, task: str) -> str:
             raise ConversionError(f"{source.path} has no mmseg UperNet decode head (decode_head.psp_modules.*)")
         if task == "mask2former" and not source.has_mask2former_head:
             raise ConversionError(f"{source.path} has no Mask2Former decode head (decode_head.transformer_decoder.*)")
+        if task == "dino" and not source.has_dino_head:
+            raise ConversionError(f"{source.path} has no DINO head (bbox_head.transformer.*)")
         if task == "classification" and source.kind == "mmlab":
             raise ConversionError(f"{source.path} is a detection/segmentation checkpoint without a classification head")
         return task
     if source.kind == "mmlab":
+        if source.has_dino_head:
+            return "dino"
         if source.has_mask2former_head:
             return "mask2former"
         return "upernet" if source.has_upernet_head else "backbone"
@@ -125,30 +133,43 @@ def plan_conversion(
     release: Release | None = None,
     image_size: int | None = None,
     segmentation_release: SegmentationRelease | None = None,
+    detection_release: DetectionRelease | None = None,
 ) -> ConversionPlan:
     """Decide the task and build the `InternImageConfig` (labels included) for `source`.
 
     `segmentation_release` (an official Mask2Former checkpoint) gives the architecture, crop size and label set of
-    a Mask2Former source; it is an error for any other task.
+    a Mask2Former source, `detection_release` (an official DINO detector) the architecture of a DINO source; each
+    is an error for any other task. For a detector or segmentation model the config is its backbone's.
     """
+    if source.has_composite_backbone:
+        raise ConversionError(
+            f"{source.path} is a CB-InternImage detector (a composite backbone: two InternImage backbones joined by "
+            "`backbone.cb_linears`), which internimage_hf has no model for; convert the single-backbone DINO "
+            "releases instead"
+        )
     task = decide_task(source, task)
     if segmentation_release is not None and task != "mask2former":
         raise ConversionError(f"{segmentation_release.name} is a Mask2Former release, but the task is {task}")
-    kwargs, origin = base_config_kwargs(source, preset, config_file, release or segmentation_release)
+    if detection_release is not None and task != "dino":
+        raise ConversionError(f"{detection_release.name} is a DINO release, but the task is {task}")
+    chosen = release or segmentation_release or detection_release
+    kwargs, origin = base_config_kwargs(source, preset, config_file, chosen)
     notes = [f"architecture from {origin}"]
     num_classes = kwargs.pop("num_classes", None)
     kwargs.pop("num_labels", None)
     backbone_weights = source.backbone_state_dict
-    if task in ("backbone", *SEGMENTATION_TASKS):
+    if task in DENSE_TASKS:
         # Detection/segmentation configs use layer_scale=1.0 even for T (gammas in the checkpoint); the value
         # only matters at initialisation, the presence of the parameters is what must match the weights.
         wants_scale = has_layer_scale(backbone_weights)
         if wants_scale != (kwargs.get("layer_scale") is not None):
             kwargs["layer_scale"] = 1.0 if wants_scale else None
             notes.append(f"layer_scale set to {kwargs['layer_scale']} to match the checkpoint's gamma weights")
-        kwargs["out_features"] = list(STAGE_FEATURES)
+        kwargs["out_features"] = dino_backbone_features(source) if task == "dino" else list(STAGE_FEATURES)
     parsed = parse_mmseg_name(source.path.name) if task in SEGMENTATION_TASKS else None
     release_size = release.image_size if release else (segmentation_release and segmentation_release.crop_size)
+    if task == "dino":
+        release_size = DINO_TEST_SHORT_SIDE
     size = image_size or release_size or source.image_size or (parsed and parsed[1])
     size = size or kwargs.get("image_size")
     kwargs["image_size"] = int(size or PRESETS["t"]["image_size"])
@@ -164,7 +185,17 @@ def plan_conversion(
     labels = None
     if task in SEGMENTATION_TASKS:
         labels = segmentation_release.label_set if segmentation_release else dataset_label_set(source.path.name)
-    return ConversionPlan(task, config, kwargs["image_size"], release, notes, segmentation_release, labels)
+    return ConversionPlan(
+        task, config, kwargs["image_size"], release, notes, segmentation_release, labels, detection_release
+    )
+
+
+def dino_backbone_features(source: Source) -> list[str]:
+    """The backbone stages a DINO checkpoint's neck reads: its last `neck.convs.*` count of stages."""
+    inputs = {k.split(".")[2] for k in source.detection_state_dict if k.startswith("neck.convs.")}
+    if not 1 <= len(inputs) <= len(STAGE_FEATURES):
+        raise ConversionError(f"the DINO neck reads {len(inputs)} backbone levels (neck.convs.*); expected 1 to 4")
+    return STAGE_FEATURES[-len(inputs) :]
 
 
 def segmentation_label_names(plan: ConversionPlan, num_labels: int) -> dict:

@@ -180,6 +180,68 @@ MASK2FORMER_RELEASES: dict[str, SegmentationRelease] = {
 }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class DetectionRelease:
+    """One official DINO detector (detection/README.md and the config it links).
+
+    `box_ap` is the published COCO val box AP (%) and `reported_params` the README's parameter count;
+    `num_denoising` the config's `num_dn_queries`, `max_detections` its `test_cfg.max_per_img`.
+    """
+
+    name: str
+    preset: str
+    dataset: str
+    num_classes: int
+    box_ap: float
+    reported_params: str
+    pretraining: str
+    num_denoising: int
+    max_detections: int
+    config: str
+
+    @property
+    def pth_file(self) -> str:
+        return f"{self.name}.pth"
+
+    @property
+    def pth_url(self) -> str:
+        return RELEASE_BASE_URL + self.pth_file
+
+
+_JOINT_H = "InternImage-H (joint 427M images -> ImageNet-22k) backbone; DINO on Objects365, then COCO"
+# detection/README.md, "COCO" table (DINO rows), and the configs it links (num_dn_queries, max_per_img).
+DINO_RELEASES: dict[str, DetectionRelease] = {
+    r.name: r
+    for r in (
+        DetectionRelease(
+            "dino_4scale_internimage_t_1x_coco", "t", "COCO", 80, 53.9, "49M", "InternImage-T (ImageNet-1k) backbone",
+            100, 100, "coco/dino_4scale_internimage_t_1x_coco_layer_wise_lr.py",
+        ),
+        DetectionRelease(
+            "dino_4scale_internimage_l_1x_coco_0.1x_backbone_lr", "l", "COCO", 80, 57.6, "241M",
+            "InternImage-L (ImageNet-22k) backbone", 100, 300,
+            "coco/dino_4scale_internimage_l_1x_coco_0.1x_backbone_lr.py",
+        ),
+        DetectionRelease(
+            "dino_4scale_internimage_h_objects365_coco", "h", "COCO", 80, 63.4, "1.1B", _JOINT_H, 1000, 300,
+            "coco/dino_4scale_internimage_h_objects365_coco_ss.py",
+        ),
+        DetectionRelease(
+            "dino_4scale_internimage_g_objects365_coco", "g", "COCO", 80, 64.2, "3.1B",
+            _JOINT_H.replace("InternImage-H", "InternImage-G"), 1000, 300,
+            "coco/dino_4scale_internimage_g_objects365_coco_ss.py",
+        ),
+    )
+}  # fmt: skip
+# The CB-InternImage-H detectors (a composite backbone of two InternImage-H): not converted.
+COMPOSITE_BACKBONE_RELEASES = (
+    "dino_4scale_cbinternimage_h_objects365_coco",
+    "dino_4scale_cbinternimage_h_objects365_lvis",
+    "dino_4scale_cbinternimage_h_objects365_openimages",
+    "dino_4scale_cbinternimage_h_objects365_voc0712",
+)
+
+
 def _release_key(name: str) -> str:
     return Path(str(name).rstrip("/")).name.removesuffix(".pth").lower()
 
@@ -202,18 +264,27 @@ def parse_mmseg_name(name: str) -> tuple[str, int] | None:
     return (match.group(1), int(match.group(2))) if match else None
 
 
+def find_detection_release(name: str | None) -> DetectionRelease | None:
+    """The DINO release called `name` (file stem or file name), else `None`."""
+    return DINO_RELEASES.get(_release_key(name)) if name else None
+
+
 def find_release(name: str | None) -> Release | None:
     """The release called `name` (a file stem, directory name or hub repo id also work), else `None`."""
     return RELEASES.get(_release_key(name)) if name else None
 
 
 __all__ = [
+    "COMPOSITE_BACKBONE_RELEASES",
+    "DINO_RELEASES",
     "MASK2FORMER_RELEASES",
     "RELEASES",
     "UPERNET_ADE20K",
+    "DetectionRelease",
     "Release",
     "SegmentationRelease",
     "dataset_label_set",
+    "find_detection_release",
     "find_release",
     "find_segmentation_release",
     "parse_mmseg_name",

@@ -59,6 +59,23 @@ class Source:
         }
 
     @property
+    def detection_state_dict(self) -> dict[str, torch.Tensor]:
+        """An mmdet detector's neck and head weights (`neck.*`, `bbox_head.*`, official names); else empty."""
+        if self.kind != "mmlab":
+            return {}
+        return {k: v for k, v in strip_ddp_prefix(self.state_dict).items() if k.startswith(("neck.", "bbox_head."))}
+
+    @property
+    def has_dino_head(self) -> bool:
+        heads = self.detection_state_dict
+        return "bbox_head.transformer.query_embed.weight" in heads and "bbox_head.label_embedding.weight" in heads
+
+    @property
+    def has_composite_backbone(self) -> bool:
+        """A CB-InternImage detector: two InternImage backbones joined by `cb_linears` (`backbone.cb_modules.*`)."""
+        return any(k.startswith(("backbone.cb_modules.", "backbone.cb_linears.")) for k in self.state_dict)
+
+    @property
     def has_upernet_head(self) -> bool:
         return any(k.startswith("decode_head.psp_modules.") for k in self.head_state_dict)
 

@@ -11,6 +11,7 @@ from transformers.utils import is_torchvision_available
 
 from ..hub.model_card import ModelCardInfo, render_model_card
 from ..models.internimage.configuration_internimage import PRESETS
+from .errors import ConversionError
 from .planning import ConversionPlan
 from .releases import UPERNET_ADE20K, Release, SegmentationRelease, find_release, parse_mmseg_name
 from .sources import Source
@@ -62,6 +63,15 @@ def mask2former_processor_config(image_size: int, num_labels: int, release: Segm
     }
 
 
+def make_detection_processor(max_detections: int | None):
+    """The official DINO test transform (`DinoDetrImageProcessor`), keeping `max_detections` per image."""
+    try:
+        from ..models.dino_detr.image_processing_dino_detr import DinoDetrImageProcessor
+    except ImportError as error:
+        raise ConversionError(f"writing a DINO image processor needs torchvision ({error})") from error
+    return DinoDetrImageProcessor(**({"top_k": max_detections} if max_detections else {}))
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -80,6 +90,10 @@ def card_info(
         crop, single, multi = UPERNET_ADE20K[parsed[0]]
         metrics.append(("ADE20K val mIoU (%), single / multi-scale", f"{single} / {multi} at {crop}x{crop}"))
     segmentation = plan.segmentation_release
+    detection = plan.detection_release
+    if detection:
+        metrics.append((f"{detection.dataset} val box AP (%)", f"{detection.box_ap} (single-scale)"))
+        metrics.append(("parameters (official README)", detection.reported_params))
     notes = [f"Conversion: {note}." for note in plan.notes]
     if segmentation and segmentation.miou:
         single, multi = segmentation.miou
@@ -95,12 +109,15 @@ def card_info(
     label_set = {1000: "ImageNet-1k", 21841: "ImageNet-22k"}.get(num_labels) if plan.task == "classification" else None
     if plan.segmentation_labels and model.config.id2label.get(0, "LABEL_0") != "LABEL_0":
         label_set = LABEL_SET_NAMES[plan.segmentation_labels]
+    if plan.task == "dino" and model.config.id2label.get(0) == "person":
+        label_set = "COCO"
     title = (
         release.name if release and plan.task == "classification" else f"InternImage-{variant.upper()} ({plan.task})"
     )
     title = segmentation.name if segmentation else title
+    title = detection.name if detection else title
     summary_fields = ("channels", "depths", "groups", "offset_scale", "post_norm", "res_post_norm", "layer_scale")
-    source_url = segmentation.pth_url if segmentation else _release_url(release, source)
+    source_url = (segmentation or detection).pth_url if segmentation or detection else _release_url(release, source)
     return ModelCardInfo(
         title=title,
         task=plan.task,
@@ -110,7 +127,9 @@ def card_info(
         num_labels=num_labels,
         source=_source_name(plan, source),
         source_url=source_url,
-        pretraining=(segmentation or release).pretraining if segmentation or release else None,
+        pretraining=(segmentation or detection or release).pretraining
+        if segmentation or detection or release
+        else None,
         label_set=label_set,
         metrics=metrics,
         notes=notes,
@@ -128,8 +147,8 @@ def _known_release(source_url: str | None) -> Release | None:
 
 
 def _source_name(plan: ConversionPlan, source: Source) -> str:
-    if plan.segmentation_release:
-        return plan.segmentation_release.pth_file
+    if plan.segmentation_release or plan.detection_release:
+        return (plan.segmentation_release or plan.detection_release).pth_file
     release = plan.release
     return release.pth_file if release and release.pth_file and source.kind != "hub" else source.path.name
 
@@ -141,7 +160,10 @@ def _release_url(release, source: Source) -> str | None:
 def write_converted(directory: Path, model: torch.nn.Module, plan: ConversionPlan) -> None:
     """config.json + model.safetensors + preprocessor_config.json into `directory`."""
     model.save_pretrained(directory)
-    if plan.task == "mask2former":
+    if plan.task == "dino":
+        release = plan.detection_release
+        make_detection_processor(release.max_detections if release else None).save_pretrained(directory)
+    elif plan.task == "mask2former":
         processor = mask2former_processor_config(plan.image_size, model.config.num_labels, plan.segmentation_release)
         (directory / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8")
     else:

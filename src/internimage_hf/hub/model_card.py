@@ -38,6 +38,7 @@ TASK_PIPELINE_TAGS = {
     "backbone": "image-feature-extraction",
     "upernet": "image-segmentation",
     "mask2former": "image-segmentation",
+    "dino": "object-detection",
 }
 
 
@@ -181,8 +182,10 @@ def _architecture(info: ModelCardInfo) -> str:
         "(`transformers.UperNetForSemanticSegmentation` with an InternImage backbone)",
         "mask2former": f"a Mask2Former segmentation model with {info.num_labels} classes "
         "(`transformers.Mask2FormerForUniversalSegmentation` with an InternImage backbone)",
+        "dino": f"a DINO object detector with {info.num_labels} classes (`internimage_hf.DinoDetrForObjectDetection`, "
+        "InternImage backbone)",
     }[info.task]
-    if info.task in ("upernet", "mask2former") and info.label_set:
+    if info.task in ("upernet", "mask2former", "dino") and info.label_set:
         head += f" ({info.label_set} class names in `config.id2label`)"
     rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in info.config_summary.items())
     table = f"\n\n| config field | value |\n|---|---|\n{rows}" if rows else ""
@@ -191,8 +194,14 @@ def _architecture(info: ModelCardInfo) -> str:
         "InternImage is a convolutional vision foundation model built on deformable convolution v3 (DCNv3): each "
         "block predicts per-pixel sampling offsets and softmax-normalised weights for groups of channels "
         f"([paper]({PAPER_URL}), [official code]({OFFICIAL_REPO_URL})). Evaluation resolution: "
-        f"{info.image_size}x{info.image_size}.{table}"
+        f"{_resolution(info)}.{table}"
     )
+
+
+def _resolution(info: ModelCardInfo) -> str:
+    if info.task == "dino":
+        return f"shorter side {info.image_size}, longer side at most 1333 (the official test resize)"
+    return f"{info.image_size}x{info.image_size}"
 
 
 def _source(info: ModelCardInfo) -> str:
@@ -242,6 +251,22 @@ processor = AutoImageProcessor.from_pretrained("{repo}")
 backbone = InternImageBackbone.from_pretrained("{repo}").eval()
 feature_maps = backbone(**processor(images=image, return_tensors="pt")).feature_maps  # 4 maps, NCHW"""
         model_var = "backbone"
+    elif info.task == "dino":
+        code = f"""import internimage_hf  # registers DINO and InternImage with the Auto classes
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForObjectDetection, pipeline
+
+processor = AutoImageProcessor.from_pretrained("{repo}")
+model = AutoModelForObjectDetection.from_pretrained("{repo}").eval()
+image = Image.open("street.jpg")
+with torch.no_grad():
+    outputs = model(**processor(images=image, return_tensors="pt"))
+detections = processor.post_process_object_detection(outputs, threshold=0.3, target_sizes=[image.size[::-1]])[0]
+
+# or labelled boxes in one line
+print(pipeline("object-detection", model="{repo}")(image, threshold=0.3))"""
+        model_var = "model"
     elif info.task == "mask2former":
         code = f"""import internimage_hf  # registers InternImage as a Transformers backbone (needed to load the config)
 import torch
