@@ -101,3 +101,19 @@ def test_composite_backbone_weights_are_refused(tmp_path):
     torch.save({"state_dict": state_dict}, path)
     with pytest.raises(ConversionError, match="CB-InternImage"):
         convert_checkpoint(path, tmp_path / "out", log=lambda message: None)
+
+
+@pytest.mark.parametrize("release", sorted(DINO_RELEASES))
+def test_parameter_counts_are_the_published_ones(release):
+    """The detector of each release, built from its preset, has the parameter count of the official README."""
+    from internimage_hf import DinoDetrConfig, InternImageConfig
+
+    facts = DINO_RELEASES[release]
+    backbone = InternImageConfig.from_preset(facts.preset, out_features=["stage2", "stage3", "stage4"])
+    with torch.device("meta"):
+        model = DinoDetrForObjectDetection(DinoDetrConfig(backbone_config=backbone))
+    count = sum(parameter.numel() for parameter in model.parameters())
+    published = facts.reported_params
+    value = float(published[:-1]) * {"M": 1e6, "B": 1e9}[published[-1]]
+    digits = len(published[:-1].replace(".", "")) - 1  # equal at the published precision: "49M", "241M", "1.1B"
+    assert abs(count - value) <= 0.5 * 10 ** (len(str(int(value))) - 1 - digits), (count, published)
