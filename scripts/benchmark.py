@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from transformers import ConvNextConfig, ConvNextForImageClassification
@@ -36,7 +31,7 @@ from transformers import ConvNextConfig, ConvNextForImageClassification
 from internimage_hf import InternImageConfig, InternImageForImageClassification, kernelize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from profiling import peak_memory_bytes  # noqa: E402
+from profiling import Timing, median_times, peak_memory_bytes, timed  # noqa: E402
 
 BASELINE = "convnext_t"
 
@@ -63,41 +58,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--smoke", action="store_true", help="tiny models of both families: checks the plumbing only")
     return parser.parse_args(argv)
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-class Timing(NamedTuple):
-    """Seconds of one call: wall clock, and user CPU time of the whole process (all threads)."""
-
-    wall: float
-    user: float
-
-
-def timed(fn: Callable[[], object], device: str) -> Timing:
-    start, user = time.perf_counter(), os.times().user
-    fn()
-    synchronize(device)
-    return Timing(time.perf_counter() - start, os.times().user - user)
-
-
-def median_times(calls: dict[str, Callable[[], object]], args: argparse.Namespace) -> dict[str, Timing]:
-    """Median wall and user CPU seconds per call of each entry; each runs `iters` calls back to back (its steady
-    state) and the entries take turns over `rounds`, so drifts in machine load hit them alike. User CPU time does not
-    count waiting (page faults served from disk, another process holding a core), which wall time does."""
-    times = {name: [] for name in calls}
-    for _ in range(args.rounds):
-        for name, call in calls.items():
-            for _ in range(args.warmup):
-                call()
-            times[name] += [timed(call, args.device) for _ in range(args.iters)]
-    return {
-        name: Timing(statistics.median(t.wall for t in values), statistics.median(t.user for t in values))
-        for name, values in times.items()
-    }
 
 
 def kernel_tree(args: argparse.Namespace) -> Path:

@@ -48,3 +48,13 @@ def test_both_models_train_with_the_same_stochastic_depth():
     assert {model.config.drop_path_rate for model in default.values()} == {0.0}
     last_block = default["internimage_t_pytorch"].internimage.encoder.stages[-1].layers[-1]
     assert last_block.drop_path.drop_prob == 0.0
+
+
+def test_detection_benchmark_imports_and_pads_like_the_official_pipeline():
+    """The DINO benchmark needs the official code to run; here: it imports, and its input is mmdet's padded image."""
+    module = runpy.run_path(str(SCRIPT.parent / "benchmark_detection.py"), run_name="benchmark_detection")
+    pixels, mask = module["padded_input"](800, 1333)
+    assert pixels.shape == (1, 3, 800, 1344) and mask.shape == (1, 800, 1344)
+    assert mask.sum() == 800 * 1333 and (pixels[..., 1333:] == 0).all()
+    with pytest.raises(SystemExit):
+        module["parse_args"](["--size", "800"])  # --official is required
