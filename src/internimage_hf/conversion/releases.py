@@ -92,8 +92,22 @@ _MMSEG_NAME = re.compile(r"(?:upernet|mask2former)_internimage_(t|s|b|l|xl|h|g)_
 _DATASET_WORDS = {"ade20k": "ade20k", "cityscapes": "cityscapes", "cocostuff": "coco_stuff"}
 
 
+class _PthFile:
+    """A release published as ``<name>.pth`` under `RELEASE_BASE_URL`."""
+
+    name: str
+
+    @property
+    def pth_file(self) -> str:
+        return f"{self.name}.pth"
+
+    @property
+    def pth_url(self) -> str:
+        return RELEASE_BASE_URL + self.pth_file
+
+
 @dataclass(frozen=True)
-class SegmentationRelease:
+class SegmentationRelease(_PthFile):
     """One official Mask2Former semantic-segmentation checkpoint (segmentation/README.md and its config).
 
     `miou` is the published (single-scale, multi-scale) validation mIoU in %; `label_set` the
@@ -118,14 +132,6 @@ class SegmentationRelease:
     config: str
     preset: str = "h"
     slide: int | None = None
-
-    @property
-    def pth_file(self) -> str:
-        return f"{self.name}.pth"
-
-    @property
-    def pth_url(self) -> str:
-        return RELEASE_BASE_URL + self.pth_file
 
 
 _H_BACKBONE = "InternImage-H (joint 427M images -> ImageNet-22k) backbone"
@@ -181,7 +187,7 @@ MASK2FORMER_RELEASES: dict[str, SegmentationRelease] = {
 
 
 @dataclass(frozen=True)
-class DetectionRelease:
+class DetectionRelease(_PthFile):
     """One official DINO detector (detection/README.md and the config it links).
 
     `box_ap` is the published COCO val box AP (%) and `reported_params` the README's parameter count;
@@ -198,14 +204,6 @@ class DetectionRelease:
     num_denoising: int
     max_detections: int
     config: str
-
-    @property
-    def pth_file(self) -> str:
-        return f"{self.name}.pth"
-
-    @property
-    def pth_url(self) -> str:
-        return RELEASE_BASE_URL + self.pth_file
 
 
 _JOINT_H = "InternImage-H (joint 427M images -> ImageNet-22k) backbone; DINO on Objects365, then COCO"

@@ -64,11 +64,7 @@ def segmentation_id2label(dataset: str) -> dict[int, str]:
     Returns:
         ``{class index: name}`` in the order of the model's output channels (mmsegmentation's class order).
     """
-    if dataset not in SEGMENTATION_LABEL_FILES:
-        raise ValueError(
-            f"`dataset` must be one of {sorted(SEGMENTATION_LABEL_FILES)} (segmentation label names), got {dataset!r}"
-        )
-    return dict(enumerate(_load(SEGMENTATION_LABEL_FILES[dataset])))
+    return _dataset_id2label(dataset, SEGMENTATION_LABEL_FILES, "segmentation")
 
 
 def detection_id2label(dataset: str) -> dict[int, str]:
@@ -80,11 +76,13 @@ def detection_id2label(dataset: str) -> dict[int, str]:
     Returns:
         ``{class index: name}`` in the order of the detector's class outputs (mmdetection's class order).
     """
-    if dataset not in DETECTION_LABEL_FILES:
-        raise ValueError(
-            f"`dataset` must be one of {sorted(DETECTION_LABEL_FILES)} (detection label names), got {dataset!r}"
-        )
-    return dict(enumerate(_load(DETECTION_LABEL_FILES[dataset])))
+    return _dataset_id2label(dataset, DETECTION_LABEL_FILES, "detection")
+
+
+def _dataset_id2label(dataset: str, files: dict[str, str], task: str) -> dict[int, str]:
+    if dataset not in files:
+        raise ValueError(f"`dataset` must be one of {sorted(files)} ({task} label names), got {dataset!r}")
+    return dict(enumerate(_load(files[dataset])))
 
 
 __all__ = [
