@@ -13,7 +13,10 @@ dir=${1:-.venv-official-det}
 PY=${PYTHON:-python3}
 rm -rf "$dir"
 "$PY" -m venv "$dir"
-"$dir/bin/pip" install -q torch==2.14.1 torchvision==0.29.1 "numpy<2" "setuptools<70" wheel
+"$dir/bin/pip" install -q torch==2.14.1 torchvision==0.29.1 "numpy<2" wheel
+# mmcv's setup.py only: torch wants setuptools >= 77 back afterwards (pip warns about the conflict in between)
+"$dir/bin/pip" install -q "setuptools<70" 2>&1 | grep -v "dependency conflicts\|requires setuptools" || true
 MMCV_WITH_OPS=0 "$dir/bin/pip" install -q --no-cache-dir --no-build-isolation mmcv==1.7.2 "numpy<2"
+"$dir/bin/pip" install -q "setuptools>=77"
 "$dir/bin/pip" install -q mmdet==2.28.2 timm==0.9.16 scipy pycocotools terminaltables safetensors "numpy<2"
 "$dir/bin/python" -c "import mmcv, mmdet, torch, numpy; print('official detection env', '$dir', mmcv.__version__, mmdet.__version__, torch.__version__, numpy.__version__)"

@@ -157,3 +157,23 @@ def test_detection_fixture_is_compact_and_records_the_official_commit():
     assert re.fullmatch(r"[0-9a-f]{40}", metadata["official_commit"])
     assert metadata["official_config"].endswith("dino_4scale_internimage_t_1x_coco_layer_wise_lr.py")
     assert sum(v.numel() for k, v in tensors.items() if k.startswith("state_dict.")) == 48_736_828
+
+
+OFFICIAL_DETECTION_PYTHON = os.environ.get("INTERNIMAGE_OFFICIAL_DETECTION_PYTHON")
+
+
+@pytest.mark.skipif(
+    not (OFFICIAL_DIR and OFFICIAL_DETECTION_PYTHON),
+    reason="set INTERNIMAGE_OFFICIAL_DIR and INTERNIMAGE_OFFICIAL_DETECTION_PYTHON (the python of the environment "
+    "scripts/make_official_detection_env.sh builds)",
+)
+def test_detection_script_regenerates_the_committed_fixture(tmp_path):
+    """The official detection code, run again by the script in its environment, writes the committed fixture."""
+    fresh_path = tmp_path / "dino.safetensors"
+    script = [OFFICIAL_DETECTION_PYTHON, str(REPO / "scripts" / "make_detection_fixtures.py")]
+    subprocess.run([*script, "--official", OFFICIAL_DIR, "--out", str(fresh_path)], check=True, capture_output=True)
+    committed_path = REPO / "tests" / "fixtures" / "detection" / "dino_internimage_t.safetensors"
+    committed, fresh = load_file(str(committed_path)), load_file(str(fresh_path))
+    assert committed.keys() == fresh.keys()
+    for key, value in committed.items():
+        torch.testing.assert_close(fresh[key], value, atol=0, rtol=0, msg=key)
