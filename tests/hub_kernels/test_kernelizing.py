@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from tiny_classifier import tiny_model
@@ -100,3 +102,32 @@ def test_torch_compile_keeps_the_onednn_linears(cpu_kernel_build):
     assert targets.count(torch.ops.mkldnn._linear_pointwise) == 6 * blocks
     # `nn.Linear` is left only for the classifier head (and there is no separate activation of the MLP's fc1).
     assert targets.count(torch._C._nn.linear) == 1
+
+
+@torch.no_grad()
+def test_dino_detector_kernelizes_its_backbone_quietly(cpu_kernel_build, caplog):
+    """`kernelize` on a whole DINO detector runs its backbone's DCNv3 on the kernel, keeps Transformers' deformable
+    attention in PyTorch without a "No kernel mapping" warning, and changes no output beyond float rounding."""
+    from internimage_hf import DinoDetrConfig, DinoDetrForObjectDetection
+
+    backbone = {
+        "model_type": "internimage",
+        "channels": 16,
+        "depths": [1, 1, 2, 1],
+        "groups": [1, 2, 4, 8],
+        "out_features": ["stage2", "stage3", "stage4"],
+    }
+    torch.manual_seed(0)
+    config = DinoDetrConfig(
+        backbone_config=backbone, num_queries=30, d_model=32, neck_norm_groups=8, encoder_ffn_dim=64, decoder_ffn_dim=64
+    )
+    detector = DinoDetrForObjectDetection(config).eval()
+    pixel_values = torch.randn(1, 3, 128, 160)
+    expected = detector(pixel_values)
+    with caplog.at_level(logging.WARNING):
+        hub_kernels.kernelize(detector, local_path=cpu_kernel_build.variant_dir)
+    assert hub_kernels.dcnv3_backend(detector) == f"local:{cpu_kernel_build.variant_dir}"
+    assert not [record for record in caplog.records if "No kernel mapping" in record.getMessage()]
+    produced = detector(pixel_values)
+    torch.testing.assert_close(produced.logits, expected.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(produced.pred_boxes, expected.pred_boxes, atol=1e-4, rtol=0)

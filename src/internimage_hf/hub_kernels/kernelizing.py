@@ -213,6 +213,7 @@ def kernelize(
             _, variant_dir = load_local_kernel(source.local_path, device)
             source = dataclasses.replace(source, local_path=variant_dir)
         mapping = _kernel_mapping(source, (device,))
+        mapping |= {name: {} for name in _other_kernel_layers(model) if name not in mapping}
         with kernels.use_kernel_mapping(mapping, inherit_mapping=False):
             kernels.kernelize(model, mode=kernel_mode, device=device, use_fallback=True)
     except Exception as err:  # network, cache, resolver, import and layer-contract errors: keep PyTorch
@@ -222,6 +223,12 @@ def kernelize(
         module.__dict__[_SOURCE_ATTR] = source.describe()
     _log_once(logging.INFO, f"DCNv3: running {dcnv3_backend(model)} on {device}")
     return model
+
+
+def _other_kernel_layers(model: nn.Module) -> set[str]:
+    """Kernel layer names of other libraries' modules in `model` (Transformers' `MultiScaleDeformableAttention` in a
+    DINO detector): mapped to no device, they keep their PyTorch forward without a "No kernel mapping" warning."""
+    return {name for module in model.modules() if (name := getattr(type(module), "kernel_layer_name", None))}
 
 
 def _fall_back(model: nn.Module, modules: list[nn.Module], source: KernelSource, err: Exception) -> nn.Module:
