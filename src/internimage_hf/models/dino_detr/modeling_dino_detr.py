@@ -107,8 +107,7 @@ def sine_position_embedding(valid_mask: torch.Tensor, num_features: int, tempera
     eps, scale = 1e-6, 2 * math.pi
     y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
     x_embed = x_embed / (x_embed[:, :, -1:] + eps) * scale
-    dim_t = torch.arange(num_features, dtype=torch.float32, device=valid_mask.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_features)
+    dim_t = _wavelengths(num_features, temperature, valid_mask.device)
     pos_x = _interleave_sin_cos(x_embed[..., None] / dim_t)
     pos_y = _interleave_sin_cos(y_embed[..., None] / dim_t)
     return torch.cat((pos_y, pos_x), dim=-1).permute(0, 3, 1, 2)
@@ -125,11 +124,16 @@ def box_sine_embedding(boxes: torch.Tensor, num_features: int, temperature: floa
     Returns:
         `(N, Q, 4 * num_features)`.
     """
-    dim_t = torch.arange(num_features, dtype=torch.float32, device=boxes.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_features)
+    dim_t = _wavelengths(num_features, temperature, boxes.device)
     embedded = [_interleave_sin_cos(boxes[..., index, None] * (2 * math.pi) / dim_t) for index in range(4)]
     center_x, center_y, width, height = embedded
     return torch.cat((center_y, center_x, width, height), dim=-1)
+
+
+def _wavelengths(num_features: int, temperature: float, device) -> torch.Tensor:
+    """`(F,)` float32 divisors of the sine embeddings: `temperature ** (2 * (i // 2) / F)` (pairs share one)."""
+    index = torch.arange(num_features, dtype=torch.float32, device=device)
+    return temperature ** (2 * torch.div(index, 2, rounding_mode="floor") / num_features)
 
 
 def _interleave_sin_cos(angles: torch.Tensor) -> torch.Tensor:
