@@ -108,6 +108,72 @@ def test_a_transformers_backbone_through_backbone_config():
     assert outputs.logits.shape == (2, 20, 5)
 
 
+# Unpadded image sizes: the last is not a multiple of 32, so alone it is padded to 96x128 (as the batch is).
+MIXED_SIZES = [(64, 96), (96, 64), (70, 100)]
+
+
+def mixed_size_images() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(2)
+    return [torch.randn(3, height, width, generator=generator) for height, width in MIXED_SIZES]
+
+
+def pad_images(images: list[torch.Tensor], divisor: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad at the bottom and right to the largest size rounded up to `divisor`, as the image processor does."""
+    height = -(-max(image.shape[1] for image in images) // divisor) * divisor
+    width = -(-max(image.shape[2] for image in images) // divisor) * divisor
+    pixel_values = torch.zeros(len(images), 3, height, width)
+    pixel_mask = torch.zeros(len(images), height, width, dtype=torch.long)
+    for index, image in enumerate(images):
+        pixel_values[index, :, : image.shape[1], : image.shape[2]] = image
+        pixel_mask[index, : image.shape[1], : image.shape[2]] = 1
+    return pixel_values, pixel_mask
+
+
+def batch_and_single_outputs(model) -> tuple[list[dict], list[dict]]:
+    images = mixed_size_images()
+    batch = model(*pad_images(images))
+    singles = [model(*pad_images([image])) for image in images]
+    pick = ("logits", "pred_boxes", "encoder_topk_logits", "encoder_topk_boxes")
+    batched = [{name: getattr(batch, name)[index] for name in pick} for index in range(len(images))]
+    alone = [{name: getattr(single, name)[0] for name in pick} for single in singles]
+    return batched, alone
+
+
+@torch.no_grad()
+def test_a_padded_batch_gives_every_image_its_own_detections():
+    """Backbone, neck GroupNorm, query selection and query positions would all see the batch's padding."""
+    batched, alone = batch_and_single_outputs(tiny_detector())
+    for index, (produced, expected) in enumerate(zip(batched, alone, strict=True)):
+        for name, value in produced.items():
+            difference = (value - expected[name]).abs().max().item()
+            assert difference <= 1e-4, f"image {index} ({MIXED_SIZES[index]}): {name} differs by {difference:.2e}"
+
+
+@torch.no_grad()
+def test_without_padding_invariance_the_batch_changes_the_detections():
+    """The official behaviour (`padding_invariant=False`): the smaller images' outputs depend on the batch."""
+    batched, alone = batch_and_single_outputs(tiny_detector(padding_invariant=False))
+    torch.testing.assert_close(batched[2]["logits"], alone[2]["logits"], atol=1e-4, rtol=0)  # its own padded size
+    for index in (0, 1):
+        assert (batched[index]["logits"] - alone[index]["logits"]).abs().max() > 1e-2
+
+
+def test_padding_invariant_training_step_sees_each_image_alone():
+    """In training too: each image's loss reaches its pixels, and no image reads the padding beyond its own size."""
+    model = tiny_detector(num_denoising=0).train()
+    pixel_values, pixel_mask = pad_images(mixed_size_images())
+    pixel_values.requires_grad_(True)
+    labels = [
+        {"class_labels": torch.tensor([index]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]])} for index in range(3)
+    ]
+    model(pixel_values, pixel_mask=pixel_mask, labels=labels).loss.backward()
+    for index, (height, width) in enumerate(MIXED_SIZES):
+        own_height, own_width = -(-height // 32) * 32, -(-width // 32) * 32
+        gradient = pixel_values.grad[index]
+        assert gradient[:, :height, :width].abs().sum() > 0
+        assert gradient[:, own_height:].abs().sum() == 0 and gradient[:, :, own_width:].abs().sum() == 0
+
+
 def test_parameter_count_of_the_official_t_detector():
     """The official README lists 49M parameters for DINO with InternImage-T."""
     with torch.device("meta"):

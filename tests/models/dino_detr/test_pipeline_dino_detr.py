@@ -56,3 +56,29 @@ def test_pipeline_returns_coco_named_boxes_in_image_pixels(checkpoint):
         assert 0.3 < detection["score"] <= 1
         box = detection["box"]
         assert 0 <= box["xmin"] <= box["xmax"] <= 320 and 0 <= box["ymin"] <= box["ymax"] <= 240
+
+
+def detections(model, processor, pictures: list[Image.Image]) -> list[dict[str, torch.Tensor]]:
+    inputs = processor(pictures, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**inputs)
+    sizes = [(picture.height, picture.width) for picture in pictures]
+    return processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
+
+
+def test_a_batch_of_differently_sized_images_gives_their_detections_alone(checkpoint):
+    model = DinoDetrForObjectDetection.from_pretrained(checkpoint).eval()
+    processor = DinoDetrImageProcessor.from_pretrained(checkpoint)
+    rng = np.random.default_rng(1)
+    pictures = [
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        for height, width in [(240, 320), (300, 200), (250, 250)]
+    ]
+    batched = detections(model, processor, pictures)
+    for picture, produced in zip(pictures, batched, strict=True):
+        (expected,) = detections(model, processor, [picture])
+        assert len(produced["scores"]) == len(expected["scores"]) > 0
+        torch.testing.assert_close(produced["scores"], expected["scores"], atol=1e-4, rtol=0)
+        assert torch.equal(produced["labels"], expected["labels"])
+        # boxes in pixels of images of ~300 pixels: 1e-4 of the normalised box
+        torch.testing.assert_close(produced["boxes"], expected["boxes"], atol=0.03, rtol=0)

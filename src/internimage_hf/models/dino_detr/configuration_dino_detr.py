@@ -45,6 +45,13 @@ class DinoDetrConfig(PreTrainedConfig):
             PyTorch's `nn.Embedding` default that the official code keeps).
         layer_norm_eps: epsilon of the transformer's layer norms (1e-5).
         disable_custom_kernels: never use a compiled multi-scale deformable attention kernel (False).
+        padding_invariant: give every image of a padded batch the detections it gets alone (True). Images whose
+            padded sizes differ then run through the backbone and neck one size at a time, padded positions are never
+            selected as queries, and the decoder's query positions are relative to each image's own padded size.
+            False runs the whole padded batch at once as the official code does (its detections depend on the batch;
+            slightly faster in training).
+        pad_size_divisor: the multiple each image is padded to when alone (32, as the image processor): with
+            `padding_invariant`, an image's detections in a batch are those of that padded image.
 
     Every other keyword (`num_labels`, `id2label`, ...) is an argument of `transformers.PreTrainedConfig`. Without
     labels the detector has the 80 COCO classes and their names.
@@ -87,6 +94,8 @@ class DinoDetrConfig(PreTrainedConfig):
     init_std: float | int = 1.0
     layer_norm_eps: float | int = 1e-5
     disable_custom_kernels: bool = False
+    padding_invariant: bool = True
+    pad_size_divisor: int = 32
 
     def __post_init__(self, **kwargs):
         if self.id2label is None and kwargs.get("num_labels") is None:
@@ -122,7 +131,14 @@ class DinoDetrConfig(PreTrainedConfig):
             raise ValueError(
                 f"d_model={self.d_model} must be even and divisible by neck_norm_groups={self.neck_norm_groups}"
             )
-        for name in ("num_queries", "encoder_layers", "decoder_layers", "encoder_n_points", "decoder_n_points"):
+        for name in (
+            "num_queries",
+            "encoder_layers",
+            "decoder_layers",
+            "encoder_n_points",
+            "decoder_n_points",
+            "pad_size_divisor",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_denoising < 0:

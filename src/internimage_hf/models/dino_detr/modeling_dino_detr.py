@@ -181,6 +181,47 @@ def valid_ratios(valid_mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([valid_width.float() / width, valid_height.float() / height], -1)
 
 
+def images_by_padded_size(pixel_mask: torch.Tensor, divisor: int) -> dict[tuple[int, int], list[int]]:
+    """`(N, H, W)` mask -> {own padded size: indices of the images}: each image's unpadded size rounded up to a
+    multiple of `divisor` (at most the batch's size), the size it is padded to when alone."""
+    height, width = pixel_mask.shape[-2:]
+    valid_heights = pixel_mask[:, :, 0].sum(1).tolist()
+    valid_widths = pixel_mask[:, 0, :].sum(1).tolist()
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, (valid_height, valid_width) in enumerate(zip(valid_heights, valid_widths, strict=True)):
+        size = (min(-(-valid_height // divisor) * divisor, height), min(-(-valid_width // divisor) * divisor, width))
+        groups.setdefault(size, []).append(index)
+    return groups
+
+
+def _merge_size_groups(
+    parts: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]],
+    groups: dict[tuple[int, int], list[int]],
+    batch_size: int,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Put the level maps, masks and ratios of every size group back into one batch, in the original image order:
+    each level as large as the largest group's, zero (and masked) beyond a group's own maps."""
+    first_sources, _, first_ratios = next(iter(parts.values()))
+    num_levels = len(first_sources)
+    sources, masks = [], []
+    for level in range(num_levels):
+        height = max(part[0][level].shape[-2] for part in parts.values())
+        width = max(part[0][level].shape[-1] for part in parts.values())
+        template = first_sources[level]
+        source = template.new_zeros(batch_size, template.shape[1], height, width)
+        mask = torch.zeros(batch_size, height, width, dtype=torch.bool, device=template.device)
+        for size, indices in groups.items():
+            part_source, part_mask = parts[size][0][level], parts[size][1][level]
+            source[indices, :, : part_source.shape[-2], : part_source.shape[-1]] = part_source
+            mask[indices, : part_mask.shape[-2], : part_mask.shape[-1]] = part_mask
+        sources.append(source)
+        masks.append(mask)
+    ratios = first_ratios.new_empty(batch_size, *first_ratios.shape[1:])
+    for size, indices in groups.items():
+        ratios[indices] = parts[size][2]
+    return sources, masks, ratios
+
+
 def encoder_reference_points(spatial_shapes: list[tuple[int, int]], ratios: torch.Tensor) -> torch.Tensor:
     """Pixel centres of every level, relative to the unpadded image, seen from every level.
 
@@ -296,6 +337,7 @@ class DinoDetrDecoder(nn.Module):
         memory: torch.Tensor,
         valid_mask: torch.Tensor,
         ratios: torch.Tensor,
+        own_ratios: torch.Tensor,
         spatial_shapes: torch.Tensor,
         spatial_shapes_list: list[tuple[int, int]],
         level_start_index: torch.Tensor,
@@ -308,7 +350,9 @@ class DinoDetrDecoder(nn.Module):
             queries: `(N, Q, D)` content queries.
             reference_points: `(N, Q, 4)` initial boxes (cx, cy, w, h) in [0, 1].
             memory: `(N, S, D)` encoder output; `valid_mask` `(N, S)` True on the image.
-            ratios: `(N, L, 2)` valid ratios per level.
+            ratios: `(N, L, 2)` valid ratios per level, where the deformable attention samples.
+            own_ratios: `(N, L, 2)` valid ratios within each image's own padded size, for the query positions (equal
+                to `ratios` unless images of the batch were padded further than alone; see `padding_invariant`).
             box_heads: one box MLP per layer (the detector's), giving the refinement in logit space.
             self_attention_mask: `(N, 1, Q, Q)` additive mask between queries (denoising groups), or None.
 
@@ -319,11 +363,14 @@ class DinoDetrDecoder(nn.Module):
         hidden_states = queries
         intermediate, references = [], [reference_points]
         scaled_ratios = torch.cat([ratios, ratios], -1)[:, None]
+        position_ratios = torch.cat([own_ratios[:, 0], own_ratios[:, 0]], -1)[:, None]
         num_features = self.config.d_model // 2
         for index, layer in enumerate(self.layers):
             level_points = reference_points[:, :, None] * scaled_ratios
             query_position = self.reference_points_head(
-                box_sine_embedding(level_points[:, :, 0], num_features, self.config.query_position_temperature)
+                box_sine_embedding(
+                    reference_points * position_ratios, num_features, self.config.query_position_temperature
+                )
             )
             hidden_states = layer(
                 hidden_states,
@@ -437,24 +484,66 @@ class DinoDetrModel(DinoDetrPreTrainedModel):
         self.denoising_label_embeddings = nn.Embedding(config.num_labels, config.d_model)
         self.post_init()
 
+    def image_features(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Backbone and neck over a padded batch.
+
+        With `config.padding_invariant`, images whose own padded sizes (`own_padded_sizes`) differ from the batch's
+        run one size at a time, so that padding they would not have alone never reaches their features (the
+        backbone's convolutions and deformable sampling, the neck's GroupNorm statistics read it).
+
+        Returns:
+            `num_feature_levels` maps `(N, d_model, H_l, W_l)` (zero beyond an image's own padded size), their valid
+            masks `(N, H_l, W_l)` and `(N, L, 2)` the valid ratios (width, height) of every image within its own
+            padded size at each level.
+        """
+        batch_size, _, height, width = pixel_values.shape
+        groups = {(height, width): list(range(batch_size))}
+        if self.config.padding_invariant:
+            groups = images_by_padded_size(pixel_mask, self.config.pad_size_divisor)
+        if list(groups) == [(height, width)]:
+            return self.level_features(pixel_values, pixel_mask)
+        parts = {}
+        for (group_height, group_width), indices in groups.items():
+            parts[group_height, group_width] = self.level_features(
+                pixel_values[indices, :, :group_height, :group_width], pixel_mask[indices, :group_height, :group_width]
+            )
+        return _merge_size_groups(parts, groups, batch_size)
+
+    def level_features(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """`(N, 3, H, W)` images and `(N, H, W)` mask -> level maps, their masks and valid ratios (`image_features`),
+        with the whole batch through the backbone at once."""
+        sources = self.neck(list(self.backbone(pixel_values).feature_maps))
+        masks = [
+            F.interpolate(pixel_mask[None].float(), size=source.shape[-2:])[0].to(torch.bool) for source in sources
+        ]
+        return sources, masks, torch.stack([valid_ratios(mask) for mask in masks], 1)
+
     def flatten_levels(
-        self, sources: list[torch.Tensor], pixel_mask: torch.Tensor
+        self, sources: list[torch.Tensor], masks: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int]], torch.Tensor]:
         """Flatten the levels: features `(N, S, D)`, valid mask `(N, S)`, positions + level embeddings `(N, S, D)`,
         the (H, W) of every level and the `(N, L, 2)` valid ratios."""
-        features, masks, positions, shapes, ratios = [], [], [], [], []
-        for level, source in enumerate(sources):
-            height, width = source.shape[-2:]
-            mask = F.interpolate(pixel_mask[None].float(), size=(height, width))[0].to(torch.bool)
+        features, flat_masks, positions, shapes, ratios = [], [], [], [], []
+        for level, (source, mask) in enumerate(zip(sources, masks, strict=True)):
             position = sine_position_embedding(
                 mask, self.config.d_model // 2, self.config.position_embedding_temperature
             )
             features.append(source.flatten(2).transpose(1, 2))
-            masks.append(mask.flatten(1))
+            flat_masks.append(mask.flatten(1))
             positions.append(position.to(source.dtype).flatten(2).transpose(1, 2) + self.level_embeddings[level])
-            shapes.append((height, width))
+            shapes.append(tuple(source.shape[-2:]))
             ratios.append(valid_ratios(mask))
-        return torch.cat(features, 1), torch.cat(masks, 1), torch.cat(positions, 1), shapes, torch.stack(ratios, 1)
+        return (
+            torch.cat(features, 1),
+            torch.cat(flat_masks, 1),
+            torch.cat(positions, 1),
+            shapes,
+            torch.stack(ratios, 1),
+        )
 
     def select_queries(
         self, memory: torch.Tensor, valid_mask: torch.Tensor, spatial_shapes: list[tuple[int, int]]
@@ -474,7 +563,11 @@ class DinoDetrModel(DinoDetrPreTrainedModel):
         scored_memory = self.proposal_layer_norm(self.proposal_projection(masked_memory))
         logits = self.class_heads[-1](scored_memory)
         boxes = self.box_heads[-1](scored_memory) + proposals
-        top = self.rank_proposals(logits)
+        ranked = logits
+        if self.config.padding_invariant:
+            # A padded position scores its class head's bias alone; how many there are depends on the batch.
+            ranked = logits.masked_fill(~valid_mask[..., None], float("-inf"))
+        top = self.rank_proposals(ranked)
         top_logits = torch.gather(logits, 1, top[..., None].expand(-1, -1, logits.shape[-1]))
         top_boxes = torch.gather(boxes, 1, top[..., None].expand(-1, -1, 4))
         return top_logits, top_boxes.sigmoid(), top_boxes.detach()
@@ -507,9 +600,8 @@ class DinoDetrModel(DinoDetrPreTrainedModel):
             pixel_mask = torch.ones((batch_size, height, width), dtype=torch.long, device=pixel_values.device)
         elif pixel_mask.shape != (batch_size, height, width):
             raise ValueError(f"pixel_mask must have shape {(batch_size, height, width)}, got {tuple(pixel_mask.shape)}")
-        feature_maps = self.backbone(pixel_values).feature_maps
-        sources = self.neck(list(feature_maps))
-        features, valid_mask, positions, shapes_list, ratios = self.flatten_levels(sources, pixel_mask)
+        sources, level_masks, own_ratios = self.image_features(pixel_values, pixel_mask)
+        features, valid_mask, positions, shapes_list, ratios = self.flatten_levels(sources, level_masks)
         spatial_shapes = torch.as_tensor(shapes_list, dtype=torch.long, device=features.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         memory = self.encoder(
@@ -534,6 +626,7 @@ class DinoDetrModel(DinoDetrPreTrainedModel):
             memory,
             valid_mask,
             ratios,
+            own_ratios,
             spatial_shapes,
             shapes_list,
             level_start_index,
