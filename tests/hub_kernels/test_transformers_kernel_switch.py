@@ -201,3 +201,29 @@ def test_head_models_run_the_registered_kernel(tmp_path, kernels_module, clean_e
     pixels = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(pixels).logits, plain(pixels).logits, atol=1e-4, rtol=0)
+
+
+def test_use_kernels_on_a_dino_detector(tmp_path, clean_env, cpu_kernel_build):
+    """The DINO detector follows the same switch: its backbone runs the kernel `kernelize` picks."""
+    from internimage_hf import DinoDetrConfig, DinoDetrForObjectDetection
+
+    backbone = InternImageConfig(
+        channels=16, depths=[1, 1, 2, 1], groups=[1, 2, 4, 8], out_features=["stage2", "stage3", "stage4"]
+    )
+    torch.manual_seed(0)
+    config = DinoDetrConfig(
+        backbone_config=backbone, num_queries=30, d_model=32, neck_norm_groups=8, encoder_ffn_dim=64, decoder_ffn_dim=64
+    )
+    DinoDetrForObjectDetection(config).save_pretrained(tmp_path / "dino")
+    clean_env.setenv(hub_kernels.KERNEL_ENV, str(cpu_kernel_build.root))
+    via_transformers = DinoDetrForObjectDetection.from_pretrained(tmp_path / "dino", use_kernels=True).eval()
+    plain = DinoDetrForObjectDetection.from_pretrained(tmp_path / "dino").eval()
+    assert via_transformers.use_kernels and not plain.use_kernels
+    assert hub_kernels.dcnv3_backend(via_transformers) == _variant(cpu_kernel_build)
+    assert hub_kernels.dcnv3_backend(plain) == "pytorch"
+    pixels = torch.randn(1, 3, 128, 160)
+    with torch.no_grad():
+        produced, expected = via_transformers(pixels), plain(pixels)
+    torch.testing.assert_close(produced.pred_boxes, expected.pred_boxes, atol=1e-4, rtol=0)
+    via_transformers.set_use_kernels(False)
+    assert not via_transformers.use_kernels and hub_kernels.dcnv3_backend(via_transformers) == "pytorch"

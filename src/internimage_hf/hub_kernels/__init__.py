@@ -24,6 +24,7 @@ from .kernelizing import (
     kernelize,
     register_dcnv3_kernel_mapping,
     register_layer_names,
+    load_with_kernel_switch,
     set_model_kernels,
 )
 from .pin import KernelPinError
@@ -56,5 +57,6 @@ __all__ = [
     "register_dcnv3_kernel_mapping",
     "register_layer_names",
     "resolve_kernel_source",
+    "load_with_kernel_switch",
     "set_model_kernels",
 ]

@@ -357,6 +357,23 @@ def set_model_kernels(model: nn.Module, use_kernels: bool, kernel_config=None, m
     model._kernels_mode = kernel_mode
 
 
+def load_with_kernel_switch(load, *args, **kwargs):
+    """Call `load` (a bound ``from_pretrained``) with Transformers' kernel switch taken out of ``kwargs``, then serve
+    the switch with the model's ``set_use_kernels`` (so `kernelize`'s kernel and rules apply).
+
+    ``use_kernels`` defaults to False, though Transformers >= 5.25 defaults it to True: loading stays offline and quiet
+    with any ``kernels`` release. Returns what `load` returns (a model, or ``(model, info)``).
+    """
+    use_kernels = kwargs.pop("use_kernels", False)
+    kernel_config = kwargs.pop("kernel_config", None)
+    kernels_mode = kwargs.pop("kernels_mode", None)
+    loaded = load(*args, use_kernels=False, **kwargs)
+    model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info=True
+    if use_kernels or kernel_config is not None:
+        model.set_use_kernels(True, kernel_config, kernels_mode)
+    return loaded
+
+
 def _describe_forward(module: nn.Module) -> str:
     """Best-effort description of a kernel forward installed by someone else (e.g. transformers)."""
     kernel_id = getattr(module.forward.__func__, "__module__", "").split(".")[0]

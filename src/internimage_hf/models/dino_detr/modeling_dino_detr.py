@@ -406,6 +406,31 @@ class DinoDetrPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["DeformableDetrEncoderLayer", "DeformableDetrDecoderLayer"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained` that runs kernels only when asked, as the InternImage classes do:
+        ``use_kernels=True`` or ``kernel_config=`` kernelize the loaded detector through `set_use_kernels`."""
+        from ...hub_kernels import load_with_kernel_switch
+
+        return load_with_kernel_switch(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def set_use_kernels(self, use_kernels, kernel_config=None, mode=None, device_map=None):
+        """Transformers' kernel switch (``from_pretrained(..., use_kernels=True)``, ``model.use_kernels = True``, a
+        mode change on ``train()``), served by `internimage_hf.kernelize`: the backbone's DCNv3 (and the kernel's
+        other layers) with the kernel, variant and trust rules of `kernelize`.
+
+        Args:
+            use_kernels (`bool`): kernelize (True) or restore the PyTorch modules (False).
+            kernel_config (`KernelConfig`, *optional*): which kernel; default: `internimage_hf.kernelize`'s.
+            mode (`kernels.Mode`, *optional*): default from ``model.training``.
+            device_map (`dict`, *optional*): accepted for Transformers' signature; the device is the parameters'.
+        """
+        if not use_kernels and not self.use_kernels:
+            return  # nothing to undo (Transformers calls this on every load)
+        from ...hub_kernels import set_model_kernels
+
+        set_model_kernels(self, use_kernels, kernel_config, mode)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The official initialisation: xavier-uniform linears, deformable attention on its regular sampling star,
