@@ -22,9 +22,9 @@ from .kernelizing import (
     hub_kernels_enabled,
     kernel_config_source,
     kernelize,
+    load_with_kernel_switch,
     register_dcnv3_kernel_mapping,
     register_layer_names,
-    load_with_kernel_switch,
     set_model_kernels,
 )
 from .pin import KernelPinError
