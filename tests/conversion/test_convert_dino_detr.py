@@ -118,3 +118,15 @@ def test_parameter_counts_are_the_published_ones(release):
     value = float(published[:-1]) * {"M": 1e6, "B": 1e9}[published[-1]]
     digits = len(published[:-1].replace(".", "")) - 1  # equal at the published precision: "49M", "241M", "1.1B"
     assert abs(count - value) <= 0.5 * 10 ** (len(str(int(value))) - 1 - digits), (count, published)
+
+
+def test_unknown_detector_keys_are_one_clean_error(official_checkpoint, tmp_path):
+    path, _ = official_checkpoint
+    saved = torch.load(path, weights_only=True)
+    saved["state_dict"]["bbox_head.extra_branch.weight"] = torch.zeros(3)
+    broken = tmp_path / f"{RELEASE}.pth"
+    torch.save(saved, broken)
+    message = "1 checkpoint key.* not weights of the official InternImage DINO detector: bbox_head.extra_branch.weight"
+    with pytest.raises(ConversionError, match=message):
+        convert_checkpoint(broken, tmp_path / "out", log=lambda message: None)
+    assert not (tmp_path / "out").exists()

@@ -285,3 +285,18 @@ def test_mask2former_release_name_for_another_task_is_refused(tiny_h, tmp_path):
     torch.save({"state_dict": backbone}, checkpoint)
     with pytest.raises(ConversionError, match="is a Mask2Former release, but the task is backbone"):
         convert_checkpoint(checkpoint, tmp_path / "out", name=ADE20K, log=lambda *_: None)
+
+
+def test_unknown_head_keys_are_one_clean_error(tiny_h, tmp_path, capsys):
+    checkpoint, config = write_checkpoint(tmp_path, "m2f", tiny_h, **SMALL_HEAD)
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["state_dict"]["decode_head.extra_branch.weight"] = torch.zeros(3)
+    saved["state_dict"]["decode_head.extra_branch.bias"] = torch.zeros(3)
+    torch.save(saved, checkpoint)
+    assert main([str(checkpoint), str(tmp_path / "out"), "--config", str(config)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        "error: 2 checkpoint key(s) are not weights of the official Mask2Former head: "
+        "decode_head.extra_branch.bias, decode_head.extra_branch.weight"
+    )
+    assert not (tmp_path / "out").exists()

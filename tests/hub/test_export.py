@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from internimage_hf import InternImageConfig, InternImageForImageClassification
+from internimage_hf.conversion.keys import convert_official_state_dict
 from internimage_hf.hub.export import (
     _TensorOutputs,
     example_outputs,
@@ -63,6 +64,22 @@ def test_onnx_matches_pytorch_at_every_size(model, example, dynamo, tmp_path):
     assert dims[0] and dims[2] and dims[3], f"batch, height and width must be dynamic, got {dims}"
     assert not {node.domain for node in graph.node} - {"", "ai.onnx"}, "no custom operator may be needed"
     assert_onnx_matches(model, path)
+
+
+@pytest.mark.parametrize("style", ["tiny_t", "tiny_s", "tiny_l", "tiny_h", "tiny_g", "tiny_rc"])
+def test_torchscript_export_of_every_official_style(fixture_cases, style, tmp_path):
+    """Each official option (post-norm, layer scale, offset scale, the H/G blocks with the centre feature scale and
+    CLIP projector, no centre point) exports with the TorchScript exporter and runs in onnxruntime."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    case = fixture_cases[style]
+    model = InternImageForImageClassification(InternImageConfig(**case.model_kwargs)).eval()
+    model.load_state_dict(convert_official_state_dict(case.state_dict), strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export_onnx(model, tmp_path / f"{style}.onnx", example_pixel_values(model, image_size=64), dynamo=False)
+    errors = verify_onnx(model, path, ((64, 64), (96, 128)), (1, 2))
+    assert max(errors.values()) < ATOL, errors
 
 
 def test_static_export_fixes_the_input_shape(model, example, tmp_path):
@@ -149,3 +166,60 @@ def test_cli_writes_and_verifies(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert output.is_file() and f"wrote {output}" in printed
     assert printed.count("max abs difference") == 6
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    tiny = InternImageConfig(channels=16, depths=(1, 1, 1, 1), groups=(2, 2, 4, 4), num_labels=3)
+    InternImageForImageClassification(tiny).save_pretrained(tmp_path / "checkpoint")
+    return tmp_path / "checkpoint"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_cli_never_writes_over_the_source_checkpoint(checkpoint, capsys, overwrite):
+    weights = checkpoint / "model.safetensors"
+    before = weights.read_bytes()
+    argv = [str(checkpoint), str(weights)] + (["--overwrite"] if overwrite else [])
+    assert main(argv) == 2
+    assert "would overwrite a file of the source checkpoint" in capsys.readouterr().err
+    assert weights.read_bytes() == before
+
+
+def test_cli_refuses_an_existing_file_or_a_directory_before_exporting(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("internimage_hf.hub.export.load_model", lambda *a: pytest.fail("loaded before the check"))
+    existing = tmp_path / "old.onnx"
+    existing.write_bytes(b"previous export")
+    assert main([str(checkpoint), str(existing)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert existing.read_bytes() == b"previous export"
+    assert main([str(checkpoint), str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_cli_overwrites_an_earlier_export_when_told(checkpoint, tmp_path):
+    pytest.importorskip("onnx")
+    existing = checkpoint / "model.onnx"  # an export beside the weights is not a file of the checkpoint
+    existing.write_bytes(b"previous export")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([str(checkpoint), str(existing), "--torchscript", "--image-size", "64", "--overwrite"]) == 0
+    assert existing.read_bytes() != b"previous export"
+
+
+def test_an_invalid_onnx_graph_is_an_export_error(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    # An Unsqueeze at an axis its input does not have: what the TorchScript exporter once wrote for the H/G gate.
+    node = onnx.helper.make_node("Unsqueeze", ["x", "axes"], ["y"])
+    graph = onnx.helper.make_graph(
+        [node],
+        "bad",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.helper.make_tensor("axes", onnx.TensorProto.INT64, [1], [5])],
+    )
+    path = tmp_path / "bad.onnx"
+    onnx.save(onnx.helper.make_model(graph), str(path))
+    from internimage_hf.hub.export import check_onnx_file
+
+    with pytest.raises(RuntimeError, match="not a valid ONNX model"):
+        check_onnx_file(path)

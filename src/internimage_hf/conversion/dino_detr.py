@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
+from .errors import unknown_keys_error
 from .keys import BACKBONE_PREFIX, convert_official_backbone_key, strip_ddp_prefix
 
 MODEL_PREFIX = "model."
@@ -71,19 +72,24 @@ def convert_official_dino_state_dict(state_dict: Mapping[str, torch.Tensor]) -> 
     """An official DINO state dict (optionally with a DDP ``module.`` prefix) -> `DinoDetrForObjectDetection` names.
 
     Raises:
-        ValueError: a key that belongs to no part of the detector (named in the message).
+        ConversionError: keys that belong to no part of the detector (named in the message).
     """
-    converted = {}
+    converted, unknown = {}, []
     for key, tensor in strip_ddp_prefix(state_dict).items():
         packed = PACKED_ATTENTION.match(key)
         if packed is None:
-            converted[convert_official_dino_key(key)] = tensor
+            try:
+                converted[convert_official_dino_key(key)] = tensor
+            except ValueError:
+                unknown.append(key)
             continue
         layer, kind = packed.groups()
         query, key_part, value = tensor.chunk(3, dim=0)
         prefix = f"{MODEL_PREFIX}decoder.layers.{layer}.self_attn."
         for name, part in (("q_proj", query), ("k_proj", key_part), ("v_proj", value)):
             converted[f"{prefix}{name}.{kind}"] = part.clone()
+    if unknown:
+        raise unknown_keys_error(unknown, "the official InternImage DINO detector")
     return converted
 
 

@@ -8,3 +8,15 @@ class ConversionError(Exception):
     that cannot be written or must not be replaced. The message is one self-contained explanation that the
     command line prints without a traceback.
     """
+
+
+def unknown_keys_error(keys: list[str], what: str) -> ConversionError:
+    """One line naming the checkpoint keys that are no weight of `what` (the first few of them, sorted)."""
+    keys = sorted(keys)
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    if len(keys) > _SHOWN_KEYS:
+        shown += f" and {len(keys) - _SHOWN_KEYS} more"
+    return ConversionError(f"{len(keys)} checkpoint key(s) are not weights of {what}: {shown}")
+
+
+_SHOWN_KEYS = 5

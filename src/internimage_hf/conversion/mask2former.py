@@ -28,7 +28,7 @@ from collections.abc import Mapping
 import torch
 from transformers import Mask2FormerConfig
 
-from .errors import ConversionError
+from .errors import ConversionError, unknown_keys_error
 from .keys import convert_official_backbone_key, split_backbone_state_dict
 
 HEAD_PREFIX = "decode_head."
@@ -118,15 +118,22 @@ def split_in_proj(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
 def convert_mask2former_head_state_dict(head: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official ``decode_head.*`` weights -> `Mask2FormerForUniversalSegmentation` names (without the backbone).
 
-    Adds the loss's ``criterion.empty_weight`` buffer (1 per class, `NO_OBJECT_WEIGHT` for "no object"), which the
+    Raises `ConversionError` naming the keys that are no weight of the official head. Adds the loss's
+    ``criterion.empty_weight`` buffer (1 per class, `NO_OBJECT_WEIGHT` for "no object"), which the
     official head keeps as a plain list (``loss_cls.class_weight``) rather than in the checkpoint.
     """
     converted: dict[str, torch.Tensor] = {}
+    unknown = []
     for key, tensor in head.items():
         if _SELF_ATTN_IN_PROJ.match(key.removeprefix(HEAD_PREFIX)):
             converted.update(split_in_proj(key, tensor))
-        else:
+            continue
+        try:
             converted[convert_mask2former_head_key(key)] = tensor
+        except ValueError:
+            unknown.append(key)
+    if unknown:
+        raise unknown_keys_error(unknown, "the official Mask2Former head")
     classes = converted.get("class_predictor.weight")
     if classes is not None:
         empty_weight = torch.ones(classes.shape[0], dtype=classes.dtype)
@@ -139,7 +146,8 @@ def convert_mask2former_state_dict(state_dict: Mapping[str, torch.Tensor]) -> di
     """An official InternImage Mask2Former state dict -> `Mask2FormerForUniversalSegmentation` names.
 
     ``backbone.<official key>`` -> ``model.pixel_level_module.encoder.<InternImageBackbone key>``; ``decode_head.*``
-    as `convert_mask2former_head_state_dict`. Raises `ValueError` on any other key.
+    as `convert_mask2former_head_state_dict` (`ConversionError` for keys outside the head). Raises `ValueError` on
+    keys that are neither backbone nor head.
     """
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
         raise ValueError("pass the weights, `checkpoint['state_dict']`, not the whole checkpoint")

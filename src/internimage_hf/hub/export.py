@@ -9,6 +9,7 @@ be exported: export a model that has not been kernelized.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -175,7 +176,38 @@ def export_onnx(
             wrapper, (pixel_values,), str(path), dynamo=False, dynamic_axes=dynamic_axes if dynamic else None,
             **kwargs,
         )  # fmt: skip
+    check_onnx_file(path)
     return path
+
+
+def check_onnx_file(path: str | Path) -> None:
+    """Run ONNX's checker with shape inference on a written file, so a graph onnxruntime would refuse to load is an
+    error at export time (skipped when the ``onnx`` package is missing)."""
+    try:
+        import onnx
+    except ImportError:
+        return
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise RuntimeError(f"the exported file {path} is not a valid ONNX model: {error}") from error
+
+
+# Files of a checkpoint directory the exporter never writes over (the weights and what loading them reads).
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".json", ".py", ".md", ".txt")
+
+
+def check_output_path(output: Path, model: str, overwrite: bool = False) -> None:
+    """Refuse an output path before anything is loaded or exported: a directory, a file of the source checkpoint
+    directory `model` (its weights, configuration, code; even with `overwrite`), or an existing file unless
+    `overwrite`."""
+    if output.is_dir():
+        raise ValueError(f"output: {output} is a directory; give the .onnx file to write")
+    source = Path(model)
+    if source.is_dir() and output.resolve().parent == source.resolve() and output.suffix in CHECKPOINT_SUFFIXES:
+        raise ValueError(f"output: {output} would overwrite a file of the source checkpoint {model}")
+    if output.exists() and not overwrite:
+        raise ValueError(f"output: {output} exists; pass --overwrite to replace it")
 
 
 def verify_onnx(
@@ -217,6 +249,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--torchscript", action="store_true", help="TorchScript exporter instead of dynamo")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--verify", action="store_true", help="compare onnxruntime with PyTorch afterwards")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return parser.parse_args(argv)
 
 
@@ -233,6 +266,11 @@ def load_model(name: str, task: str) -> nn.Module:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        check_output_path(args.output, args.model, args.overwrite)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     model = load_model(args.model, args.task)
     pixel_values = example_pixel_values(model, image_size=args.image_size)
     start = time.perf_counter()
@@ -249,6 +287,8 @@ def main(argv=None) -> int:
 
 __all__ = [
     "MIN_PROGRAM_SIZE",
+    "check_onnx_file",
+    "check_output_path",
     "example_outputs",
     "example_pixel_values",
     "export_onnx",

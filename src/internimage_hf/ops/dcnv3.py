@@ -442,8 +442,12 @@ class InternImageDCNv3(nn.Module):
         )  # fmt: skip
         if self.center_feature_scale:
             gate = F.linear(query, self.center_feature_scale_proj_weight, self.center_feature_scale_proj_bias).sigmoid()
-            gate = gate.repeat_interleave(self.group_channels, dim=-1)
-            output = output * (1 - gate) + value * gate
+            # One gate per group, broadcast over its channels (`repeat_interleave` here made the TorchScript ONNX
+            # exporter write an Unsqueeze axis that onnxruntime rejects).
+            gate = gate[..., None]
+            grouped = (self.group, self.group_channels)
+            output = output.unflatten(-1, grouped) * (1 - gate) + value.unflatten(-1, grouped) * gate
+            output = output.flatten(-2)
         return self.output_proj(output)
 
 
