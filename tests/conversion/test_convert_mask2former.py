@@ -300,3 +300,14 @@ def test_unknown_head_keys_are_one_clean_error(tiny_h, tmp_path, capsys):
         "decode_head.extra_branch.bias, decode_head.extra_branch.weight"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("task", ["auto", "backbone"])
+def test_classification_release_name_for_a_segmentation_checkpoint_is_refused(tiny_h, tmp_path, task):
+    """The model card would name the ImageNet model and dataset for a segmentation model."""
+    checkpoint, config = write_checkpoint(tmp_path, "m2f", tiny_h, **SMALL_HEAD)
+    with pytest.raises(ConversionError, match="internimage_h_22kto1k_640 is an ImageNet classification release"):
+        convert_checkpoint(
+            checkpoint, tmp_path / "out", name="internimage_h_22kto1k_640", task=task, log=lambda *_: None
+        )
+    assert not (tmp_path / "out").exists()

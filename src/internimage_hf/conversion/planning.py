@@ -152,6 +152,11 @@ def plan_conversion(
         raise ConversionError(f"{segmentation_release.name} is a Mask2Former release, but the task is {task}")
     if detection_release is not None and task != "dino":
         raise ConversionError(f"{detection_release.name} is a DINO release, but the task is {task}")
+    if release is not None and (task not in ("classification", "backbone") or source.kind == "mmlab"):
+        raise ConversionError(
+            f"{release.name} is an ImageNet classification release, but {source.path.name} is a {task} checkpoint "
+            "of mmdet/mmseg; name its own release, or give its backbone with --preset or --config"
+        )
     chosen = release or segmentation_release or detection_release
     kwargs, origin = base_config_kwargs(source, preset, config_file, chosen)
     notes = [f"architecture from {origin}"]
