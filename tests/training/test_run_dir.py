@@ -171,3 +171,28 @@ def test_cli_reports_a_refused_output_dir_in_one_line(imagefolder, tmp_path, cap
     assert error.startswith(f"error: --output_dir {tmp_path} holds a finished model of another training run")
     assert error.count("\n") == 1
     assert "--resume" not in error  # no checkpoint to resume: not suggested
+
+
+@pytest.mark.parametrize("model_inside", ["", "online_model"])
+def test_overwrite_refuses_to_delete_the_model_it_starts_from(imagefolder, tmp_path, model_inside):
+    """`--model X --output_dir X --overwrite_output_dir` would delete X before training loads it."""
+    from internimage_hf.training import OutputDirError
+
+    out = tmp_path / "out"
+    make_trainer(run_args(imagefolder, out, "--max_steps", "1", "--ema_decay", "0.8")).run()
+    before = load_weights(out / model_inside)
+    model = str(out / model_inside)
+    with pytest.raises(OutputDirError, match=r"--model .* would delete before training reads it"):
+        make_trainer(run_args(imagefolder, out, "--model", model, "--max_steps", "1", "--overwrite_output_dir"))
+    after = load_weights(out / model_inside)
+    assert before.keys() == after.keys() and all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_overwrite_may_write_into_a_folder_inside_the_input_model(imagefolder, tmp_path):
+    make_trainer(run_args(imagefolder, tmp_path / "base", "--max_steps", "1")).run()
+    inner = tmp_path / "base" / "finetuned"
+    make_trainer(run_args(imagefolder, inner, "--max_steps", "1")).run()
+    rerun = run_args(
+        imagefolder, inner, "--model", str(tmp_path / "base"), "--max_steps", "1", "--overwrite_output_dir"
+    )
+    assert make_trainer(rerun).run()["global_step"] == 1

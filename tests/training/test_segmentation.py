@@ -157,3 +157,37 @@ def test_two_process_evaluation_counts_every_pixel_once(tmp_path):
     assert reported["eval_samples"] == 10
     for key in ("mean_iou", "pixel_accuracy", "iou_square"):
         assert reported[f"eval_{key}"] == pytest.approx(expected[key], abs=1e-12), key
+
+
+def test_upernet_drops_a_last_batch_of_one_image_and_resumes_exactly(tmp_path):
+    """5 images in batches of 2: the third batch would hold one image, which UperNet's pooling BatchNorm refuses."""
+    run = ("--max_steps", "4", "--save_steps", "2", "--save_total_limit", "0", "--synthetic_train_samples", "5",
+           "--synthetic_eval_samples", "2", "--per_device_train_batch_size", "2")  # fmt: skip
+    trainer = make_segmentation_trainer(segmentation_args(tmp_path / "full", *run))
+    assert trainer.batches_per_epoch == 2
+    results = trainer.run()
+    assert results["global_step"] == 4 and results["epoch"] == 2.0
+    first = tmp_path / "full" / "checkpoints" / "step_00000002"
+    resumed = make_segmentation_trainer(segmentation_args(tmp_path / "resumed", *run, "--resume", str(first)))
+    assert resumed.run()["global_step"] == 4
+    expected, actual = load_weights(tmp_path / "full"), load_weights(tmp_path / "resumed")
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+    with pytest.raises(ValueError, match="at least 2 for UperNet"):
+        make_segmentation_trainer(segmentation_args(tmp_path / "one", "--per_device_train_batch_size", "1"))
+
+
+def test_results_are_valid_json_with_null_for_classes_absent_from_evaluation(tmp_path):
+    """One evaluation image does not hold every shape class: its IoU has no value."""
+    run = ("--max_steps", "1", "--synthetic_train_samples", "4", "--synthetic_eval_samples", "1",
+           "--per_device_train_batch_size", "2")  # fmt: skip
+    results = make_segmentation_trainer(segmentation_args(tmp_path, *run)).run()
+    absent = [name for name, value in results.items() if name.startswith("eval_iou_") and value != value]
+    assert absent, results  # NaN in the returned metrics
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    written = json.loads((tmp_path / "all_results.json").read_text(), parse_constant=refuse)
+    assert all(written[name] is None for name in absent)
+    assert written["eval_mean_iou"] == pytest.approx(results["eval_mean_iou"])

@@ -175,3 +175,62 @@ def test_datasets_columns_are_found_or_named(tmp_path):
     finally:
         segmentation_data.load_segmentation_dataset = original
     assert np.array_equal(data.train[0][1], mask)
+
+
+def save_mask(path, mask: np.ndarray) -> None:
+    """A class-index PNG: 8-bit where the values fit, else 16-bit."""
+    PIL.Image.fromarray(mask.astype(np.uint8 if mask.max() < 256 else np.uint16)).save(path)
+
+
+@requires_accelerate
+def test_every_mask_is_checked_at_start_with_its_file_and_split(tmp_path):
+    from internimage_hf.training.segmentation_data import MaskError, prepare_segmentation_data
+
+    write_mask_folder(tmp_path / "data" / "train", count=4)
+    write_mask_folder(tmp_path / "data" / "validation", count=3, seed=1)
+    train_masks, eval_masks = tmp_path / "data" / "train" / "masks", tmp_path / "data" / "validation" / "masks"
+    save_mask(eval_masks / "img1.png", np.zeros((10, 10)))  # its image is 32x24
+    PIL.Image.new("RGB", (32, 24)).save(train_masks / "img2.png")  # colours, not class indices
+    bad_class = np.asarray(PIL.Image.open(eval_masks / "img2.png")).copy()
+    bad_class[5, 5] = 7
+    save_mask(eval_masks / "img2.png", bad_class)
+    with pytest.raises(MaskError) as raised:
+        prepare_segmentation_data(data_options(tmp_path / "data", num_labels=3))
+    message = str(raised.value)
+    assert message.startswith("3 problem(s) with the masks:")
+    assert f"train {train_masks / 'img2.png'}: a mask image must hold class indices" in message
+    assert f"validation {eval_masks / 'img1.png'}: mask is 10x10, its image 32x24" in message
+    assert "validation: masks hold class indices [7] outside [0, 3)" in message
+
+
+@requires_accelerate
+def test_inferred_class_count_warns_about_unused_indices(tmp_path, caplog):
+    from internimage_hf.training.segmentation_data import prepare_segmentation_data
+
+    write_mask_folder(tmp_path / "data" / "train", count=3)
+    write_mask_folder(tmp_path / "data" / "validation", count=2, seed=1)
+    stray = np.asarray(PIL.Image.open(tmp_path / "data" / "train" / "masks" / "img0.png")).copy()
+    stray[3, 3] = 9  # one stray pixel
+    save_mask(tmp_path / "data" / "train" / "masks" / "img0.png", stray)
+    with caplog.at_level("WARNING"):
+        data = prepare_segmentation_data(data_options(tmp_path / "data"))
+    assert len(data.label_names) == 10
+    assert "no training pixel has class [3, 4, 5, 6, 7, 8]" in caplog.text
+
+
+@requires_accelerate
+@pytest.mark.parametrize("value", [300, 254])
+def test_inferred_class_count_may_not_reach_the_ignore_index(tmp_path, value):
+    """Index 254 makes 255 classes (0..254, beside the ignore index); 300 would make 255 a class."""
+    from internimage_hf.training.segmentation_data import MaskError, prepare_segmentation_data
+
+    write_mask_folder(tmp_path / "data" / "train", count=3)
+    write_mask_folder(tmp_path / "data" / "validation", count=2, seed=1)
+    stray = np.asarray(PIL.Image.open(tmp_path / "data" / "train" / "masks" / "img0.png")).astype(np.int64)
+    stray[3, 3] = value
+    save_mask(tmp_path / "data" / "train" / "masks" / "img0.png", stray)
+    if value < IGNORE_INDEX:
+        assert len(prepare_segmentation_data(data_options(tmp_path / "data")).label_names) == 255
+        return
+    with pytest.raises(MaskError, match=f"class index {value}: inferring {value + 1} classes would make 255"):
+        prepare_segmentation_data(data_options(tmp_path / "data"))

@@ -161,3 +161,20 @@ def test_digits_dataset_split():
     assert data["train"].features["label"].names == [str(d) for d in range(10)]
     image = data["validation"][0]["image"]
     assert image.size == (8, 8) and image.mode == "L"
+
+
+def test_a_failing_evaluation_keeps_the_trained_model(imagefolder, tmp_path, monkeypatch):
+    """The weights are saved before the error propagates; no results are written for them."""
+    from internimage_hf.training.loop import Trainer
+
+    def broken(self, model):
+        raise RuntimeError("evaluation data went bad")
+
+    monkeypatch.setattr(Trainer, "_evaluate", broken)
+    trainer = make_trainer(run_args(imagefolder, tmp_path, "--max_steps", "2"))
+    with pytest.raises(RuntimeError, match="evaluation data went bad"):
+        trainer.run()
+    saved = load_weights(tmp_path)
+    online = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    assert all(torch.equal(saved[key], online[key].cpu()) for key in saved)
+    assert not (tmp_path / "all_results.json").exists()

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 
 from .arguments import parse_options, uses_builtin_digits
 from .checkpointing import CheckpointError
 from .data import ColumnError, UnreadableImageError
-from .run_dir import OutputDirError
+from .run_dir import OutputDirError, results_json
+from .segmentation_data import MaskError
 
 # Errors about the user's input (output_dir, checkpoint, data) that a message explains: no traceback, exit 2.
-USER_ERRORS = (CheckpointError, ColumnError, OutputDirError, UnreadableImageError)
+USER_ERRORS = (CheckpointError, ColumnError, MaskError, OutputDirError, UnreadableImageError)
 
 
 def run_trainer(trainer_class, options):
@@ -28,7 +28,7 @@ def run_trainer(trainer_class, options):
         print(f"error: {error}", file=sys.stderr)
         return None, None
     if trainer.accelerator.is_main_process:
-        print(json.dumps(results, indent=2))
+        print(results_json(results))
     return trainer, results
 
 

@@ -459,12 +459,15 @@ def build_dataloaders(data: ClassificationData, options, image_processor, train_
     return train_loader, eval_loader, train_set, sampler
 
 
-def seeded_loaders(train_set, eval_set, sampler, collate_fn, options) -> tuple[DataLoader, DataLoader]:
-    """Train loader (order from `sampler`) and eval loader (in order), batch sizes and workers from `options`."""
+def seeded_loaders(
+    train_set, eval_set, sampler, collate_fn, options, drop_last: bool = False
+) -> tuple[DataLoader, DataLoader]:
+    """Train loader (order from `sampler`) and eval loader (in order), batch sizes and workers from `options`;
+    `drop_last` drops an epoch's incomplete last training batch."""
     common = {"collate_fn": collate_fn, "num_workers": options.dataloader_num_workers}
     # Own generators: creating a loader iterator must not draw from the global RNG (exact resume).
     train_loader = DataLoader(
-        train_set, batch_size=options.per_device_train_batch_size, sampler=sampler, drop_last=False,
+        train_set, batch_size=options.per_device_train_batch_size, sampler=sampler, drop_last=drop_last,
         generator=torch.Generator().manual_seed(options.seed), **common,
     )  # fmt: skip
     eval_loader = DataLoader(

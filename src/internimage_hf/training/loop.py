@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
@@ -30,10 +29,12 @@ from .run_dir import (
     ONLINE_MODEL_DIR,
     RESULTS_FILE,
     OutputDirLock,
+    check_inputs_are_kept,
     check_resume_settings,
     claim_output_dir,
     new_run_id,
     remove_outputs,
+    results_json,
     resume_settings,
 )
 from .threads import apply_cpu_threads
@@ -143,6 +144,7 @@ class Trainer:
         self._outputs_to_remove = claim_output_dir(
             options.output_dir, run_id, self.resume_path, options.overwrite_output_dir
         )
+        check_inputs_are_kept(self._outputs_to_remove, {"--model": getattr(options, "model", None)})
 
     def _shared_new_run_id(self) -> str:
         """A new run id, the main process's on every process."""
@@ -230,9 +232,11 @@ class Trainer:
     def _build_loaders(self) -> None:
         options = self.options
         train_loader, eval_loader, self.train_set, self.sampler = self._make_loaders()
-        # Length of the loader each process sees (after sharding), hence steps per epoch.
-        batches = math.ceil(len(self.sampler) / options.per_device_train_batch_size)
-        self.batches_per_epoch = math.ceil(batches / self.accelerator.num_processes)
+        # Length of the loader each process sees (after Accelerate's sharding), hence steps per epoch.
+        self.batches_per_epoch = batches_per_process(
+            len(self.sampler), options.per_device_train_batch_size, self.accelerator.num_processes,
+            train_loader.drop_last,
+        )  # fmt: skip
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / options.gradient_accumulation_steps)
         self.total_steps = options.max_steps or math.ceil(options.num_train_epochs * self.steps_per_epoch)
         self.train_loader, self.eval_loader = train_loader, eval_loader
@@ -276,11 +280,11 @@ class Trainer:
         while state.global_step < self.total_steps:
             finished_epoch = self._train_epoch(state, progress)
             if finished_epoch and state.epoch % options.eval_every_epochs == 0:
-                eval_metrics, eval_step = self._evaluate_all(state), state.global_step
+                eval_metrics, eval_step = self._evaluate_or_save(state), state.global_step
         progress.close()
         runtime = time.perf_counter() - start
         if eval_step != state.global_step:  # the final weights are always evaluated
-            eval_metrics = self._evaluate_all(state)
+            eval_metrics = self._evaluate_or_save(state)
         results = self._results(state, eval_metrics, runtime, state.samples_seen - samples_at_start)
         self._save_final(results)
         accelerator.end_training()
@@ -369,6 +373,22 @@ class Trainer:
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{metrics['train/lr']:.2e}")
         self.accelerator.log(metrics, step=state.global_step)
 
+    def _evaluate_or_save(self, state: TrainingState) -> dict[str, float]:
+        """`_evaluate_all`; an evaluation that fails first saves the weights trained so far as the run's model
+        (without results), then raises: a bad evaluation set never costs the training."""
+        try:
+            return self._evaluate_all(state)
+        except Exception:
+            # With several processes the save's collectives would wait for processes that did not fail.
+            if self.accelerator.num_processes == 1:
+                logger.error(
+                    "evaluation failed at step %d; saving the trained model to %s first",
+                    state.global_step,
+                    self.options.output_dir,
+                )
+                self._save_final(None)
+            raise
+
     def _evaluate_all(self, state: TrainingState) -> dict[str, float]:
         """Evaluate the online model and, if kept, the EMA model; the saved model's metrics come first."""
         online = self._evaluate(self.model)
@@ -394,8 +414,9 @@ class Trainer:
             "train_samples": self.data.num_train_samples,
         }
 
-    def _save_final(self, results: dict) -> None:
-        """save_pretrained (EMA weights when kept; online weights then go to online_model/) + processor + results."""
+    def _save_final(self, results: dict | None) -> None:
+        """save_pretrained (EMA weights when kept; online weights then go to online_model/) + processor + results
+        (none after a failed evaluation)."""
         options, accelerator = self.options, self.accelerator
         output_dir = Path(options.output_dir)
         accelerator.wait_for_everyone()
@@ -415,9 +436,24 @@ class Trainer:
             if self.ema is not None:
                 self.ema.module.save_pretrained(output_dir)
             self.image_processor.save_pretrained(output_dir)
-            (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-            self._push_to_hub(output_dir, results)
+            if results is not None:
+                (output_dir / RESULTS_FILE).write_text(results_json(results))
+                self._push_to_hub(output_dir, results)
         accelerator.wait_for_everyone()
+
+
+def batches_per_process(samples: int, batch_size: int, num_processes: int, drop_last: bool) -> int:
+    """Training batches each process gets per epoch, as Accelerate shards the loader's batches (with `drop_last`,
+    incomplete batches and an incomplete last round over the processes are dropped)."""
+    if not drop_last:
+        return math.ceil(math.ceil(samples / batch_size) / num_processes)
+    batches = samples // batch_size // num_processes
+    if batches == 0:
+        raise ValueError(
+            f"the training split has {samples} images, fewer than one full batch of {batch_size} on each of "
+            f"{num_processes} process(es); lower --per_device_train_batch_size"
+        )
+    return batches
 
 
 def train(options) -> dict[str, float]:

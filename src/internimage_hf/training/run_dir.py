@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -74,6 +75,22 @@ DERIVED_SETTINGS = {
 
 class OutputDirError(ValueError):
     """`output_dir` belongs to another run, or another training process is writing it."""
+
+
+def results_json(results: dict) -> str:
+    """`results` as standard JSON (`all_results.json`): a metric without a value (NaN, such as the IoU of a class
+    absent from the evaluation set) or an infinite one is written as null."""
+    return json.dumps(_finite_or_null(results), indent=2, allow_nan=False)
+
+
+def _finite_or_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def new_run_id() -> str:
@@ -173,6 +190,27 @@ def claim_output_dir(output_dir: str | os.PathLike, run_id: str, resume_from: Pa
             "delete them and start a new run, or choose another --output_dir."
         )
     return outputs
+
+
+def check_inputs_are_kept(outputs_to_remove: list[Path], inputs: dict[str, str | None]) -> None:
+    """Raise `OutputDirError` when `--overwrite_output_dir` would delete what the run reads before it reads it.
+
+    Args:
+        outputs_to_remove: the earlier run's outputs (`claim_output_dir`).
+        inputs: option name -> local path the run loads (`{"--model": ...}`); hub ids and None are skipped.
+    """
+    for option, value in inputs.items():
+        if value is None or not os.path.exists(value):
+            continue
+        source = Path(value).resolve()
+        for path in outputs_to_remove:
+            removed = path.resolve()
+            # the model folder itself, a folder above it, or a file in it (what `from_pretrained` reads)
+            if removed == source or removed in source.parents or removed.parent == source:
+                raise OutputDirError(
+                    f"{option} {value} is an earlier output in --output_dir that --overwrite_output_dir would delete "
+                    "before training reads it; write the new model to another --output_dir"
+                )
 
 
 def remove_outputs(paths: list[Path]) -> None:

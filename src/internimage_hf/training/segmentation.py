@@ -159,6 +159,11 @@ def resolve_segmentation_defaults(options: SegmentationOptions) -> SegmentationO
     if options.num_train_epochs is not None:
         updates.pop("max_steps", None)  # a length in epochs replaces the recipe's length in steps
     options = dataclasses.replace(options, **updates)
+    if options.architecture == "upernet" and options.per_device_train_batch_size < 2:
+        raise ValueError(
+            "--per_device_train_batch_size must be at least 2 for UperNet: its pooling branch batch-normalises "
+            "1x1 maps, which needs more than one image"
+        )
     if options.head_channels is None:
         tiny = is_preset(options.model) and options.model.lower() == "tiny"
         options = dataclasses.replace(

@@ -143,14 +143,30 @@ class DatasetPairs:
     def __getitem__(self, index: int) -> tuple[PIL.Image.Image, np.ndarray]:
         row = self.dataset[int(index)]
         image = _as_pil(row[self.image_column]).convert("RGB")
-        mask = mask_array(row[self.annotation_column])
-        if self.reduce_labels:
-            mask = np.where((mask == 0) | (mask == IGNORE_INDEX), IGNORE_INDEX, mask - 1)
+        mask = self._labels(row)
         if mask.shape != (image.height, image.width):
-            raise ValueError(
+            raise MaskError(
                 f"row {index}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.width}x{image.height}"
             )
         return image, mask
+
+    def mask_and_image_size(self, index: int) -> tuple[np.ndarray, tuple[int, int], str]:
+        """The row's class-index mask, its image's (height, width) read without decoding the pixels, and a name
+        for messages (the mask's file where the dataset has one, else the row)."""
+        row = self.dataset[int(index)]
+        image = _as_pil(row[self.image_column])
+        annotation = row[self.annotation_column]
+        name = getattr(annotation, "filename", "") or getattr(image, "filename", "") or f"row {index}"
+        try:
+            return self._labels(row), (image.height, image.width), name
+        except ValueError as error:
+            raise MaskError(f"{name}: {error}") from error
+
+    def _labels(self, row: dict) -> np.ndarray:
+        mask = mask_array(row[self.annotation_column])
+        if self.reduce_labels:
+            mask = np.where((mask == 0) | (mask == IGNORE_INDEX), IGNORE_INDEX, mask - 1)
+        return mask
 
 
 def _as_pil(value) -> PIL.Image.Image:
@@ -209,17 +225,101 @@ def load_segmentation_dataset(name: str, config: str | None = None):
     return load_dataset(name, config)
 
 
-def infer_num_labels(pairs) -> int:
-    """1 + the largest class index in the masks (ignore index excluded); decodes every mask once."""
-    largest = -1
+class MaskError(ValueError):
+    """A mask of the dataset does not fit its image or the classes (named with its file and split)."""
+
+
+@dataclass
+class MaskSurvey:
+    """One pass over the masks of a split: pixels per class index (the ignore index left out) and the problems."""
+
+    split: str
+    pixels_per_class: np.ndarray
+    problems: list[str]
+
+
+def survey_masks(pairs: DatasetPairs, split: str) -> MaskSurvey:
+    """Read every mask of `pairs` once: its mode and dimensions, its size against its image's, its class indices.
+
+    Each problem names the mask's file (or row) and the split, so a bad mask is found before training rather than
+    mid-epoch or at the first evaluation.
+    """
+    counts = np.zeros(0, dtype=np.int64)
+    problems = []
     for index in range(len(pairs)):
-        mask = pairs[index][1]
+        try:
+            mask, (height, width), name = pairs.mask_and_image_size(index)
+        except MaskError as error:
+            problems.append(f"{split} {error}")
+            continue
+        if mask.shape != (height, width):
+            problems.append(f"{split} {name}: mask is {mask.shape[1]}x{mask.shape[0]}, its image {width}x{height}")
+            continue
         valid = mask[mask != IGNORE_INDEX]
-        if valid.size:
-            largest = max(largest, int(valid.max()))
-    if largest < 0:
-        raise ValueError("every mask pixel is the ignore index (255): there is nothing to learn")
-    return largest + 1
+        if valid.size and valid.min() < 0:
+            problems.append(f"{split} {name}: negative class index {int(valid.min())}")
+            continue
+        found = np.bincount(valid, minlength=len(counts))
+        found[: len(counts)] += counts
+        counts = found
+    return MaskSurvey(split, counts, problems)
+
+
+def check_mask_classes(survey: MaskSurvey, num_labels: int, hint: str) -> list[str]:
+    """Problems for class indices of `survey` outside [0, num_labels) (the ignore index aside)."""
+    outside = np.flatnonzero(survey.pixels_per_class[num_labels:]) + num_labels
+    if not len(outside):
+        return []
+    return [
+        f"{survey.split}: masks hold class indices {outside[:5].tolist()} outside [0, {num_labels}) that are not the "
+        f"ignore index {IGNORE_INDEX}; {hint}"
+    ]
+
+
+def infer_num_labels(survey: MaskSurvey) -> int:
+    """1 + the largest class index of the training masks; refuses counts that reach the ignore index and warns
+    about indices below the largest that no pixel uses (one stray pixel makes every index below it a class)."""
+    used = np.flatnonzero(survey.pixels_per_class)
+    if not len(used):
+        raise MaskError("every mask pixel is the ignore index (255): there is nothing to learn")
+    num_labels = int(used[-1]) + 1
+    if num_labels > IGNORE_INDEX:
+        raise MaskError(
+            f"the training masks hold class index {num_labels - 1}: inferring {num_labels} classes would make "
+            f"{IGNORE_INDEX}, the ignore index, a class; fix the masks or pass --num_labels / --label_names"
+        )
+    unused = sorted(set(range(num_labels)) - set(used.tolist()))
+    if unused:
+        logger.warning(
+            "inferred %d classes from the largest mask value %d, but no training pixel has class %s%s; pass "
+            "--num_labels or --label_names if that is not intended",
+            num_labels,
+            num_labels - 1,
+            unused[:10],
+            " ..." if len(unused) > 10 else "",
+        )
+    return num_labels
+
+
+def check_segmentation_masks(train: DatasetPairs, evaluation: DatasetPairs, splits: tuple[str, str], options):
+    """Survey both splits' masks at start; returns the class names (`label_names_for`). Raises `MaskError` listing
+    every problem found (bad masks, sizes, classes outside the label set)."""
+    surveys = [survey_masks(pairs, split) for pairs, split in zip((train, evaluation), splits, strict=True)]
+    problems = [problem for survey in surveys for problem in survey.problems]
+    try:
+        names = label_names_for(options, surveys[0])
+    except MaskError as error:
+        names = []
+        problems.append(str(error))
+    hint = "pass --num_labels, --label_names or --reduce_labels to match the masks"
+    for survey in surveys:
+        if names:
+            problems += check_mask_classes(survey, len(names), hint)
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise MaskError(f"{len(problems)} problem(s) with the masks:\n  {shown}{more}")
+    return names
 
 
 def prepare_segmentation_data(options) -> SegmentationData:
@@ -245,20 +345,23 @@ def prepare_segmentation_data(options) -> SegmentationData:
         eval_set = eval_set.select(range(min(options.max_eval_samples, len(eval_set))))
     train = DatasetPairs(train_set, image_column, annotation_column, options.reduce_labels)
     evaluation = DatasetPairs(eval_set, image_column, annotation_column, options.reduce_labels)
-    return SegmentationData(train, evaluation, label_names_for(options, train), options.train_split, eval_split)
+    names = check_segmentation_masks(train, evaluation, (options.train_split, eval_split), options)
+    return SegmentationData(train, evaluation, names, options.train_split, eval_split)
 
 
-def label_names_for(options, train_pairs) -> list[str]:
+def label_names_for(options, train_survey: MaskSurvey) -> list[str]:
     """`--label_names`, else `--num_labels` indices as names, else as many indices as the training masks use."""
     if options.label_names:
         names = [name.strip() for name in options.label_names.split(",")]
         if options.num_labels is not None and options.num_labels != len(names):
             raise ValueError(f"--num_labels {options.num_labels} but --label_names names {len(names)} classes")
-        return names
-    if options.num_labels is not None:
-        return [str(index) for index in range(options.num_labels)]
-    logger.info("reading every training mask once to count the classes (pass --num_labels to skip this)")
-    return [str(index) for index in range(infer_num_labels(train_pairs))]
+    elif options.num_labels is not None:
+        names = [str(index) for index in range(options.num_labels)]
+    else:
+        return [str(index) for index in range(infer_num_labels(train_survey))]
+    if len(names) > IGNORE_INDEX:
+        raise MaskError(f"{len(names)} classes would make {IGNORE_INDEX}, the ignore index, a class; at most 255")
+    return names
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -393,5 +496,9 @@ def build_segmentation_dataloaders(data: SegmentationData, options, train_transf
     train_set = SegmentationDataset(data.train, train_transform, num_labels, options.seed, data.train_split)
     eval_set = SegmentationDataset(data.eval, eval_transform, num_labels, options.seed, data.eval_split)
     sampler = EpochPermutationSampler(len(train_set), options.seed)
-    train_loader, eval_loader = seeded_loaders(train_set, eval_set, sampler, collate_segmentation, options)
+    # UperNet's pooling branch batch-normalises 1x1 maps: a last batch of one image cannot train.
+    drop_last = options.architecture == "upernet"
+    train_loader, eval_loader = seeded_loaders(
+        train_set, eval_set, sampler, collate_segmentation, options, drop_last=drop_last
+    )
     return train_loader, eval_loader, train_set, sampler
