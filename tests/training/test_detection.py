@@ -10,10 +10,14 @@ from conftest import load_weights, requires_accelerate, requires_torchvision
 
 pytestmark = [requires_accelerate, requires_torchvision]
 
-# A shorter run than the script's default (512 images x 12 epochs): 192 images x 6 epochs of 8 = 144 steps.
-# Measured box AP (COCO AP@[.5:.95], 32 held-out images): see LEARNED_AP.
-LEARNING_RUN = ["--synthetic_train_samples", "192", "--synthetic_eval_samples", "32", "--num_train_epochs", "6"]
-LEARNED_AP = 0.02
+# A shorter run than the script's default (512 images x 12 epochs): 256 images x 8 epochs of 8 = 256 steps, evaluated
+# once at the end. Measured (torch 2.14.1, torchvision 0.29.1, this shared 2-core CPU): box AP 0.122 / 0.112 / 0.116 and
+# AP50 0.276 / 0.329 / 0.321 with seeds 42 / 0 / 1, in 50-115 s of training depending on load (after 30 steps
+# the detector scores AP < 0.005).
+LEARNING_RUN = ["--synthetic_train_samples", "256", "--synthetic_eval_samples", "32", "--num_train_epochs", "8",
+                "--eval_every_epochs", "8"]  # fmt: skip
+LEARNED_AP = 0.05
+LEARNED_AP50 = 0.15
 
 
 def detection_args(output_dir, *extra: str) -> list[str]:
@@ -31,8 +35,8 @@ def test_dino_learns_the_synthetic_task_and_reloads_into_a_pipeline(tmp_path):
     from internimage_hf.training.detection_data import SYNTHETIC_LABELS, SyntheticDetectionShapes
 
     results = make_detection_trainer(detection_args(tmp_path, *LEARNING_RUN)).run()
-    assert results["global_step"] == 144 and results["eval_images"] == 32
-    assert results["eval_AP"] > LEARNED_AP, results
+    assert results["global_step"] == 256 and results["eval_images"] == 32
+    assert results["eval_AP"] > LEARNED_AP and results["eval_AP50"] > LEARNED_AP50, results
     assert json.loads((tmp_path / "all_results.json").read_text())["eval_AP"] == results["eval_AP"]
 
     from transformers import AutoModelForObjectDetection

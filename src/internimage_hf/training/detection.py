@@ -375,10 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     the reloaded pipeline's detections of a few held-out images."""
     from .cli import run_trainer
 
-    trainer, _ = run_trainer(DetectionTrainer, parse_detection_options(argv))
+    trainer, results = run_trainer(DetectionTrainer, parse_detection_options(argv))
     if trainer is None:
         return 2
     options = trainer.options
+    if trainer.accelerator.is_main_process:
+        print(
+            f"held-out COCO box AP {results['eval_AP']:.3f} (AP50 {results['eval_AP50']:.3f}, AR@100 "
+            f"{results['eval_AR_100']:.3f}) on {int(results['eval_images'])} images"
+        )
     if trainer.accelerator.is_main_process and uses_synthetic_data(options) and options.num_predictions > 0:
         count = min(options.num_predictions, len(trainer.data.eval))
         pairs = [trainer.data.eval[index] for index in range(count)]
