@@ -71,7 +71,18 @@ def test_coco_json_source_maps_category_ids_clips_and_keeps_empty_images(tmp_pat
     np.testing.assert_allclose(target["boxes"], [[2, 3, 10, 12], [30, 20, 10, 10]])
     assert source.target(1)["class_labels"].tolist() == [1]  # the crowd annotation is not trained on
     assert len(source.target(2)["class_labels"]) == 0 and source.target(2)["boxes"].shape == (0, 4)
-    assert len(coco_ground_truth(source, source.label_names)["annotations"]) == 4  # evaluation keeps crowd boxes
+    truth = coco_ground_truth(source, source.label_names)
+    assert len(truth["annotations"]) == 4  # evaluation keeps crowd boxes
+
+    without_area = [{"id": 1, "image_id": 3, "category_id": 9, "bbox": [1, 2, 3, 4]}]
+    source = CocoDetectionSource(
+        write_coco(tmp_path / "plain", annotations=without_area), tmp_path / "plain" / "images"
+    )
+    assert coco_ground_truth(source, source.label_names)["annotations"][0] == {
+        **without_area[0],
+        "area": 12,
+        "iscrowd": 0,
+    }
 
 
 @pytest.mark.parametrize(

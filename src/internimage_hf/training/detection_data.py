@@ -205,6 +205,9 @@ class CocoDetectionSource:
         category_index = {category_id: index for index, category_id in enumerate(self.category_ids)}
         by_id: dict[int, dict] = {}
         for image in self.images:
+            missing = [key for key in ("id", "file_name", "width", "height") if key not in image]
+            if missing:
+                raise ValueError(f"{source}: an entry of `images` lacks {missing}: {image}")
             if image["id"] in by_id:
                 raise ValueError(f"{source}: image id {image['id']} appears twice in `images`")
             path = self.image_dir / image["file_name"]
@@ -264,8 +267,13 @@ class CocoDetectionSource:
         return pixels, self._targets[index]
 
     def ground_truth(self) -> dict:
-        """The JSON itself (crowd annotations included: COCO evaluation ignores detections on them)."""
-        return self.coco
+        """The JSON for COCO evaluation (crowd annotations included: detections on them are ignored), with the
+        `area` (box area) and `iscrowd` (0) that COCOeval needs filled in where an annotation lacks them."""
+        annotations = [
+            {"area": annotation["bbox"][2] * annotation["bbox"][3], "iscrowd": 0, **annotation}
+            for annotation in self.coco.get("annotations", [])
+        ]
+        return {**self.coco, "annotations": annotations}
 
 
 # ----------------------------------------------------------------------------------------------------------
