@@ -183,3 +183,27 @@ def test_options_are_resolved_from_the_data():
     assert (own.model, own.image_size, own.max_size, own.num_train_epochs) == ("t", 800, 1333, 12.0)
     with pytest.raises(ValueError, match="--output_dir is required"):
         parse_detection_options(["--dataset", "some/data"])
+
+
+@pytest.mark.parametrize("source", ["coco_json", "datasets"])
+def test_trains_and_evaluates_on_coco_json_and_datasets_inputs(tmp_path, source):
+    """Two steps on each input kind; evaluation maps class indices back to the dataset's category ids."""
+    from test_detection_data import write_coco, write_objects_dataset
+
+    if source == "coco_json":
+        write_coco(tmp_path / "coco")
+        data = ["--coco_train_json", str(tmp_path / "coco" / "coco.json"), "--coco_train_images",
+                str(tmp_path / "coco" / "images"), "--coco_eval_json", str(tmp_path / "coco" / "coco.json"),
+                "--coco_eval_images", str(tmp_path / "coco" / "images")]  # fmt: skip
+    else:
+        data = ["--dataset", str(write_objects_dataset(tmp_path / "ds"))]
+    small = ["--model", "tiny", "--image_size", "64", "--max_size", "107", "--max_steps", "2", "--warmup_steps", "1"]
+    trainer = make_detection_trainer(detection_args(tmp_path / "out", *data, *small))
+    if source == "coco_json":
+        assert trainer.data.category_ids == [5, 9] and trainer.data.label_names == ["cat", "dog"]
+        batch = next(iter(trainer.eval_loader))
+        records = [r for _, found in trainer.predict_records(trainer.model, batch) for r in found]
+        assert records and {r["category_id"] for r in records} <= {5, 9}
+    results = trainer.run()
+    assert results["global_step"] == 2 and torch.isfinite(torch.tensor(results["train_loss"]))
+    assert results["eval_images"] == (3 if source == "coco_json" else 2) and 0.0 <= results["eval_AP"] <= 1.0
