@@ -181,6 +181,7 @@ def test_options_are_resolved_from_the_data():
     assert synthetic.output_dir == "outputs/detection_synthetic" and synthetic.layer_decay == 1.0
     own = parse_detection_options(["--coco_train_json", "t.json", "--coco_eval_json", "v.json", "--output_dir", "o"])
     assert (own.model, own.image_size, own.max_size, own.num_train_epochs) == ("t", 800, 1333, 12.0)
+    assert (own.learning_rate, own.weight_decay, own.layer_decay, own.lr_scheduler) == (1e-4, 1e-4, 0.9, "step")
     with pytest.raises(ValueError, match="--output_dir is required"):
         parse_detection_options(["--dataset", "some/data"])
 
@@ -207,3 +208,24 @@ def test_trains_and_evaluates_on_coco_json_and_datasets_inputs(tmp_path, source)
     results = trainer.run()
     assert results["global_step"] == 2 and torch.isfinite(torch.tensor(results["train_loss"]))
     assert results["eval_images"] == (3 if source == "coco_json" else 2) and 0.0 <= results["eval_AP"] <= 1.0
+
+
+def test_step_schedule_divides_the_lr_by_ten_after_eleven_twelfths():
+    import json as json_module
+
+    from internimage_hf.training.detection import parse_detection_options
+    from internimage_hf.training.optimization import build_scheduler
+
+    assert parse_detection_options(["--dataset", "d", "--output_dir", "o"]).lr_scheduler == "step"
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    scheduler = build_scheduler(optimizer, "step", warmup_steps=4, total_steps=24)
+    lrs = []
+    for _ in range(24):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:5] == pytest.approx([0.0, 2.5e-5, 5e-5, 7.5e-5, 1e-4])
+    assert lrs[5:22] == pytest.approx([1e-4] * 17) and lrs[22:] == pytest.approx(
+        [1e-5] * 2
+    )  # from step 22 = 24 * 11/12
+    json_module.dumps(scheduler.state_dict())  # checkpoints store the scheduler state as JSON

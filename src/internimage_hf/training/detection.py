@@ -56,8 +56,7 @@ SYNTHETIC_RECIPE = {
 }
 # Your own data: the official `dino_4scale_internimage_t_1x_coco_layer_wise_lr` recipe (AdamW 1e-4, weight decay
 # 1e-4, layer-wise lr decay 0.9 over the 30 backbone blocks, gradient clip 0.1, 500 warmup steps, 12 epochs of 2
-# images per device on 8 devices; shorter side 480..800, longer at most 1333). The official schedule divides the lr
-# by 10 after epoch 11; here it stays constant after the warmup unless --lr_scheduler says otherwise.
+# images per device on 8 devices, the lr divided by 10 after epoch 11; shorter side 480..800, longer at most 1333).
 DETECTION_RECIPE = {
     "model": "t",
     "image_size": 800,
@@ -71,7 +70,7 @@ DETECTION_RECIPE = {
     "per_device_train_batch_size": 2,
     "min_scale": 0.6,
     "max_scale": 1.0,
-    "lr_scheduler": "constant_with_warmup",
+    "lr_scheduler": "step",
 }
 # A DINO small enough for 64x64 images on CPU: ~0.7M parameters with the `tiny` backbone.
 TINY_DINO = {
@@ -158,8 +157,10 @@ class DetectionOptions(CommonTrainingOptions):
     synthetic_train_samples: int = _help("Training images of the synthetic task.", default=512)
     synthetic_eval_samples: int = _help("Evaluation images of the synthetic task.", default=64)
     per_device_eval_batch_size: int = _help("Eval batch size per process.", default=8)
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] | None = _help(
-        "Schedule after the linear warmup. Default: cosine on the synthetic task, else constant.", default=None
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup", "step"] | None = _help(
+        "Schedule after the linear warmup; `step` is mmdet's 1x schedule (constant, then 0.1x after 11/12 of the "
+        "run). Default: cosine on the synthetic task, else step.",
+        default=None,
     )
     output_dir: str | None = _help(
         "Where everything goes. Default: outputs/detection_synthetic on the synthetic task.", default=None

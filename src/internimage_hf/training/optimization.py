@@ -8,6 +8,7 @@ global index, a stage's norms and downsample share the id of that stage's last b
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -110,11 +111,27 @@ def build_optimizer(model: nn.Module, options, **rules) -> torch.optim.AdamW:
     )
 
 
+# mmdet's 1x schedule: the lr is divided by 10 after epoch 11 of 12 (`lr_config = dict(policy="step", step=[11])`).
+STEP_DECAY_AT, STEP_DECAY_FACTOR = 11 / 12, 0.1
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, total_steps: int):
-    """Linear warmup then cosine/linear decay to 0 (or constant), stepped once per optimizer step."""
+    """Linear warmup then cosine/linear decay to 0, constant, or (`step`) constant then one step down to 0.1x after
+    11/12 of the run, stepped once per optimizer step."""
     from transformers import get_scheduler
 
+    if name == "step":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, functools.partial(_warmup_then_step, warmup_steps, round(total_steps * STEP_DECAY_AT))
+        )
     return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+def _warmup_then_step(warmup_steps: int, decay_step: int, step: int) -> float:
+    """lr factor at optimizer step `step`: linear warmup over `warmup_steps`, 1, then 0.1 from `decay_step` on."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    return STEP_DECAY_FACTOR if step >= decay_step else 1.0
 
 
 def warmup_steps_for(options, steps_per_epoch: int, total_steps: int) -> int:
