@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -77,7 +78,9 @@ def coco_box_map(ground_truth: Mapping, detections: Sequence[Mapping]) -> dict[s
     """
     from faster_coco_eval import COCO, COCOeval_faster
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    # faster-coco-eval prints (stdout) and logs (INFO) its summary table; the caller gets the numbers instead.
+    quiet = logging.getLogger("faster_coco_eval")
+    with contextlib.redirect_stdout(io.StringIO()), _level(quiet, logging.WARNING):
         truth = COCO(_copy(ground_truth))
         if not detections:
             return dict.fromkeys(COCO_STAT_NAMES, 0.0)
@@ -87,6 +90,16 @@ def coco_box_map(ground_truth: Mapping, detections: Sequence[Mapping]) -> dict[s
         evaluator.accumulate()
         evaluator.summarize()
     return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats[:12], strict=True)}
+
+
+@contextlib.contextmanager
+def _level(logger: logging.Logger, level: int):
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _copy(ground_truth: Mapping) -> dict:

@@ -109,8 +109,9 @@ class Trainer:
     so a second run on the same directory fails at start.
 
     This class trains an image classifier; another task overrides the task hooks (`_check_requirements`,
-    `_prepare_data`, `_resume_settings`, `_build_model`, `_build_image_processor`, `_make_loaders`, `_compute_loss`,
-    `_evaluate`, `_push_to_hub`) and keeps the run-dir, lock, checkpoint, resume and Accelerate machinery.
+    `_prepare_data`, `_resume_settings`, `_build_model`, `_build_image_processor`, `_make_loaders`,
+    `_build_optimizer`, `_compute_loss`, `_evaluate`, `_push_to_hub`) and keeps the run-dir, lock, checkpoint,
+    resume and Accelerate machinery.
     """
 
     def __init__(self, options) -> None:
@@ -207,6 +208,10 @@ class Trainer:
         self.batch_mix = build_batch_mix(self.options, len(self.data.label_names))
         return build_dataloaders(self.data, self.options, self.image_processor, transform)
 
+    def _build_optimizer(self, model) -> torch.optim.Optimizer:
+        """AdamW with the shared layer-wise lr decay and weight-decay rules (`optimization.build_optimizer`)."""
+        return build_optimizer(model, self.options)
+
     def _compute_loss(self, batch) -> torch.Tensor:
         """The training loss of one micro-batch (called under `accelerator.accumulate`)."""
         pixel_values, targets = batch["pixel_values"], batch["labels"]
@@ -243,7 +248,7 @@ class Trainer:
 
     def _build_optimization(self, model) -> None:
         options, accelerator = self.options, self.accelerator
-        optimizer = build_optimizer(model, options)
+        optimizer = self._build_optimizer(model)
         warmup = warmup_steps_for(options, self.steps_per_epoch, self.total_steps)
         # Not passed to prepare(): Accelerate would step it once per process; we step it per optimizer step.
         self.scheduler = build_scheduler(optimizer, options.lr_scheduler, warmup, self.total_steps)
@@ -327,7 +332,8 @@ class Trainer:
         for batch in self._epoch_loader(state):
             loss = self._train_micro_batch(batch)
             state.batches_in_epoch += 1
-            state.samples_seen += batch["labels"].shape[0] * accelerator.num_processes
+            # `len`: labels are a tensor (classification, segmentation) or a list of per-image dicts (detection)
+            state.samples_seen += len(batch["labels"]) * accelerator.num_processes
             state.loss_sum += loss
             state.loss_count += 1
             if not accelerator.sync_gradients:

@@ -8,6 +8,7 @@ global index, a stage's norms and downsample share the id of that stage's last b
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -27,10 +28,11 @@ def stage_depths(model: nn.Module) -> list[int]:
     return list(config.depths if hasattr(config, "depths") else config.backbone_config.depths)
 
 
-def layer_id_for(name: str, depths: list[int]) -> int:
-    """Layer id of parameter `name` (see the module docstring)."""
+def layer_id_for(name: str, depths: list[int], stem_name_parts: tuple[str, ...] = ()) -> int:
+    """Layer id of parameter `name` (see the module docstring); names containing one of `stem_name_parts` also get
+    the stem's id 0 (the official DINO configs put the level embeddings there)."""
     num_layers = sum(depths)
-    if _STEM.search(name):
+    if _STEM.search(name) or any(part in name for part in stem_name_parts):
         return 0
     block = _BLOCK.search(name)
     if block:
@@ -42,22 +44,34 @@ def layer_id_for(name: str, depths: list[int]) -> int:
     return num_layers + 1
 
 
-def skips_weight_decay(name: str, parameter: torch.Tensor) -> bool:
-    """Norm weights, biases, layer scales and every 1-D parameter are not decayed (as in the official code)."""
+def skips_weight_decay(name: str, parameter: torch.Tensor, no_decay_name_parts: tuple[str, ...] = ()) -> bool:
+    """Norm weights, biases, layer scales and every 1-D parameter are not decayed (as in the official code), nor
+    names containing one of `no_decay_name_parts`."""
     leaf = name.rsplit(".", 1)[-1]
-    return parameter.ndim <= 1 or leaf.endswith("bias") or any(part in name for part in NO_DECAY_NAME_PARTS[:2])
+    parts = (*NO_DECAY_NAME_PARTS[:2], *no_decay_name_parts)
+    return parameter.ndim <= 1 or leaf.endswith("bias") or any(part in name for part in parts)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0, base_lr: float = 1.0):
-    """AdamW parameter groups keyed by (layer id, decay or not), each with `lr`, `lr_scale` and `layer_id`."""
+def parameter_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+    base_lr: float = 1.0,
+    stem_name_parts: tuple[str, ...] = (),
+    no_decay_name_parts: tuple[str, ...] = (),
+):
+    """AdamW parameter groups keyed by (layer id, decay or not), each with `lr`, `lr_scale` and `layer_id`.
+
+    `stem_name_parts` / `no_decay_name_parts`: a task's extra rules (see `layer_id_for`, `skips_weight_decay`).
+    """
     depths = stage_depths(model)
     num_layers = sum(depths)
     groups: dict[tuple[int, bool], dict] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        layer_id = layer_id_for(name, depths) if layer_decay != 1.0 else num_layers + 1
-        no_decay = skips_weight_decay(name, parameter)
+        layer_id = layer_id_for(name, depths, stem_name_parts) if layer_decay != 1.0 else num_layers + 1
+        no_decay = skips_weight_decay(name, parameter, no_decay_name_parts)
         key = (layer_id, no_decay)
         if key not in groups:
             scale = layer_decay ** (num_layers + 1 - layer_id)
@@ -78,14 +92,14 @@ def parameter_groups(model: nn.Module, weight_decay: float, layer_decay: float =
 FUSED_ADAMW_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
 
-def build_optimizer(model: nn.Module, options) -> torch.optim.AdamW:
-    """AdamW over `parameter_groups` (the names stay in each group for inspection).
+def build_optimizer(model: nn.Module, options, **rules) -> torch.optim.AdamW:
+    """AdamW over `parameter_groups` (the names stay in each group for inspection; `rules`: its name rules).
 
     Fused (one kernel over all parameters) where torch has it for every parameter, as Transformers' Trainer
     defaults to: on CPU it took InternImage-T's 630 parameter tensors from 63 to 18 ms a step here, against the
     default per-tensor loop.
     """
-    groups = parameter_groups(model, options.weight_decay, options.layer_decay, options.learning_rate)
+    groups = parameter_groups(model, options.weight_decay, options.layer_decay, options.learning_rate, **rules)
     parameters = [parameter for group in groups for parameter in group["params"]]
     fused = all(p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in parameters)
     return torch.optim.AdamW(
@@ -97,11 +111,27 @@ def build_optimizer(model: nn.Module, options) -> torch.optim.AdamW:
     )
 
 
+# mmdet's 1x schedule: the lr is divided by 10 after epoch 11 of 12 (`lr_config = dict(policy="step", step=[11])`).
+STEP_DECAY_AT, STEP_DECAY_FACTOR = 11 / 12, 0.1
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, total_steps: int):
-    """Linear warmup then cosine/linear decay to 0 (or constant), stepped once per optimizer step."""
+    """Linear warmup then cosine/linear decay to 0, constant, or (`step`) constant then one step down to 0.1x after
+    11/12 of the run, stepped once per optimizer step."""
     from transformers import get_scheduler
 
+    if name == "step":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, functools.partial(_warmup_then_step, warmup_steps, round(total_steps * STEP_DECAY_AT))
+        )
     return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+def _warmup_then_step(warmup_steps: int, decay_step: int, step: int) -> float:
+    """lr factor at optimizer step `step`: linear warmup over `warmup_steps`, 1, then 0.1 from `decay_step` on."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    return STEP_DECAY_FACTOR if step >= decay_step else 1.0
 
 
 def warmup_steps_for(options, steps_per_epoch: int, total_steps: int) -> int:
