@@ -107,6 +107,9 @@ at::Tensor msda_forward(const at::Tensor& value, const at::Tensor& spatial_shape
                                           attention_weights);
   const at::Tensor v = value.contiguous(), shapes = spatial_shapes.contiguous(), starts = level_start_index.contiguous();
   const at::Tensor loc = sampling_locations.contiguous(), attn = attention_weights.contiguous();
+#if defined(CUDA_KERNEL)
+  if (v.is_cuda()) return msda::forward_cuda(v, shapes, starts, loc, attn, p);
+#endif
   TORCH_CHECK(v.is_cpu(), "msda: no implementation for device ", v.device(), " in this build");
   return msda::forward_cpu(v, shapes, starts, loc, attn, p);
 }
@@ -127,6 +130,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward(const at::Tensor& g
   const at::Tensor g = grad_output.contiguous(), v = value.contiguous();
   const at::Tensor shapes = spatial_shapes.contiguous(), starts = level_start_index.contiguous();
   const at::Tensor loc = sampling_locations.contiguous(), attn = attention_weights.contiguous();
+#if defined(CUDA_KERNEL)
+  if (v.is_cuda()) return msda::backward_cuda(g, v, shapes, starts, loc, attn, p);
+#endif
   TORCH_CHECK(v.is_cpu(), "msda: no implementation for device ", v.device(), " in this build");
   return msda::backward_cpu(g, v, shapes, starts, loc, attn, p);
 }

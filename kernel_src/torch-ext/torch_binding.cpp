@@ -285,6 +285,8 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.impl("dcnv3_softmax_forward", c10::DeviceType::CUDA, &dcnv3_softmax_forward);
   ops.impl("dcnv3_backward", c10::DeviceType::CUDA, &dcnv3_backward);
   ops.impl("dcnv3_softmax_backward", c10::DeviceType::CUDA, &dcnv3_softmax_backward);
+  ops.impl("msda_forward", c10::DeviceType::CUDA, &msda_forward);
+  ops.impl("msda_backward", c10::DeviceType::CUDA, &msda_backward);
 #endif
 }
 

@@ -86,6 +86,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& gr
                                                             const at::Tensor& level_start_index,
                                                             const at::Tensor& sampling_locations,
                                                             const at::Tensor& attention_weights, const Params& p);
+#if defined(CUDA_KERNEL)
+at::Tensor forward_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                        const at::Tensor& sampling_locations, const at::Tensor& attention_weights, const Params& p);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_output, const at::Tensor& value,
+                                                             const at::Tensor& spatial_shapes,
+                                                             const at::Tensor& level_start_index,
+                                                             const at::Tensor& sampling_locations,
+                                                             const at::Tensor& attention_weights, const Params& p);
+#endif
 
 }  // namespace msda
 
