@@ -166,7 +166,11 @@ def main(argv=None) -> None:
         print("DINO-T detector forward (network only, one image)")
         base = times["pytorch"]
         for name, timing in times.items():
-            print(f"  {name:<32} {timing.wall:8.2f} s wall   ratio {timing.wall / base.wall:.3f}")
+            print(
+                f"  {name:<32} {timing.wall:8.2f} s wall {timing.user:8.2f} s user"
+                f"   ratio {timing.wall / base.wall:.3f}"
+                f" (user {timing.user / base.user:.3f})"
+            )
 
 
 if __name__ == "__main__":
