@@ -1,4 +1,4 @@
-// Op registration and input validation for the DCNv3 kernel.
+// Op registration and input validation for the DCNv3 kernel (the MSDA ops are validated in msda_binding.cpp).
 //
 // The CPU implementation is registered in every build variant (a CUDA build also serves CPU tensors,
 // which matters because the `kernels` resolver picks the CUDA variant whenever torch is a CUDA build);
@@ -39,6 +39,14 @@ const char* const kBackwardSchema =
 const char* const kDepthwiseNormActSchema =
     "depthwise_norm_act(Tensor input, Tensor conv_weight, Tensor conv_bias, Tensor norm_weight, Tensor norm_bias, "
     "float eps, str activation) -> Tensor";
+
+const char* const kMsdaForwardSchema =
+    "msda_forward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, Tensor sampling_locations, "
+    "Tensor attention_weights) -> Tensor";
+
+const char* const kMsdaBackwardSchema =
+    "msda_backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+    "Tensor sampling_locations, Tensor attention_weights) -> (Tensor, Tensor, Tensor)";
 
 bool supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -268,11 +276,17 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.impl("dcnv3_softmax_backward", c10::DeviceType::CPU, &dcnv3_softmax_backward);
   ops.def(kDepthwiseNormActSchema);
   ops.impl("depthwise_norm_act", c10::DeviceType::CPU, &depthwise_norm_act);
+  ops.def(kMsdaForwardSchema);
+  ops.def(kMsdaBackwardSchema);
+  ops.impl("msda_forward", c10::DeviceType::CPU, &msda_forward);
+  ops.impl("msda_backward", c10::DeviceType::CPU, &msda_backward);
 #if defined(CUDA_KERNEL)
   ops.impl("dcnv3_forward", c10::DeviceType::CUDA, &dcnv3_forward);
   ops.impl("dcnv3_softmax_forward", c10::DeviceType::CUDA, &dcnv3_softmax_forward);
   ops.impl("dcnv3_backward", c10::DeviceType::CUDA, &dcnv3_backward);
   ops.impl("dcnv3_softmax_backward", c10::DeviceType::CUDA, &dcnv3_softmax_backward);
+  ops.impl("msda_forward", c10::DeviceType::CUDA, &msda_forward);
+  ops.impl("msda_backward", c10::DeviceType::CUDA, &msda_backward);
 #endif
 }
 

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "dcnv3_common/dcnv3_params.h"
+#include "dcnv3_common/msda_sampling.h"
 
 namespace dcnv3 {
 
@@ -71,3 +72,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_softmax_backward(
 at::Tensor depthwise_norm_act(const at::Tensor& input, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
                               const at::Tensor& norm_weight, const at::Tensor& norm_bias, double eps,
                               c10::string_view activation);
+
+namespace msda {
+
+// Multi-scale deformable attention backends. Inputs are validated and contiguous: value (N, S, M, D),
+// spatial_shapes (L, 2) and level_start_index (L,) int64 on value's device, sampling_locations (N, Q, M, L, P, 2)
+// and attention_weights (N, Q, M, L, P) in value's dtype. Output (N, Q, M * D).
+at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                       const at::Tensor& sampling_locations, const at::Tensor& attention_weights, const Params& p);
+// (grad_value, grad_sampling_locations, grad_attention_weights).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_output, const at::Tensor& value,
+                                                            const at::Tensor& spatial_shapes,
+                                                            const at::Tensor& level_start_index,
+                                                            const at::Tensor& sampling_locations,
+                                                            const at::Tensor& attention_weights, const Params& p);
+#if defined(CUDA_KERNEL)
+at::Tensor forward_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                        const at::Tensor& sampling_locations, const at::Tensor& attention_weights, const Params& p);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_output, const at::Tensor& value,
+                                                             const at::Tensor& spatial_shapes,
+                                                             const at::Tensor& level_start_index,
+                                                             const at::Tensor& sampling_locations,
+                                                             const at::Tensor& attention_weights, const Params& p);
+#endif
+
+}  // namespace msda
+
+// Multi-scale deformable attention (Deformable DETR's `MultiScaleDeformableAttention` without im2col_step) after
+// validating every argument (msda_binding.cpp), on the inputs' device.
+at::Tensor msda_forward(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                        const at::Tensor& sampling_locations, const at::Tensor& attention_weights);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward(const at::Tensor& grad_output, const at::Tensor& value,
+                                                             const at::Tensor& spatial_shapes,
+                                                             const at::Tensor& level_start_index,
+                                                             const at::Tensor& sampling_locations,
+                                                             const at::Tensor& attention_weights);

@@ -27,6 +27,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 KERNEL_FILE = Path("dcnv3_cuda") / "dcnv3_kernels.cu"
+MSDA_KERNEL_FILE = Path("dcnv3_cuda") / "msda_kernels.cu"
 DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 GUARD = 64  # elements of guard zone on each side of a buffer
 OUTPUT_SENTINEL = 1234.5
@@ -49,26 +50,34 @@ def rewrite_launches(source: str) -> tuple[str, int]:
     return rewritten, count
 
 
-def _source_key(kernel_src: Path, arch: int) -> str:
+def _source_key(kernel_src: Path, arch: int, kernel: Path, harness: Path) -> str:
     digest = hashlib.sha256(f"arch={arch}".encode())
     files = [HERE / "include" / n for n in sorted(os.listdir(HERE / "include"))]
-    files += [HERE / "emu_runtime.cpp", HERE / "harness.cpp", kernel_src / KERNEL_FILE]
-    files += sorted((kernel_src / "dcnv3_common").glob("*.h")) + [kernel_src / "dcnv3_cuda" / "dcnv3_cuda_launch.h"]
+    files += [HERE / "emu_runtime.cpp", harness, kernel_src / kernel]
+    files += sorted((kernel_src / "dcnv3_common").glob("*.h")) + sorted((kernel_src / "dcnv3_cuda").glob("*.h"))
     for path in files:
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def build_emulator(kernel_src: Path, build_dir: Path, arch: int = 800, kernel_file: Path | None = None) -> Path:
+def build_emulator(
+    kernel_src: Path,
+    build_dir: Path,
+    arch: int = 800,
+    kernel_file: Path | None = None,
+    kernel: Path = KERNEL_FILE,
+    harness: Path = HERE / "harness.cpp",
+) -> Path:
     """Compile the emulated kernels for ``__CUDA_ARCH__ == arch`` into ``build_dir``; returns the library path.
 
-    ``kernel_file`` replaces ``kernel_src/dcnv3_cuda/dcnv3_kernels.cu`` (for self-checks of broken copies).
-    Builds are cached by the hash of every input.
+    ``kernel`` (relative to ``kernel_src``) is the CUDA source and ``harness`` its C entry points: the DCNv3 kernels
+    by default, `build_msda_emulator` for the multi-scale deformable attention ones. ``kernel_file`` replaces the
+    kernel source (for self-checks of broken copies). Builds are cached by the hash of every input.
     """
     kernel_src = Path(kernel_src)
-    source = (kernel_file or kernel_src / KERNEL_FILE).read_text()
-    key = hashlib.sha256((_source_key(kernel_src, arch) + source).encode()).hexdigest()[:16]
-    library = Path(build_dir) / f"dcnv3_emu_sm{arch}_{key}.so"
+    source = (kernel_file or kernel_src / kernel).read_text()
+    key = hashlib.sha256((_source_key(kernel_src, arch, kernel, harness) + source).encode()).hexdigest()[:16]
+    library = Path(build_dir) / f"{Path(kernel).stem}_emu_sm{arch}_{key}.so"
     if library.exists():
         return library
     rewritten, launches = rewrite_launches(source)
@@ -76,14 +85,15 @@ def build_emulator(kernel_src: Path, build_dir: Path, arch: int = 800, kernel_fi
         raise EmulationError("no kernel launch found in the CUDA source")
     work = Path(build_dir) / f"src_{key}"
     shutil.rmtree(work, ignore_errors=True)
-    (work / "dcnv3_cuda").mkdir(parents=True)
-    (work / "dcnv3_cuda" / "dcnv3_kernels.cu.cpp").write_text(rewritten)
+    translated = work / f"{kernel}.cpp"
+    translated.parent.mkdir(parents=True)
+    translated.write_text(rewritten)
     compiler = os.environ.get("CXX", "g++")
     cmd = [
         compiler, "-std=c++17", "-O2", "-g0", "-fPIC", "-shared", "-fno-strict-aliasing",
         "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
         f"-D__CUDA_ARCH__={arch}", f"-I{HERE / 'include'}", f"-I{kernel_src}",
-        str(work / "dcnv3_cuda" / "dcnv3_kernels.cu.cpp"), str(HERE / "emu_runtime.cpp"), str(HERE / "harness.cpp"),
+        str(translated), str(HERE / "emu_runtime.cpp"), str(harness),
         "-o", str(library.with_suffix(".tmp")),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -91,6 +101,11 @@ def build_emulator(kernel_src: Path, build_dir: Path, arch: int = 800, kernel_fi
         raise EmulationError(f"emulator build failed:\n{' '.join(cmd)}\n{proc.stderr[-6000:]}")
     os.replace(library.with_suffix(".tmp"), library)
     return library
+
+
+def build_msda_emulator(kernel_src: Path, build_dir: Path, arch: int = 800, kernel_file: Path | None = None) -> Path:
+    """`build_emulator` for the multi-scale deformable attention kernels (``dcnv3_cuda/msda_kernels.cu``)."""
+    return build_emulator(kernel_src, build_dir, arch, kernel_file, MSDA_KERNEL_FILE, HERE / "msda_harness.cpp")
 
 
 @dataclasses.dataclass
@@ -209,3 +224,89 @@ class CudaEmulator:
                 raise EmulationError(f"backward wrote outside {name}")
         grads = (grad_value.tensor.to(value.dtype), grad_offset.tensor.clone(), grad_mask.tensor.clone())
         return grads, LaunchShape(shape[0], shape[1], shape[2], bool(shape[3]))
+
+
+@dataclasses.dataclass
+class MsdaLaunchShape:
+    """What the MSDA launch code chose: channels per thread, threads per (image, query, head), blocks."""
+
+    vec: int
+    lanes: int
+    blocks: int
+
+
+class MsdaEmulator:
+    """The emulated MSDA kernels of one build (`build_msda_emulator`), on CPU tensors with guard zones.
+
+    Arguments as the op's: value (N, S, M, D), spatial_shapes (L, 2) and level_start_index (L,) int64,
+    sampling_locations (N, Q, M, L, P, 2), attention_weights (N, Q, M, L, P).
+    """
+
+    def __init__(self, library: Path):
+        self.lib = ctypes.CDLL(str(library))
+        self.lib.emu_last_message.restype = ctypes.c_char_p
+        self.lib.emu_msda_forward.restype = ctypes.c_int
+        self.lib.emu_msda_backward.restype = ctypes.c_int
+        self.configure()
+
+    def configure(self, sm_count: int = 2, compute_capability: tuple[int, int] = (8, 0)) -> None:
+        self.lib.emu_configure(sm_count, compute_capability[0], compute_capability[1])
+
+    def _check(self, status: int, what: str) -> None:
+        if status != 0:
+            message = self.lib.emu_last_message().decode()
+            self.lib.emu_clear_error()
+            raise EmulationError(f"{what}: CUDA error {status}: {message}")
+
+    @staticmethod
+    def _shape(value, sampling_locations) -> ctypes.Array:
+        n, s, m, d = value.shape
+        fields = [n, s, m, d, sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]]
+        return (ctypes.c_int64 * len(fields))(*fields)
+
+    @staticmethod
+    def _levels(spatial_shapes, level_start_index):
+        # Index tables get guard zones of a huge index: a read past them sends the kernel far outside its buffers.
+        big = 1 << 40
+        return (
+            Guarded(spatial_shapes.shape, torch.int64, spatial_shapes, big),
+            Guarded(level_start_index.shape, torch.int64, level_start_index, big),
+        )
+
+    def forward(self, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+        """Output of the CUDA forward; returns (output, MsdaLaunchShape)."""
+        shapes, starts = self._levels(spatial_shapes, level_start_index)
+        v, loc, w = (Guarded(t.shape, t.dtype, t, float("nan")) for t in (value, sampling_locations, attention_weights))
+        out_shape = (value.shape[0], sampling_locations.shape[1], value.shape[2] * value.shape[3])
+        out = Guarded(out_shape, value.dtype, float("nan"), OUTPUT_SENTINEL)
+        launch = (ctypes.c_int64 * 3)()
+        status = self.lib.emu_msda_forward(
+            DTYPES[value.dtype], v.ptr(), shapes.ptr(), starts.ptr(), loc.ptr(), w.ptr(), out.ptr(),
+            self._shape(value, sampling_locations), launch,
+        )  # fmt: skip
+        self._check(status, "msda forward")
+        if not out.guards_intact():
+            raise EmulationError("msda forward wrote outside its output buffer")
+        return out.tensor.clone(), MsdaLaunchShape(*launch)
+
+    def backward(self, grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+        """(grad_value, grad_sampling_locations, grad_attention_weights) in the input dtype; plus the launch shape."""
+        shapes, starts = self._levels(spatial_shapes, level_start_index)
+        inputs = (grad_output, value, sampling_locations, attention_weights)
+        g, v, loc, w = (Guarded(t.shape, t.dtype, t, float("nan")) for t in inputs)
+        acc_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
+        # The launch contract: grad_value_acc zero-initialised; the other two fully overwritten.
+        grad_value = Guarded(value.shape, acc_dtype, 0.0, OUTPUT_SENTINEL)
+        grad_loc = Guarded(sampling_locations.shape, value.dtype, float("nan"), OUTPUT_SENTINEL)
+        grad_w = Guarded(attention_weights.shape, value.dtype, float("nan"), OUTPUT_SENTINEL)
+        launch = (ctypes.c_int64 * 3)()
+        status = self.lib.emu_msda_backward(
+            DTYPES[value.dtype], g.ptr(), v.ptr(), shapes.ptr(), starts.ptr(), loc.ptr(), w.ptr(), grad_value.ptr(),
+            grad_loc.ptr(), grad_w.ptr(), self._shape(value, sampling_locations), launch,
+        )  # fmt: skip
+        self._check(status, "msda backward")
+        for name, buffer in (("grad_value", grad_value), ("grad_locations", grad_loc), ("grad_weights", grad_w)):
+            if not buffer.guards_intact():
+                raise EmulationError(f"msda backward wrote outside {name}")
+        grads = (grad_value.tensor.to(value.dtype), grad_loc.tensor.clone(), grad_w.tensor.clone())
+        return grads, MsdaLaunchShape(*launch)

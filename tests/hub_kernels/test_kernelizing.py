@@ -105,9 +105,9 @@ def test_torch_compile_keeps_the_onednn_linears(cpu_kernel_build):
 
 
 @torch.no_grad()
-def test_dino_detector_kernelizes_its_backbone_quietly(cpu_kernel_build, caplog):
-    """`kernelize` on a whole DINO detector runs its backbone's DCNv3 on the kernel, keeps Transformers' deformable
-    attention in PyTorch without a "No kernel mapping" warning, and changes no output beyond float rounding."""
+def test_dino_detector_kernelizes_quietly(cpu_kernel_build, caplog):
+    """`kernelize` on a whole DINO detector runs its backbone's DCNv3 and Transformers' deformable attention on the
+    kernel without a "No kernel mapping" warning, and changes no output beyond float rounding."""
     from internimage_hf import DinoDetrConfig, DinoDetrForObjectDetection
 
     backbone = {
@@ -127,6 +127,8 @@ def test_dino_detector_kernelizes_its_backbone_quietly(cpu_kernel_build, caplog)
     with caplog.at_level(logging.WARNING):
         hub_kernels.kernelize(detector, local_path=cpu_kernel_build.variant_dir)
     assert hub_kernels.dcnv3_backend(detector) == f"local:{cpu_kernel_build.variant_dir}"
+    attention = [m for m in detector.modules() if type(m).__name__ == hub_kernels.MSDA_LAYER_NAME]
+    assert len(attention) == 12 and all(kernelizing._runs_kernel(m) for m in attention)  # 6 encoder + 6 decoder
     assert not [record for record in caplog.records if "No kernel mapping" in record.getMessage()]
     produced = detector(pixel_values)
     torch.testing.assert_close(produced.logits, expected.logits, atol=1e-4, rtol=0)

@@ -6,10 +6,26 @@ group, group_channels, offset_scale, remove_center)`` computes, for NHWC ``value
 mask logits and applies InternImage's softmax over each group's points inside the op (CPU and CUDA).
 ``depthwise_norm_act`` (CPU, float32 inference) fuses the depthwise convolution, LayerNorm and activation that
 predict the operator's query. ``layers`` holds the modules used by ``kernels.kernelize`` (``DCNv3Core``,
-``InternImageMLP``, ``InternImageDCNv3``).
+``InternImageMLP``, ``InternImageDCNv3``, and ``MultiScaleDeformableAttention`` for Transformers' Deformable DETR
+module of that name). ``multi_scale_deformable_attention`` is that module's sampling core (CPU and CUDA).
 """
 
 from . import layers
-from ._core import dcnv3, dcnv3_backward, dcnv3_forward, dcnv3_softmax, depthwise_norm_act
+from ._core import (
+    dcnv3,
+    dcnv3_backward,
+    dcnv3_forward,
+    dcnv3_softmax,
+    depthwise_norm_act,
+    multi_scale_deformable_attention,
+)
 
-__all__ = ["dcnv3", "dcnv3_backward", "dcnv3_forward", "dcnv3_softmax", "depthwise_norm_act", "layers"]
+__all__ = [
+    "dcnv3",
+    "dcnv3_backward",
+    "dcnv3_forward",
+    "dcnv3_softmax",
+    "depthwise_norm_act",
+    "layers",
+    "multi_scale_deformable_attention",
+]

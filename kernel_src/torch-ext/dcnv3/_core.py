@@ -17,6 +17,8 @@ _SOFTMAX_FORWARD = add_op_namespace_prefix("dcnv3_softmax_forward")
 _BACKWARD = add_op_namespace_prefix("dcnv3_backward")
 _SOFTMAX_BACKWARD = add_op_namespace_prefix("dcnv3_softmax_backward")
 _DEPTHWISE_NORM_ACT = add_op_namespace_prefix("depthwise_norm_act")
+_MSDA_FORWARD = add_op_namespace_prefix("msda_forward")
+_MSDA_BACKWARD = add_op_namespace_prefix("msda_backward")
 
 
 def _register_python_side() -> None:
@@ -55,8 +57,24 @@ def _register_python_side() -> None:
         torch._check(input.dim() == 4, lambda: f"depthwise_norm_act: `input` must be 4-D, got {tuple(input.shape)}")
         return torch.empty_like(input, memory_format=torch.contiguous_format)
 
+    @torch.library.register_fake(_MSDA_FORWARD)
+    def _msda_forward_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+        _check_msda_meta(value, sampling_locations, attention_weights)
+        batch, queries, heads = sampling_locations.shape[:3]
+        return value.new_empty((batch, queries, heads * value.shape[3]))
+
+    @torch.library.register_fake(_MSDA_BACKWARD)
+    def _msda_backward_fake(grad_output, value, spatial_shapes, level_start_index, sampling_locations, weights):
+        _check_msda_meta(value, sampling_locations, weights)
+        return (
+            value.new_empty(value.shape),
+            sampling_locations.new_empty(sampling_locations.shape),
+            weights.new_empty(weights.shape),
+        )
+
     torch.library.register_autograd(_FORWARD, _backward, setup_context=_setup_context)
     torch.library.register_autograd(_SOFTMAX_FORWARD, _softmax_backward, setup_context=_setup_context)
+    torch.library.register_autograd(_MSDA_FORWARD, _msda_backward, setup_context=_msda_setup_context)
     packet._dcnv3_python_registered = True
 
 
@@ -73,6 +91,34 @@ def _check_meta(value, offset, mask, *others) -> None:
             lambda n=name, t=tensor: f"dcnv3: `{n}` has dtype {t.dtype} but `value` has dtype {value.dtype}",
         )
     torch._check(value.dim() == 4, lambda: f"dcnv3: `value` must be 4-D, got {tuple(value.shape)}")
+
+
+def _check_msda_meta(value, sampling_locations, attention_weights) -> None:
+    """Rank / dtype / device checks of the C++ MSDA op, repeated for fake tensors (full checks run in C++)."""
+    torch._check(value.dim() == 4, lambda: f"msda: `value` must be 4-D (N, S, M, D), got {tuple(value.shape)}")
+    checked = (("sampling_locations", sampling_locations, 6), ("attention_weights", attention_weights, 5))
+    for name, tensor, rank in checked:
+        torch._check(
+            tensor.dim() == rank, lambda n=name, t=tensor, r=rank: f"msda: `{n}` must be {r}-D, got {tuple(t.shape)}"
+        )
+        torch._check(
+            tensor.device == value.device and tensor.dtype == value.dtype,
+            lambda n=name, t=tensor: (
+                f"msda: `{n}` is {t.dtype} on {t.device} but `value` is {value.dtype} on {value.device}"
+            ),
+        )
+
+
+def _msda_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _msda_backward(ctx, grad_output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+    grad_value, grad_locations, grad_weights = ops.msda_backward(
+        grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+    return grad_value, None, None, grad_locations, grad_weights
 
 
 def _setup_context(ctx, inputs, output):
@@ -207,3 +253,38 @@ def depthwise_norm_act(
         ``(N, H, W, C)``. Not differentiable: the training path runs the separate modules.
     """
     return ops.depthwise_norm_act(input, conv_weight, conv_bias, norm_weight, norm_bias, float(eps), str(activation))
+
+
+def multi_scale_deformable_attention(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-scale deformable attention (Deformable DETR), differentiable in value, sampling_locations and
+    attention_weights; CPU and CUDA.
+
+    Args:
+        value: ``(N, S, M, D)``: ``L`` flattened feature levels, ``M`` heads of ``D`` channels.
+        spatial_shapes: ``(L, 2)`` int64 ``(H_l, W_l)``, with ``sum(H_l * W_l) == S``.
+        level_start_index: ``(L,)`` int64 first position of each level in ``value`` (the running sum of
+            ``H_l * W_l``).
+        sampling_locations: ``(N, Q, M, L, P, 2)`` ``(x, y)`` per level, ``[0, 1]`` spanning the level (pixel
+            centres at ``(i + 0.5) / size``); locations outside read zeros, as ``grid_sample`` with
+            ``align_corners=False`` and zero padding.
+        attention_weights: ``(N, Q, M, L, P)``.
+
+    sampling_locations and attention_weights are cast to ``value.dtype``; spatial_shapes and level_start_index to
+    int64 on value's device. Half-precision inputs accumulate in float32.
+
+    Returns:
+        ``(N, Q, M * D)`` in ``value.dtype``.
+    """
+    if sampling_locations.dtype != value.dtype:
+        sampling_locations = sampling_locations.to(value.dtype)
+    if attention_weights.dtype != value.dtype:
+        attention_weights = attention_weights.to(value.dtype)
+    spatial_shapes = spatial_shapes.to(device=value.device, dtype=torch.int64)
+    level_start_index = level_start_index.to(device=value.device, dtype=torch.int64)
+    return ops.msda_forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)

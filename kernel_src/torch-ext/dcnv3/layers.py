@@ -15,6 +15,9 @@ uses that module's attributes. The classes must stay pure ``nn.Module``: no ``__
   call; at batch 1 those 4 x 30 small projections cost more in dispatch than in arithmetic. The depthwise
   convolution, LayerNorm and activation that predict the query run as the kernel's one-pass
   ``depthwise_norm_act`` (three operators and two intermediate tensors fewer per block).
+- ``MultiScaleDeformableAttention`` (Transformers' Deformable DETR module of that name, used by the DINO detector;
+  CPU and CUDA): the multi-scale sampling and weighting in one op, forward and backward, instead of one
+  ``grid_sample`` per level plus the stack, product and sum of the sampled values.
 
 Both keep their oneDNN linears under ``torch.compile``, where inductor leaves them as they are (one external call
 each) and fuses the LayerNorms, activations and residuals around them. Without that, inductor with frozen weights
@@ -27,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._core import dcnv3_softmax, depthwise_norm_act
+from ._core import dcnv3_softmax, depthwise_norm_act, multi_scale_deformable_attention
 
 # Names of the activations InternImage configs use: oneDNN post-ops and the kernel's depthwise_norm_act.
 _ONEDNN_ACTIVATIONS = {nn.GELU: "gelu", nn.ReLU: "relu", nn.SiLU: "swish"}
@@ -154,3 +157,29 @@ class InternImageDCNv3(nn.Module):
             gate = gate.repeat_interleave(self.group_channels, dim=-1)
             output = output * (1 - gate) + value * gate
         return _linear(output, self.output_proj)
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    """Transformers' Deformable DETR core: value ``(N, S, M, D)``, sampling_locations ``(N, Q, M, L, P, 2)``,
+    attention_weights ``(N, Q, M, L, P)`` -> ``(N, Q, M * D)``, as one kernel op.
+
+    ``value_spatial_shapes_list`` and ``im2col_step`` are accepted for the signature only: the op reads the level
+    sizes from ``value_spatial_shapes`` and needs no batching.
+    """
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(
+        self,
+        value: torch.Tensor,
+        value_spatial_shapes: torch.Tensor,
+        value_spatial_shapes_list: list[tuple],
+        level_start_index: torch.Tensor,
+        sampling_locations: torch.Tensor,
+        attention_weights: torch.Tensor,
+        im2col_step: int,
+    ) -> torch.Tensor:
+        return multi_scale_deformable_attention(
+            value, value_spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )

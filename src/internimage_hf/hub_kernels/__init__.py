@@ -1,5 +1,5 @@
 """The compiled DCNv3 kernel (``internimage-hf/dcnv3`` on the kernel hub, or a local build) in place of the PyTorch
-modules, through the ``kernels`` library:
+modules (InternImage's, and Transformers' multi-scale deformable attention), through the ``kernels`` library:
 
 - `kernelizing`: `kernelize`, `dcnv3_backend`, the ``kernels`` layer mappings (`register_dcnv3_kernel_mapping`,
   `register_layer_names`) and Transformers' kernel switch (`set_model_kernels`, `kernel_config_source`);
@@ -15,7 +15,9 @@ from .kernelizing import (
     DCNV3_LAYER_NAME,
     LAYER_DEVICES,
     MLP_LAYER_NAME,
+    MSDA_LAYER_NAME,
     OPERATOR_LAYER_NAME,
+    OWN_LAYER_NAMES,
     PYTORCH_BACKEND,
     SUPPORTED_DEVICES,
     dcnv3_backend,
@@ -44,7 +46,9 @@ __all__ = [
     "KERNEL_ENV",
     "LAYER_DEVICES",
     "MLP_LAYER_NAME",
+    "MSDA_LAYER_NAME",
     "OPERATOR_LAYER_NAME",
+    "OWN_LAYER_NAMES",
     "PYTORCH_BACKEND",
     "REVISION_ENV",
     "SUPPORTED_DEVICES",

@@ -5,7 +5,9 @@ The model's `internimage_hf.ops.dcnv3.DCNv3Core` modules are tagged for the ``ke
 (``"InternImageDCNv3"``). `kernelize` replaces their forward with the kernel's ``layers.DCNv3Core`` (cuda and
 cpu), ``layers.InternImageMLP`` and ``layers.InternImageDCNv3`` (cpu only: oneDNN linears with the bias (and the
 MLP's activation) fused, for float32 inference) when the kernel can be loaded, and otherwise keeps the portable
-PyTorch path:
+PyTorch path. It also maps Transformers' Deformable DETR ``MultiScaleDeformableAttention`` (tagged by Transformers;
+the DINO detector's encoder and decoder attention) to the kernel's ``layers.MultiScaleDeformableAttention`` (cuda
+and cpu), in a DINO detector or in any Transformers model holding it:
 
 - importing this module imports neither ``kernels`` nor anything that touches the network;
 - the network is only contacted by `kernelize` (or by `from_pretrained(..., use_kernels=True)` after
@@ -42,8 +44,19 @@ logger = logging.getLogger(__name__)
 DCNV3_LAYER_NAME = "DCNv3Core"
 MLP_LAYER_NAME = "InternImageMLP"
 OPERATOR_LAYER_NAME = "InternImageDCNv3"
+# Transformers' name for Deformable DETR's sampling core (its `use_kernel_forward_from_hub` tag).
+MSDA_LAYER_NAME = "MultiScaleDeformableAttention"
 # Devices each kernel layer is mapped for: the MLP and operator layers only pay off where oneDNN runs the linears.
-LAYER_DEVICES = {DCNV3_LAYER_NAME: ("cuda", "cpu"), MLP_LAYER_NAME: ("cpu",), OPERATOR_LAYER_NAME: ("cpu",)}
+LAYER_DEVICES = {
+    DCNV3_LAYER_NAME: ("cuda", "cpu"),
+    MLP_LAYER_NAME: ("cpu",),
+    OPERATOR_LAYER_NAME: ("cpu",),
+    MSDA_LAYER_NAME: ("cuda", "cpu"),
+}
+# Layers of this package's own modules. Only these enter the global ``kernels`` mapping (`register_layer_names`,
+# `register_dcnv3_kernel_mapping`): Transformers maps MultiScaleDeformableAttention globally to its own hub kernel
+# on CUDA, and registering it here would silently take that over for every Deformable DETR in the process.
+OWN_LAYER_NAMES = (DCNV3_LAYER_NAME, MLP_LAYER_NAME, OPERATOR_LAYER_NAME)
 SUPPORTED_DEVICES = ("cuda", "cpu")
 PYTORCH_BACKEND = "pytorch"
 
@@ -73,11 +86,13 @@ def _repository(source: KernelSource, layer_name: str, device: str):
     )
 
 
-def _kernel_mapping(source: KernelSource, devices) -> dict:
+def _kernel_mapping(source: KernelSource, devices, layer_names=tuple(LAYER_DEVICES)) -> dict:
     """``{layer name: {device: repository}}`` for the given devices (a layer without them maps to ``{}``)."""
     return {
-        layer_name: {device: _repository(source, layer_name, device) for device in devices if device in layer_devices}
-        for layer_name, layer_devices in LAYER_DEVICES.items()
+        layer_name: {
+            device: _repository(source, layer_name, device) for device in devices if device in LAYER_DEVICES[layer_name]
+        }
+        for layer_name in layer_names
     }
 
 
@@ -88,7 +103,8 @@ def register_dcnv3_kernel_mapping(
     local_path: str | os.PathLike | None = None,
     trust_remote_code: bool | list[str] = False,
 ) -> KernelSource:
-    """Register the global ``kernels`` mapping of the kernel layers (`LAYER_DEVICES`).
+    """Register the global ``kernels`` mapping of InternImage's kernel layers (`OWN_LAYER_NAMES`; Transformers'
+    MultiScaleDeformableAttention keeps Transformers' mapping: `kernelize` maps it per call).
 
     Needed before ``from_pretrained(..., use_kernels=True)``; `kernelize` does not need it. Nothing is
     downloaded here (``kernels`` resolves lazily on the first kernelize).
@@ -115,7 +131,7 @@ def register_dcnv3_kernel_mapping(
     except ImportError as err:
         raise ImportError("register_dcnv3_kernel_mapping needs the `kernels` package: pip install kernels") from err
     source = resolve_kernel_source(repo_id, revision, version, local_path, trust_remote_code)
-    kernels.register_kernel_mapping(_kernel_mapping(source, SUPPORTED_DEVICES))
+    kernels.register_kernel_mapping(_kernel_mapping(source, SUPPORTED_DEVICES, OWN_LAYER_NAMES))
     return source
 
 
@@ -166,12 +182,15 @@ def kernelize(
     local_path: str | os.PathLike | None = None,
     trust_remote_code: bool | list[str] = False,
 ) -> nn.Module:
-    """Run the model's DCNv3 cores (and, on CPU, its MLPs) on the hub (or local) kernel when possible.
+    """Run the model's DCNv3 cores (and, on CPU, its MLPs) and Transformers' multi-scale deformable attention cores
+    on the hub (or local) kernel when possible.
 
     Modules the kernel cannot serve keep their PyTorch forward.
 
     Args:
-        model: any module containing `internimage_hf.ops.dcnv3.DCNv3Core` submodules; modified in place.
+        model: any module containing `internimage_hf.ops.dcnv3.DCNv3Core` or Transformers'
+            ``MultiScaleDeformableAttention`` submodules (an InternImage model, a DINO detector, a Deformable DETR);
+            modified in place.
         mode: a ``kernels.Mode`` (or ``"inference"`` / ``"training"``); default from ``model.training``.
             Add ``kernels.Mode.TORCH_COMPILE`` when the model will be compiled.
         device: ``"cuda"`` or ``"cpu"``; default: the device of the model's parameters.
@@ -190,9 +209,9 @@ def kernelize(
     Raises:
         ValueError: conflicting or malformed selection arguments (or ``INTERNIMAGE_DCNV3_KERNEL``), unknown mode.
     """
-    if not _dcnv3_modules(model):
-        return model
     modules = _tagged_modules(model, tuple(LAYER_DEVICES))
+    if not modules:
+        return model
     try:
         import kernels
     except ImportError:
@@ -226,8 +245,8 @@ def kernelize(
 
 
 def _other_kernel_layers(model: nn.Module) -> set[str]:
-    """Kernel layer names of other libraries' modules in `model` (Transformers' `MultiScaleDeformableAttention` in a
-    DINO detector): mapped to no device, they keep their PyTorch forward without a "No kernel mapping" warning."""
+    """Kernel layer names of other libraries' modules in `model` that this kernel does not serve: mapped to no
+    device, they keep their PyTorch forward without a "No kernel mapping" warning."""
     return {name for module in model.modules() if (name := getattr(type(module), "kernel_layer_name", None))}
 
 
@@ -242,7 +261,8 @@ def _fall_back(model: nn.Module, modules: list[nn.Module], source: KernelSource,
 
 
 def register_layer_names() -> None:
-    """Make the kernel layers (`LAYER_DEVICES`) known to the global ``kernels`` mapping, mapped to no device.
+    """Make InternImage's kernel layers (`OWN_LAYER_NAMES`) known to the global ``kernels`` mapping, mapped to no
+    device.
 
     Transformers >= 5.25 kernelizes on every ``from_pretrained`` by default (a UperNet with an InternImage backbone,
     say); a tagged layer missing from the mapping then logs "No kernel mapping found" once per instance. Mapped to
@@ -254,7 +274,7 @@ def register_layer_names() -> None:
     """
     import kernels
 
-    kernels.register_kernel_mapping({layer_name: {} for layer_name in LAYER_DEVICES})
+    kernels.register_kernel_mapping({layer_name: {} for layer_name in OWN_LAYER_NAMES})
 
 
 def hub_kernels_enabled() -> bool:
@@ -408,7 +428,9 @@ __all__ = [
     "DCNV3_LAYER_NAME",
     "LAYER_DEVICES",
     "MLP_LAYER_NAME",
+    "MSDA_LAYER_NAME",
     "OPERATOR_LAYER_NAME",
+    "OWN_LAYER_NAMES",
     "PYTORCH_BACKEND",
     "SUPPORTED_DEVICES",
     "dcnv3_backend",
