@@ -122,12 +122,13 @@ def fit_args(imagefolder, output_dir, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def launch_deepspeed(stage: int, train_args: list[str]) -> subprocess.CompletedProcess:
-    """`accelerate launch` with configs/accelerate/deepspeed_zero<stage>.yaml on two CPU processes, fp32."""
+def launch_deepspeed(stage: int, train_args: list[str], mixed_precision: str = "no") -> subprocess.CompletedProcess:
+    """`accelerate launch` with configs/accelerate/deepspeed_zero<stage>.yaml on two CPU processes (fp32 unless
+    `mixed_precision` says otherwise)."""
     config = CONFIGS / f"deepspeed_zero{stage}.yaml"
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+        "--num_processes", "2", "--mixed_precision", mixed_precision, "--main_process_port", str(free_port()),
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     env["CUDA_VISIBLE_DEVICES"] = ""
@@ -218,3 +219,22 @@ def test_deepspeed_zero3_ema_is_refused_at_start_with_one_line(imagefolder, tmp_
     assert "error: --ema_decay needs the full weights on every process, which ZeRO-3 shards" in completed.stderr
     assert "Traceback" not in completed.stderr.split("error: --ema_decay")[0]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+@requires_deepspeed
+def test_deepspeed_zero2_bf16_trains_with_a_float32_ema(imagefolder, tmp_path):
+    """The configs' bf16: DeepSpeed holds the weights in bf16; the head's BatchNorm statistics must follow them
+    (batch_norm refuses bf16 weights with float32 statistics), and the EMA stays in float32 (a bf16 average would
+    drop updates much smaller than the weights, as (1 - 0.9999) x difference is)."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    completed = launch_deepspeed(2, fit_args(imagefolder, run_dir, "--ema_decay", "0.9"), mixed_precision="bf16")
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    online = all_weights(run_dir / "online_model" / "model.safetensors")
+    ema = all_weights(run_dir / "model.safetensors")
+    assert online["head.norm.running_var"].dtype == torch.bfloat16
+    assert {t.dtype for t in ema.values() if t.is_floating_point()} == {torch.float32}
+    assert (ema["classifier.weight"] - online["classifier.weight"].float()).abs().max() > 1e-4
+    assert set(parameters(run_dir)) == set(parameters(run_dir / "online_model"))  # both load with from_pretrained

@@ -77,3 +77,18 @@ def _has_accelerator(torch) -> bool:
         return torch.accelerator.current_accelerator() is not None and torch.accelerator.is_available()
     except RuntimeError:  # CPU-only builds of some PyTorch versions raise instead of returning None
         return False
+
+
+def cast_buffers_with_parameters(accelerator) -> None:
+    """Under DeepSpeed bf16/fp16, have the engine cast buffers (BatchNorm running statistics) with the parameters.
+
+    DeepSpeed casts only the parameters by default; the head's BatchNorm then holds bf16 weights and fp32 running
+    statistics, which `batch_norm` refuses ("expected scalar type BFloat16 but found Float")."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    for precision in ("bf16", "fp16"):
+        if config.get(precision, {}).get("enabled") is True:
+            config.setdefault("data_types", {}).setdefault("buffer_dtype", precision)
