@@ -91,6 +91,42 @@ def test_deepspeed_zero3_refuses_ema(monkeypatch):
         check_deepspeed_options(options_for("--ema_decay", "0.99"))
 
 
+def test_deepspeed_zero3_from_a_json_config_file_refuses_ema(monkeypatch, tmp_path):
+    from internimage_hf.training.deepspeed_engine import DeepSpeedOptionError, check_deepspeed_options
+
+    config_file = tmp_path / "ds.json"
+    config_file.write_text('{"zero_optimization": {"stage": 3}, "gradient_clipping": "auto"}')
+    deepspeed_env(monkeypatch, None, clipping="none")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(config_file))
+    with pytest.raises(DeepSpeedOptionError, match="--ema_decay"):
+        check_deepspeed_options(options_for("--ema_decay", "0.99"))
+    config_file.write_text('{"zero_optimization": {"stage": 2}}')
+    check_deepspeed_options(options_for("--ema_decay", "0.99"))
+
+
+def test_deepspeed_bf16_casts_buffers_with_the_parameters():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from internimage_hf.training.deepspeed_engine import cast_buffers_with_parameters
+
+    def accelerator(distributed_type, config):
+        state = SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=config))
+        return SimpleNamespace(distributed_type=distributed_type, state=state)
+
+    for precision in ("bf16", "fp16"):
+        config = {precision: {"enabled": True}, "zero_optimization": {"stage": 2}}
+        cast_buffers_with_parameters(accelerator(DistributedType.DEEPSPEED, config))
+        assert config["data_types"] == {"buffer_dtype": precision}
+    fp32 = {"bf16": {"enabled": False}}
+    cast_buffers_with_parameters(accelerator(DistributedType.DEEPSPEED, fp32))
+    assert "data_types" not in fp32
+    explicit = {"bf16": {"enabled": True}, "data_types": {"buffer_dtype": "fp32"}}  # the user's choice is kept
+    cast_buffers_with_parameters(accelerator(DistributedType.DEEPSPEED, explicit))
+    assert explicit["data_types"] == {"buffer_dtype": "fp32"}
+
+
 def test_deepspeed_without_gpu_names_gloo(monkeypatch):
     """Accelerate finds no backend without a GPU and would count one process; the loop names gloo for it."""
     import torch

@@ -1,14 +1,17 @@
 """What the training loop needs to know about a DeepSpeed launch (`accelerate launch --config_file
 configs/accelerate/deepspeed_zero{2,3}.yaml`): checks of the options against the engine, before anything starts, and
-the process-group settings for machines without a GPU (DeepSpeed's CPU accelerator, `DS_ACCELERATOR=cpu`)."""
+the process-group settings for machines without a GPU (DeepSpeed's CPU accelerator, `DS_ACCELERATOR=cpu`), and the
+dtype of buffers under bf16/fp16."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 USE_DEEPSPEED_ENV = "ACCELERATE_USE_DEEPSPEED"
 ZERO_STAGE_ENV = "ACCELERATE_DEEPSPEED_ZERO_STAGE"
 CLIPPING_ENV = "ACCELERATE_GRADIENT_CLIPPING"
+CONFIG_FILE_ENV = "ACCELERATE_DEEPSPEED_CONFIG_FILE"
 
 
 class DeepSpeedOptionError(ValueError):
@@ -21,9 +24,20 @@ def is_deepspeed_launch() -> bool:
 
 
 def launched_zero_stage() -> int | None:
-    """The ZeRO stage `accelerate launch` passed on (None outside a DeepSpeed launch or when not given)."""
+    """The ZeRO stage of the launch: the Accelerate config's `zero_stage`, else the stage in its
+    `deepspeed_config_file` (None outside a DeepSpeed launch or when neither gives one)."""
+    if not is_deepspeed_launch():
+        return None
     stage = os.environ.get(ZERO_STAGE_ENV)
-    return int(stage) if is_deepspeed_launch() and stage not in (None, "") else None
+    if stage not in (None, ""):
+        return int(stage)
+    config_file = os.environ.get(CONFIG_FILE_ENV)
+    if config_file in (None, "", "none"):
+        return None
+    import json
+
+    stage = json.loads(Path(config_file).read_text()).get("zero_optimization", {}).get("stage")
+    return int(stage) if isinstance(stage, int) else None
 
 
 def check_deepspeed_options(options) -> None:
