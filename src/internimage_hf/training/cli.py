@@ -8,11 +8,12 @@ import sys
 from .arguments import parse_options, uses_builtin_digits
 from .checkpointing import CheckpointError
 from .data import ColumnError, UnreadableImageError
+from .deepspeed_engine import DeepSpeedOptionError
 from .run_dir import OutputDirError, results_json
 from .segmentation_data import MaskError
 
 # Errors about the user's input (output_dir, checkpoint, data) that a message explains: no traceback, exit 2.
-USER_ERRORS = (CheckpointError, ColumnError, MaskError, OutputDirError, UnreadableImageError)
+USER_ERRORS = (CheckpointError, ColumnError, DeepSpeedOptionError, MaskError, OutputDirError, UnreadableImageError)
 
 
 def run_trainer(trainer_class, options):

@@ -12,8 +12,8 @@ class ModelEMA:
     """A frozen copy of a model whose floating-point parameters track `decay * ema + (1 - decay) * online`.
 
     Buffers (e.g. BatchNorm running statistics) are copied, not averaged, as in timm's `ModelEma`. The copy
-    lives on the online model's device and stays in float32 even under autocast (the weights themselves are
-    float32; only activations are cast).
+    lives on the online model's device and is kept in float32, also when an engine (DeepSpeed bf16/fp16) holds the
+    online weights in 16 bits: a 16-bit average would lose updates of size (1 - decay) entirely.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -21,7 +21,7 @@ class ModelEMA:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.num_updates = 0
-        self.module = copy.deepcopy(model).eval()
+        self.module = copy.deepcopy(model).float().eval()
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
 

@@ -21,6 +21,7 @@ from .data import (
     check_torchvision,
     prepare_classification_data,
 )
+from .deepspeed_engine import cast_buffers_with_parameters, check_deepspeed_options, process_group_kwargs
 from .ema import ModelEMA
 from .metrics import classification_loss, topk_correct
 from .models import apply_hub_kernel, build_model, enable_gradient_checkpointing, model_image_size
@@ -47,15 +48,19 @@ def build_accelerator(options):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    check_deepspeed_options(options)
     trackers = [t.strip() for t in options.report_to.split(",") if t.strip() and t.strip() != "none"]
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=options.mixed_precision,
         cpu=options.use_cpu,
         gradient_accumulation_steps=options.gradient_accumulation_steps,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=options.output_dir, logging_dir=options.output_dir),
         dynamo_backend="inductor" if options.torch_compile else None,
+        kwargs_handlers=process_group_kwargs(),
     )
+    cast_buffers_with_parameters(accelerator)
+    return accelerator
 
 
 def tracker_config(options) -> dict:
