@@ -22,6 +22,13 @@ from .data import (
     prepare_classification_data,
 )
 from .ema import ModelEMA
+from .fsdp import (
+    check_fsdp_options,
+    enable_cpu_fsdp,
+    log_sharding,
+    sync_buffers_from_main,
+    warn_single_process_cpu_launch,
+)
 from .metrics import classification_loss, topk_correct
 from .models import apply_hub_kernel, build_model, enable_gradient_checkpointing, model_image_size
 from .optimization import build_optimizer, build_scheduler, warmup_steps_for
@@ -48,7 +55,8 @@ def build_accelerator(options):
     from accelerate.utils import ProjectConfiguration
 
     trackers = [t.strip() for t in options.report_to.split(",") if t.strip() and t.strip() != "none"]
-    return Accelerator(
+    warn_single_process_cpu_launch()
+    accelerator = Accelerator(
         mixed_precision=options.mixed_precision,
         cpu=options.use_cpu,
         gradient_accumulation_steps=options.gradient_accumulation_steps,
@@ -56,6 +64,8 @@ def build_accelerator(options):
         project_config=ProjectConfiguration(project_dir=options.output_dir, logging_dir=options.output_dir),
         dynamo_backend="inductor" if options.torch_compile else None,
     )
+    enable_cpu_fsdp(accelerator)
+    return accelerator
 
 
 def tracker_config(options) -> dict:
@@ -118,6 +128,7 @@ class Trainer:
         self.options = options
         self._check_requirements()
         self.accelerator = build_accelerator(options)
+        check_fsdp_options(options, self.accelerator.distributed_type)
         self._lock = OutputDirLock(options.output_dir) if self.accelerator.is_main_process else None
         if self._lock is not None:
             self._lock.acquire()
@@ -255,6 +266,7 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
             model, optimizer, self.train_loader, self.eval_loader
         )
+        log_sharding(accelerator, self.model)
         self.ema = ModelEMA(accelerator.unwrap_model(self.model), options.ema_decay) if options.ema_decay else None
 
     # ------------------------------------------------------------------------------------------------------
@@ -346,6 +358,7 @@ class Trainer:
             if state.global_step % options.logging_steps == 0:
                 self._log_train(state, loss, progress)
             if options.save_steps and state.global_step % options.save_steps == 0:
+                sync_buffers_from_main(accelerator, self.model)
                 checkpointing.save_checkpoint(
                     accelerator, options.output_dir, state, self.run_record, self.scheduler, self.ema,
                     options.save_total_limit,
@@ -397,6 +410,7 @@ class Trainer:
 
     def _evaluate_all(self, state: TrainingState) -> dict[str, float]:
         """Evaluate the online model and, if kept, the EMA model; the saved model's metrics come first."""
+        sync_buffers_from_main(self.accelerator, self.model)
         online = self._evaluate(self.model)
         metrics = {f"eval_online_{k}": v for k, v in online.items()} if self.ema is not None else {}
         main = self._evaluate(self.ema.module) if self.ema is not None else online
@@ -426,6 +440,7 @@ class Trainer:
         options, accelerator = self.options, self.accelerator
         output_dir = Path(options.output_dir)
         accelerator.wait_for_everyone()
+        sync_buffers_from_main(accelerator, self.model)
         unwrapped = accelerator.unwrap_model(self.model)
         online_dir = output_dir / ONLINE_MODEL_DIR if self.ema is not None else output_dir
         state_dict = accelerator.get_state_dict(self.model)  # collective under FSDP/DeepSpeed: all processes

@@ -297,6 +297,11 @@ class InternImagePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["InternImageLayer", "InternImageStem", "InternImageDownsample"]
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The convolutional stem, InternImage's counterpart of patch embeddings (Accelerate's FSDP2 wrapping asks
+        every model for its input embeddings; Transformers' default raises for models without a token embedding)."""
+        return getattr(self, self.base_model_prefix, self).embeddings
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained` that also reads the official hub checkpoints (remote-code format), and
