@@ -78,6 +78,7 @@ def test_fsdp_run_logs_its_sharding_and_parameters_are_dtensor_shards(fsdp_run):
     global_numel = int(reports[0]["global_numel"])
     for report in reports.values():
         assert report["distributed_type"] == "FSDP" and report["fsdp_version"] == "2"
+        assert report["mixed_precision"] == "no"
         assert report["reshard_after_forward"] == "True" and report["state_dict_type"] == "SHARDED_STATE_DICT"
         # tiny: 5 InternImageLayers, the stem (Accelerate's input embeddings) and the root module
         assert report["shard_units"] == "7"
@@ -211,3 +212,41 @@ def test_single_process_cpu_launch_is_warned(monkeypatch, caplog):
     monkeypatch.setenv("WORLD_SIZE", "2")
     warn_single_process_cpu_launch()
     assert not caplog.text
+
+
+def test_model_stem_is_the_input_embeddings_fsdp2_wrapping_asks_for():
+    from internimage_hf.models.internimage.modeling_internimage import (
+        InternImageBackbone,
+        InternImageForImageClassification,
+        InternImageModel,
+        InternImageStem,
+    )
+    from internimage_hf.training.models import preset_config
+
+    for model_class in (InternImageModel, InternImageForImageClassification, InternImageBackbone):
+        model = model_class(preset_config("tiny"))
+        assert isinstance(model.get_input_embeddings(), InternImageStem)
+
+
+def test_head_batchnorm_accepts_fsdp2_bf16_parameters_with_float32_statistics():
+    """FSDP2 mixed precision (the shipped yaml's bf16) casts parameters, not buffers, to bf16."""
+    from internimage_hf.models.internimage.modeling_internimage import InternImageBatchNorm2d
+
+    torch.manual_seed(0)
+    norm, reference = InternImageBatchNorm2d(8), torch.nn.BatchNorm2d(8)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    reference.load_state_dict(norm.state_dict())
+    norm.weight.data, norm.bias.data = norm.weight.data.bfloat16(), norm.bias.data.bfloat16()
+    inputs = torch.randn(4, 8, 5, 5).bfloat16()
+    plain = torch.nn.BatchNorm2d(8)
+    plain.weight.data, plain.bias.data = plain.weight.data.bfloat16(), plain.bias.data.bfloat16()
+    with pytest.raises(RuntimeError, match="expected scalar type BFloat16 but found Float"):
+        plain(inputs)
+    for _ in range(2):
+        output = norm(inputs)
+        expected = reference(inputs.float())
+    assert output.dtype == torch.bfloat16
+    assert (output.float() - expected).abs().max() < 0.05  # bf16 rounding of outputs of size ~3
+    assert torch.allclose(norm.running_mean, reference.running_mean) and norm.running_mean.dtype == torch.float32
+    assert torch.allclose(norm.running_var, reference.running_var) and int(norm.num_batches_tracked) == 2

@@ -87,6 +87,7 @@ def sharding_report(accelerator, model) -> dict:
         "rank": accelerator.process_index,
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type).split(".")[-1],
+        "mixed_precision": accelerator.mixed_precision,
         "parameters": len(parameters),
         "dtensor_parameters": sum(isinstance(p, DTensor) for p in parameters),
         "global_numel": sum(p.numel() for p in parameters),
