@@ -66,7 +66,7 @@ def max_difference(a: dict, b: dict) -> float:
 def fsdp_run(imagefolder, tmp_path_factory):
     """An uninterrupted 4-step FSDP run (global batch 2 x 6) with sharded checkpoints at steps 2 and 4."""
     output_dir = tmp_path_factory.mktemp("fsdp")
-    completed = launch_fsdp(run_args(imagefolder, output_dir, *FSDP_RUN))
+    completed = launch_fsdp(run_args(imagefolder, output_dir, *FSDP_RUN, "--write_replica_checksums"))
     assert completed.returncode == 0, completed.stderr[-4000:]
     return output_dir, completed.stderr
 
@@ -85,6 +85,12 @@ def test_fsdp_run_logs_its_sharding_and_parameters_are_dtensor_shards(fsdp_run):
         assert report["dtensor_parameters"] == report["parameters"]
         assert 0.45 < int(report["local_numel"]) / global_numel < 0.55
     assert sum(int(report["local_numel"]) for report in reports.values()) == global_numel
+
+
+def test_fsdp_processes_end_with_the_same_gathered_weights_and_buffers(fsdp_run):
+    output_dir, _ = fsdp_run
+    checksums = [(output_dir / f"replica_checksum_{rank}.txt").read_text() for rank in range(2)]
+    assert checksums[0] == checksums[1]
 
 
 def test_fsdp_equals_one_process_with_the_same_global_batch(fsdp_run, imagefolder, tmp_path):

@@ -93,9 +93,13 @@ def evaluate(model, loader, accelerator) -> dict[str, float]:
 
 
 def parameter_checksum(model) -> str:
-    """SHA-256 of all parameters and buffers in name order (equal on every DDP replica when in sync)."""
+    """SHA-256 of all parameters and buffers in name order (equal on every DDP replica when in sync; under FSDP of
+    the gathered full tensors, a collective that every process runs)."""
+    from torch.distributed.tensor import DTensor
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
