@@ -10,9 +10,11 @@ final name. It holds:
   settings a resume must keep).
 
 Loading a pickle can run code its author chose, so a checkpoint holding any `.pkl` file (such as Accelerate's
-`custom_checkpoint_<n>.pkl` for objects registered with `register_for_checkpointing`) is refused. Under FSDP and
-DeepSpeed the model and optimizer state are sharded and read by those engines, which use pickled metadata; that case
-is logged as a warning.
+`custom_checkpoint_<n>.pkl` for objects registered with `register_for_checkpointing`) is refused. Under FSDP with
+SHARDED_STATE_DICT the model and optimizer are `pytorch_model_fsdp_0/` and `optimizer_0/` in the format of
+torch.distributed.checkpoint (one `__<rank>_0.distcp` per process and a pickled `.metadata`); each `.metadata` is
+first read with an unpickler that resolves only metadata classes, and refused otherwise. DeepSpeed reads its own
+pickled files; that case is logged as a warning.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ CHECKPOINTS_DIR = "checkpoints"
 STAGING_SUFFIX = ".tmp"
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 _CHECKPOINT_NAME = re.compile(r"^step_(\d+)(\.tmp)?$")
-# Distributed types whose engines (torch.distributed.checkpoint, DeepSpeed, Megatron) write and read their own files.
-SHARDING_ENGINES = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+# Distributed types whose engines (DeepSpeed, Megatron) write and read their own, pickled, files. FSDP's
+# torch.distributed.checkpoint is not among them: its `.metadata` pickles are checked by `check_engine_metadata`
+# and its shards are read with `torch.load(weights_only=True)`.
+SHARDING_ENGINES = ("DEEPSPEED", "MEGATRON_LM")
 
 
 class CheckpointError(RuntimeError):
@@ -221,10 +225,25 @@ def refuse_pickles(path: Path) -> None:
         )
 
 
+def check_engine_metadata(path: Path) -> None:
+    """Raise `CheckpointError` unless torch.distributed.checkpoint's pickled `.metadata` files (FSDP sharded state)
+    hold nothing but metadata types (see `fsdp.check_dcp_metadata`)."""
+    from .fsdp import check_dcp_metadata
+
+    try:
+        check_dcp_metadata(path)
+    except Exception as error:
+        raise CheckpointError(
+            f"checkpoint {path}: a torch.distributed.checkpoint .metadata file holds more than checkpoint metadata "
+            f"({type(error).__name__}: {error}); such a pickle could run code when loaded, so it is not loaded"
+        ) from error
+
+
 def load_checkpoint(accelerator, path: Path, scheduler, ema=None) -> TrainingState:
     """Restore model, optimizer (Accelerate), scheduler, RNG and EMA; returns the saved `TrainingState`."""
     state = read_training_state(path)
     refuse_pickles(path)
+    check_engine_metadata(path)
     required = [path / SCHEDULER_FILE, rng_state_file(path, accelerator.process_index)]
     if ema is not None:
         required.append(path / EMA_FILE)

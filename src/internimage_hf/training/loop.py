@@ -23,6 +23,13 @@ from .data import (
 )
 from .deepspeed_engine import cast_buffers_with_parameters, check_deepspeed_options, process_group_kwargs
 from .ema import ModelEMA
+from .fsdp import (
+    check_fsdp_options,
+    enable_cpu_fsdp,
+    log_sharding,
+    sync_buffers_from_main,
+    warn_single_process_cpu_launch,
+)
 from .metrics import classification_loss, topk_correct
 from .models import apply_hub_kernel, build_model, enable_gradient_checkpointing, model_image_size
 from .optimization import build_optimizer, build_scheduler, warmup_steps_for
@@ -50,6 +57,7 @@ def build_accelerator(options):
 
     check_deepspeed_options(options)
     trackers = [t.strip() for t in options.report_to.split(",") if t.strip() and t.strip() != "none"]
+    warn_single_process_cpu_launch()
     accelerator = Accelerator(
         mixed_precision=options.mixed_precision,
         cpu=options.use_cpu,
@@ -60,6 +68,7 @@ def build_accelerator(options):
         kwargs_handlers=process_group_kwargs(),
     )
     cast_buffers_with_parameters(accelerator)
+    enable_cpu_fsdp(accelerator)
     return accelerator
 
 
@@ -88,9 +97,13 @@ def evaluate(model, loader, accelerator) -> dict[str, float]:
 
 
 def parameter_checksum(model) -> str:
-    """SHA-256 of all parameters and buffers in name order (equal on every DDP replica when in sync)."""
+    """SHA-256 of all parameters and buffers in name order (equal on every DDP replica when in sync; under FSDP of
+    the gathered full tensors, a collective that every process runs)."""
+    from torch.distributed.tensor import DTensor
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -123,6 +136,7 @@ class Trainer:
         self.options = options
         self._check_requirements()
         self.accelerator = build_accelerator(options)
+        check_fsdp_options(options, self.accelerator.distributed_type)
         self._lock = OutputDirLock(options.output_dir) if self.accelerator.is_main_process else None
         if self._lock is not None:
             self._lock.acquire()
@@ -260,6 +274,7 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
             model, optimizer, self.train_loader, self.eval_loader
         )
+        log_sharding(accelerator, self.model)
         self.ema = ModelEMA(accelerator.unwrap_model(self.model), options.ema_decay) if options.ema_decay else None
 
     # ------------------------------------------------------------------------------------------------------
@@ -351,6 +366,7 @@ class Trainer:
             if state.global_step % options.logging_steps == 0:
                 self._log_train(state, loss, progress)
             if options.save_steps and state.global_step % options.save_steps == 0:
+                sync_buffers_from_main(accelerator, self.model)
                 checkpointing.save_checkpoint(
                     accelerator, options.output_dir, state, self.run_record, self.scheduler, self.ema,
                     options.save_total_limit,
@@ -402,6 +418,7 @@ class Trainer:
 
     def _evaluate_all(self, state: TrainingState) -> dict[str, float]:
         """Evaluate the online model and, if kept, the EMA model; the saved model's metrics come first."""
+        sync_buffers_from_main(self.accelerator, self.model)
         online = self._evaluate(self.model)
         metrics = {f"eval_online_{k}": v for k, v in online.items()} if self.ema is not None else {}
         main = self._evaluate(self.ema.module) if self.ema is not None else online
@@ -431,6 +448,7 @@ class Trainer:
         options, accelerator = self.options, self.accelerator
         output_dir = Path(options.output_dir)
         accelerator.wait_for_everyone()
+        sync_buffers_from_main(accelerator, self.model)
         unwrapped = accelerator.unwrap_model(self.model)
         online_dir = output_dir / ONLINE_MODEL_DIR if self.ema is not None else output_dir
         state_dict = accelerator.get_state_dict(self.model)  # collective under FSDP/DeepSpeed: all processes

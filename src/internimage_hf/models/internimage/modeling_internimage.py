@@ -297,6 +297,11 @@ class InternImagePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["InternImageLayer", "InternImageStem", "InternImageDownsample"]
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The convolutional stem, InternImage's counterpart of patch embeddings (Accelerate's FSDP2 wrapping asks
+        every model for its input embeddings; Transformers' default raises for models without a token embedding)."""
+        return getattr(self, self.base_model_prefix, self).embeddings
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained` that also reads the official hub checkpoints (remote-code format), and
@@ -485,6 +490,38 @@ class InternImageModel(InternImagePreTrainedModel):
         )
 
 
+class InternImageBatchNorm2d(nn.BatchNorm2d):
+    """`nn.BatchNorm2d` that normalises in float32 when input or parameters are in lower precision than its statistics.
+
+    FSDP2 mixed precision casts parameters to bf16/fp16 but leaves the running statistics (buffers) in float32, a mix
+    `batch_norm` rejects ("expected scalar type BFloat16 but found Float"); FSDP1 kept BatchNorm out of mixed precision
+    for this reason. In float32 this is `nn.BatchNorm2d` unchanged.
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtypes = {hidden_states.dtype} | {t.dtype for t in (self.weight, self.running_mean) if t is not None}
+        if len(dtypes) == 1 or (self.running_mean is not None and self.running_mean.dtype != torch.float32):
+            return super().forward(hidden_states)  # one dtype throughout (e.g. `model.to(torch.bfloat16)`)
+        momentum = self.momentum or 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as in `nn.BatchNorm2d`
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or self.running_mean is None
+        track = not self.training or self.track_running_stats
+        output = F.batch_norm(
+            hidden_states.float(),
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            None if self.weight is None else self.weight.float(),
+            None if self.bias is None else self.bias.float(),
+            use_batch_stats,
+            momentum,
+            self.eps,
+        )
+        return output.to(hidden_states.dtype)
+
+
 class InternImageConvHead(nn.Module):
     """T/S/B/L/XL head: 1x1 conv widening by `cls_scale`, BatchNorm, activation, global average pool.
 
@@ -495,7 +532,7 @@ class InternImageConvHead(nn.Module):
         super().__init__()
         width = int(config.num_features * config.cls_scale)
         self.conv = ChannelsLastConv2d(config.num_features, width, kernel_size=1, bias=False)
-        self.norm = nn.BatchNorm2d(width)
+        self.norm = InternImageBatchNorm2d(width)
         self.act = build_activation(config.act_layer)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.out_features = width
