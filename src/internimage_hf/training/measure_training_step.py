@@ -1,7 +1,7 @@
 """Measures the host-memory peak of one CPU training step (run as ``python -m`` in a fresh process).
 
-Argument: JSON ``{"model": "t"|"tiny"|..., "overrides": {...}, "image_size": int, "batch_size": int,
-"precision": "fp32"|"bf16", "gradient_checkpointing": bool}``. Prints JSON with ``peak_bytes``: the resident-set
+Argument: JSON ``{"cases": [case, ...]}`` or one case ``{"model": "t"|"tiny"|..., "overrides": {...},
+"image_size": int, "batch_size": int, "precision": "fp32"|"bf16", "gradient_checkpointing": bool}``. Prints JSON with ``peak_bytes``: the resident-set
 high-water mark of the second training step (forward, backward, AdamW step, zero_grad) minus the resident set
 right after the imports, so it counts the model, its optimizer states and the step's activations and temporaries.
 """
@@ -12,7 +12,9 @@ import json
 import sys
 
 
-def main(arguments: dict) -> dict:
+def measure_case(arguments: dict) -> dict:
+    import gc
+
     import torch
 
     from internimage_hf.models.internimage.modeling_internimage import InternImageForImageClassification
@@ -50,7 +52,17 @@ def main(arguments: dict) -> dict:
     step(model, optimizer, pixel_values)  # creates the AdamW states
     reset_peak()
     step(model, optimizer, pixel_values)
-    return {"peak_bytes": peak_resident_bytes() - baseline, "after_bytes": resident_bytes() - baseline}
+    result = {"peak_bytes": peak_resident_bytes() - baseline, "after_bytes": resident_bytes() - baseline}
+    del model, optimizer, pixel_values
+    gc.collect()
+    return result
+
+
+def main(arguments: dict) -> dict | list[dict]:
+    """One case, or ``{"cases": [...]}`` measured one after the other (each above its own baseline)."""
+    if "cases" in arguments:
+        return [measure_case(case) for case in arguments["cases"]]
+    return measure_case(arguments)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,20 @@ The prediction adds up
   being recomputed holds its full activations once more.
 
 What it does not know about: allocator fragmentation and caching (CUDA's caching allocator typically adds 5-15%),
-cuDNN/cuBLAS workspaces, NCCL buffers, the CUDA context (~0.5 GiB) and the data loader. Activations are measured
-with the CPU autocast policy, which keeps the same ops in 32 bits as CUDA autocast for this model (linear and
-convolution outputs in 16 bits, LayerNorm and softmax in 32 bits).
+cuDNN/cuBLAS workspaces, NCCL buffers, the CUDA context (~0.5 GiB) and the data loader. Under mixed precision the
+CPU calibration follows CUDA autocast's choice of float32 ops (LayerNorm, softmax, losses), which CPU autocast would
+otherwise run in 16 bits; the GPU run's DCNv3 op must save what this package's op saves (input, offset, mask).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..models.internimage.configuration_internimage import InternImageConfig
 
@@ -176,7 +178,9 @@ class _SavedTensorRecorder:
             handle.remove()
 
 
-def _saved_bytes(model: nn.Module, image_size: int, precision: str) -> tuple[dict[str, int], dict[str, int]]:
+def _saved_bytes(
+    model: nn.Module, image_size: int, precision: str, autocast_policy: str = "cuda"
+) -> tuple[dict[str, int], dict[str, int]]:
     """Bytes saved for backward by one forward of one image, per owner (block<i>, post_norm, rest)."""
     recorder = _SavedTensorRecorder(model)
     pixel_values = torch.randn(1, model.config.num_channels, image_size, image_size)
@@ -184,7 +188,8 @@ def _saved_bytes(model: nn.Module, image_size: int, precision: str) -> tuple[dic
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     try:
         with torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda tensor: tensor):
-            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            policy = _CudaAutocastPolicy() if dtype is not None and autocast_policy == "cuda" else nullcontext()
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None), policy:
                 loss = model(pixel_values=pixel_values, labels=labels).loss
         del loss
     finally:
@@ -192,22 +197,60 @@ def _saved_bytes(model: nn.Module, image_size: int, precision: str) -> tuple[dic
     return recorder.bytes, recorder.block_inputs
 
 
+AUTOCAST_POLICIES = ("cuda", "cpu")
+
+
+class _CudaAutocastPolicy(TorchFunctionMode):
+    """Runs the ops that CUDA autocast keeps in float32 (normalisations, softmax, losses) in float32 on CPU.
+
+    CPU autocast lets LayerNorm and softmax return bfloat16 for bfloat16 inputs, CUDA autocast returns float32:
+    without this the CPU calibration would under-count what a GPU saves for backward.
+    """
+
+    FLOAT32_FUNCTIONS = {
+        torch.nn.functional.layer_norm, torch.nn.functional.group_norm, torch.nn.functional.softmax,
+        torch.nn.functional.log_softmax, torch.nn.functional.cross_entropy, torch.softmax, torch.log_softmax,
+        torch.Tensor.softmax, torch.Tensor.log_softmax,
+    }  # fmt: skip
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.FLOAT32_FUNCTIONS:
+
+            def upcast(value):
+                is_low = isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16)
+                return value.float() if is_low else value
+
+            args = tuple(upcast(value) for value in args)
+            kwargs = {key: upcast(value) for key, value in kwargs.items()}
+            with torch.autocast("cpu", enabled=False):
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
 def _line(x0: int, y0: float, x1: int, y1: float) -> tuple[float, float]:
     slope = (y1 - y0) / (x1 - x0)
     return (y0 - slope * x0, slope)
 
 
-def measure_activation_profile(config: InternImageConfig, precision: str = "bf16") -> ActivationProfile:
-    """Runs two small CPU forwards of a one-block-per-stage copy of `config` and fits the per-image bytes."""
+def measure_activation_profile(
+    config: InternImageConfig, precision: str = "bf16", autocast_policy: str = "cuda"
+) -> ActivationProfile:
+    """Runs two small CPU forwards of a one-block-per-stage copy of `config` and fits the per-image bytes.
+
+    `autocast_policy="cuda"` (for planning GPU runs) keeps in float32 what CUDA autocast keeps in float32;
+    `"cpu"` measures CPU autocast as it is (for checking the plan against CPU runs).
+    """
     from ..models.internimage.modeling_internimage import InternImageForImageClassification
 
     _check_choice("precision", precision, PRECISIONS)
+    _check_choice("autocast_policy", autocast_policy, AUTOCAST_POLICIES)
     torch.manual_seed(0)
     model = InternImageForImageClassification(_calibration_config(config)).train()
     stages = len(config.depths)
     samples = []
     for size in CALIBRATION_SIZES:
-        samples.append((size * size, *_saved_bytes(model, size, precision)))
+        samples.append((size * size, *_saved_bytes(model, size, precision, autocast_policy)))
     (p0, saved0, inputs0), (p1, saved1, inputs1) = samples
 
     def fit(owner: str, table0: dict, table1: dict) -> tuple[float, float]:
@@ -338,8 +381,8 @@ def plan_memory(
     activations = rest_acts + sum(held)
 
     # Backward, last block first: gradients of the blocks done so far plus the rest's (computed first) exist
-    # while the activations of the blocks not yet done are held. The running block additionally holds gradients
-    # of its intermediates (about its own activation size), and under checkpointing its recomputed activations.
+    # while the activations of the running block and of the blocks not yet done are held. Gradients of a block's
+    # intermediates are freed as its backward proceeds, so they add little on top (checked against CPU peaks).
     grad_per_param = states.gradients
     shards_gradients = sharding in ("fsdp", "zero2", "zero3")
     full_grad = (2 if precision != "fp32" else 4) if shards_gradients else 0
@@ -347,7 +390,8 @@ def plan_memory(
     backward_peak = 0.0
     for position in reversed(range(len(block_acts))):
         still_held = rest_acts + sum(held[:position])
-        running = block_acts[position] * (2 if gradient_checkpointing else 1)
+        # Checkpointing recomputes the running block's activations; without it they are the ones still held.
+        running = block_acts[position]
         # Sharded engines materialise the running unit's full gradient before reducing it.
         unit_grad = full_grad * block_params[position]
         grads_done += grad_per_param * block_params[position]
