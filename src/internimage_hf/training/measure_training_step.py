@@ -1,9 +1,10 @@
-"""Measures the host-memory peak of one CPU training step (run as ``python -m`` in a fresh process).
+"""Measures the host-memory peak of a CPU training step (run as ``python -m`` in a fresh process).
 
 Argument: JSON ``{"cases": [case, ...]}`` or one case ``{"model": "t"|"tiny"|..., "overrides": {...},
-"image_size": int, "batch_size": int, "precision": "fp32"|"bf16", "gradient_checkpointing": bool}``. Prints JSON with ``peak_bytes``: the resident-set
-high-water mark of the second training step (forward, backward, AdamW step, zero_grad) minus the resident set
-right after the imports, so it counts the model, its optimizer states and the step's activations and temporaries.
+"image_size": int, "batch_size": int, "precision": "fp32"|"bf16", "gradient_checkpointing": bool}``. Prints JSON
+with ``peak_bytes``: the resident-set high-water mark of the second training step (forward, backward, AdamW step,
+zero_grad) minus the resident set before the model was built (after a warm-up step of a throwaway tiny model), so
+it counts the model, its optimizer states and the step's activations and temporaries.
 """
 
 from __future__ import annotations
