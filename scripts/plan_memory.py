@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import argparse
 
-from internimage_hf.training.memory_plan import PRECISIONS, SHARDINGS, measure_activation_profile, plan_memory
+from internimage_hf.training.memory_plan import (
+    PRECISIONS,
+    SHARDINGS,
+    default_autocast_policy,
+    measure_activation_profile,
+    plan_memory,
+)
 from internimage_hf.training.models import preset_config
 
 
@@ -33,7 +39,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     config = preset_config(args.model, num_labels=args.num_labels)
     image_size = args.image_size or config.image_size
-    profile = measure_activation_profile(config, args.precision)
+    profile = measure_activation_profile(config, args.precision, default_autocast_policy(args.sharding))
     print(f"InternImage-{args.model.upper()} {image_size}px, batch {args.batch_size}/device, {args.precision}, "
           f"{args.sharding}, checkpointing {'on' if args.gradient_checkpointing else 'off'}")  # fmt: skip
     for devices in args.num_devices:

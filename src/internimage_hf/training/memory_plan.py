@@ -233,6 +233,12 @@ def _line(x0: int, y0: float, x1: int, y1: float) -> tuple[float, float]:
     return (y0 - slope * x0, slope)
 
 
+def default_autocast_policy(sharding: str) -> str:
+    """DDP and FSDP run under torch autocast (CUDA's float32 op list); DeepSpeed casts the whole model to 16 bits
+    instead, so norms and softmax also return 16 bits there, as they do under CPU autocast."""
+    return "cpu" if sharding.startswith("zero") else "cuda"
+
+
 def measure_activation_profile(
     config: InternImageConfig, precision: str = "bf16", autocast_policy: str = "cuda"
 ) -> ActivationProfile:
@@ -351,7 +357,7 @@ def plan_memory(
     if num_devices < 1 or batch_size < 1 or image_size < 32:
         raise ValueError("num_devices and batch_size must be >= 1 and image_size >= 32")
     counts = count_parameters(config)
-    profile = profile or measure_activation_profile(config, precision)
+    profile = profile or measure_activation_profile(config, precision, default_autocast_policy(sharding))
     states = _state_bytes(precision, sharding, num_devices)
     pixels = image_size * image_size
     total = counts.total
