@@ -93,3 +93,11 @@ def test_cuda_autocast_policy_keeps_norms_and_softmax_in_float32():
     for stage in range(len(config.depths)):
         pixels = 224 * 224
         assert cpu.block_bytes(stage, pixels) < cuda.block_bytes(stage, pixels) < fp32.block_bytes(stage, pixels)
+
+
+def test_deepspeed_plans_use_sixteen_bit_activations():
+    # DeepSpeed casts the whole model to 16 bits, DDP runs torch autocast (norm outputs stay float32).
+    config = preset_config("tiny")
+    deepspeed = plan_memory(config, 128, 2, "bf16", "zero1", num_devices=2)
+    ddp = plan_memory(config, 128, 2, "bf16", "ddp", num_devices=2)
+    assert deepspeed.activations < ddp.activations
