@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from internimage_hf.training.memory_measure import run_isolated
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from memory_measure import run_isolated  # noqa: E402
 
-LOADING = "internimage_hf.training.measure_loading"
+LOADING = "measure_loading"
 
 
 def main(argv=None) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from measure_loading import offload_and_compare, write_checkpoint
+from memory_measure import measurement_supported, run_isolated
 
-from internimage_hf.training.measure_loading import offload_and_compare, write_checkpoint
-from internimage_hf.training.memory_measure import measurement_supported, run_isolated
-
-LOADING = "internimage_hf.training.measure_loading"
+LOADING = "measure_loading"
 MIB = 2**20
 
 

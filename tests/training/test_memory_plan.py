@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from memory_measure import measurement_supported, run_isolated
 
-from internimage_hf.training.memory_measure import measurement_supported, run_isolated
 from internimage_hf.training.memory_plan import ActivationProfile, measure_activation_profile, plan_memory
 from internimage_hf.training.models import preset_config
 
@@ -26,7 +26,7 @@ def measured_peaks():
         }
         for size, batch, precision, checkpointing in CASES
     ]  # fmt: skip
-    results = run_isolated("internimage_hf.training.measure_training_step", {"cases": cases})
+    results = run_isolated("measure_training_step", {"cases": cases})
     return {case: result["peak_bytes"] for case, result in zip(CASES, results, strict=True)}
 
 

@@ -1,6 +1,6 @@
 """Host memory of loading big InternImage checkpoints, sharded saving and `device_map` offloading.
 
-Run as ``python -m internimage_hf.training.measure_loading '<json>'`` (one fresh process per measurement, so the
+Run as ``python -m measure_loading (from `tools/`) '<json>'`` (one fresh process per measurement, so the
 resident-set high-water mark belongs to that measurement alone). The JSON names an ``action``:
 
 * ``{"action": "write", "model": "h", "directory": ..., "dtype": "bfloat16", "max_shard_size": "500MB"}``:
@@ -63,9 +63,9 @@ def load_checkpoint(arguments: dict) -> dict:
     import time
 
     import torch  # noqa: F401  (imported before the baseline: its libraries are no part of the load)
+    from memory_measure import peak_resident_bytes, reset_peak, resident_bytes
 
     from internimage_hf.models.internimage.modeling_internimage import InternImageForImageClassification
-    from internimage_hf.training.memory_measure import peak_resident_bytes, reset_peak, resident_bytes
 
     baseline = resident_bytes()
     reset_peak()

@@ -17,9 +17,9 @@ def measure_case(arguments: dict) -> dict:
     import gc
 
     import torch
+    from memory_measure import peak_resident_bytes, reset_peak, resident_bytes
 
     from internimage_hf.models.internimage.modeling_internimage import InternImageForImageClassification
-    from internimage_hf.training.memory_measure import peak_resident_bytes, reset_peak, resident_bytes
     from internimage_hf.training.models import enable_gradient_checkpointing, preset_config
 
     torch.set_num_threads(1)

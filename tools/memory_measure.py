@@ -46,9 +46,14 @@ def measurement_supported() -> bool:
         return False
 
 
+TOOLS_DIR = Path(__file__).resolve().parent
+
+
 def run_isolated(module: str, arguments: dict, timeout: float = 600) -> dict:
-    """Runs ``python -m module '<json arguments>'`` in a fresh process (own allocator state) and returns its JSON."""
-    env = {**os.environ, **MALLOC_ENV}
+    """Runs ``python -m module '<json arguments>'`` (a module of this `tools/` folder) in a fresh process (own
+    allocator state) and returns its JSON."""
+    path = os.pathsep.join(filter(None, [str(TOOLS_DIR), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, **MALLOC_ENV, "PYTHONPATH": path}
     completed = subprocess.run(
         [sys.executable, "-m", module, json.dumps(arguments)],
         capture_output=True, text=True, env=env, timeout=timeout, check=False,
