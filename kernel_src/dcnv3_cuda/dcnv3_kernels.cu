@@ -27,6 +27,7 @@
 #include <type_traits>
 
 #include "dcnv3_common/dcnv3_params.h"
+#include "dcnv3_cuda/cuda_accumulate.cuh"
 #include "dcnv3_cuda/dcnv3_cuda_launch.h"
 
 namespace dcnv3 {
@@ -38,30 +39,9 @@ constexpr int kThreads = 256;
 // thread then handles several (pixel, group)s, which amortises its setup.
 constexpr int kBlocksPerSm = 16;
 
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(typename AccOf<T>::type v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) { return v; }
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using cuda_accumulate::AccOf;
+using cuda_accumulate::from_acc;
+using cuda_accumulate::to_acc;
 
 // floor(x) as a float and, exactly, as a 32-bit integer; callers only pass x inside (-1, size).
 __device__ __forceinline__ float floor_acc(float x) { return floorf(x); }

@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "dcnv3_common/msda_sampling.h"
+#include "dcnv3_cuda/cuda_accumulate.cuh"
 #include "dcnv3_cuda/msda_cuda_launch.h"
 
 namespace msda {
@@ -30,30 +31,9 @@ constexpr int kWarp = 32;
 // Grid-stride launches use at most this many blocks per SM (a wave or two of resident warps).
 constexpr int kBlocksPerSm = 16;
 
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(typename AccOf<T>::type v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) { return v; }
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using cuda_accumulate::AccOf;
+using cuda_accumulate::from_acc;
+using cuda_accumulate::to_acc;
 
 // Where a thread works: its (image, query, head) item and its first channel.
 struct Slot {

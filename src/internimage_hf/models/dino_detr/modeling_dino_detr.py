@@ -416,15 +416,9 @@ class DinoDetrPreTrainedModel(PreTrainedModel):
 
     def set_use_kernels(self, use_kernels, kernel_config=None, mode=None, device_map=None):
         """Transformers' kernel switch (``from_pretrained(..., use_kernels=True)``, ``model.use_kernels = True``, a
-        mode change on ``train()``), served by `internimage_hf.kernelize`: the backbone's DCNv3 (and the kernel's
-        other layers) with the kernel, variant and trust rules of `kernelize`.
-
-        Args:
-            use_kernels (`bool`): kernelize (True) or restore the PyTorch modules (False).
-            kernel_config (`KernelConfig`, *optional*): which kernel; default: `internimage_hf.kernelize`'s.
-            mode (`kernels.Mode`, *optional*): default from ``model.training``.
-            device_map (`dict`, *optional*): accepted for Transformers' signature; the device is the parameters'.
-        """
+        mode change on ``train()``), served by `internimage_hf.kernelize` with its kernel, variant and trust rules: the
+        backbone's DCNv3 and the encoder's and decoder's deformable attention run the kernel (``use_kernels=False``
+        restores PyTorch). The arguments are those of `InternImagePreTrainedModel.set_use_kernels`."""
         if not use_kernels and not self.use_kernels:
             return  # nothing to undo (Transformers calls this on every load)
         from ...hub_kernels import set_model_kernels
