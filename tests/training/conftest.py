@@ -82,3 +82,28 @@ def run_args(imagefolder, output_dir, *extra: str) -> list[str]:
         "--learning_rate", "3e-3", "--warmup_steps", "1", "--train_crop", "resize",
         "--logging_steps", "1", "--num_predictions", "0", *extra,
     ]  # fmt: skip
+
+
+def kill_during_save(command: list[str], env: dict, marker, step: int) -> None:
+    """Launch `command` (a launcher running `slow_save_train.py`, which stalls in the checkpoint of `step` once every
+    process wrote its part) and SIGKILL the launcher and all its workers there."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    env = {**env, "SLOW_SAVE_STEP": str(step), "SLOW_SAVE_MARKER": str(marker)}
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), f"the run never reached the save of step {step}"
+        processes = [launcher.pid, *(child.pid for child in psutil.Process(launcher.pid).children(recursive=True))]
+        for pid in processes:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        launcher.communicate()

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL, make_trainer, requires_accelerate
+from conftest import TINY_MODEL, kill_during_save, make_trainer, requires_accelerate
 from test_distributed import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,9 +158,11 @@ def fit_args(imagefolder, output_dir, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def launch_deepspeed(stage: int, train_args: list[str], mixed_precision: str = "no") -> subprocess.CompletedProcess:
+def deepspeed_command(
+    stage: int, train_args: list[str], mixed_precision: str = "no", script: Path = REPO / "scripts" / "train.py"
+) -> tuple[list[str], dict]:
     """`accelerate launch` with configs/accelerate/deepspeed_zero<stage>.yaml on two CPU processes (fp32 unless
-    `mixed_precision` says otherwise)."""
+    `mixed_precision` says otherwise): the command and its environment."""
     config = CONFIGS / f"deepspeed_zero{stage}.yaml"
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
@@ -168,7 +170,11 @@ def launch_deepspeed(stage: int, train_args: list[str], mixed_precision: str = "
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     env["CUDA_VISIBLE_DEVICES"] = ""
-    command = [*launch, str(REPO / "scripts" / "train.py"), *train_args]
+    return [*launch, str(script), *train_args], env
+
+
+def launch_deepspeed(stage: int, train_args: list[str], mixed_precision: str = "no") -> subprocess.CompletedProcess:
+    command, env = deepspeed_command(stage, train_args, mixed_precision)
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -274,3 +280,32 @@ def test_deepspeed_zero2_bf16_trains_with_a_float32_ema(imagefolder, tmp_path):
     assert {t.dtype for t in ema.values() if t.is_floating_point()} == {torch.float32}
     assert (ema["classifier.weight"] - online["classifier.weight"].float()).abs().max() > 1e-4
     assert set(parameters(run_dir)) == set(parameters(run_dir / "online_model"))  # both load with from_pretrained
+
+
+@pytest.mark.slow
+@requires_deepspeed
+def test_deepspeed_kill_during_save_then_resume_with_gradient_checkpointing(imagefolder, tmp_path):
+    """ZeRO-2 killed with SIGKILL while saving step 4 keeps a usable step-2 checkpoint; resumed from it (both parts
+    with --gradient_checkpointing) it ends with the weights of an uninterrupted run without checkpointing."""
+    from internimage_hf.training.checkpointing import list_checkpoints
+
+    four_steps = ("--max_steps", "4", "--save_steps", "2")
+    uninterrupted = tmp_path / "uninterrupted"
+    completed = launch_deepspeed(2, fit_args(imagefolder, uninterrupted, *four_steps))
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+    output_dir = tmp_path / "run"
+    args = fit_args(imagefolder, output_dir, *four_steps, "--gradient_checkpointing")
+    slow_save = Path(__file__).with_name("slow_save_train.py")
+    kill_during_save(*deepspeed_command(2, args, script=slow_save), tmp_path / "saving", step=4)
+    staged = output_dir / "checkpoints" / "step_00000004.tmp"
+    assert sorted(staged.glob("pytorch_model/zero_pp_rank_*_optim_states.pt"))  # DeepSpeed's part written
+    assert [path.name for path in list_checkpoints(output_dir)] == ["step_00000002"]
+    assert not (output_dir / "model.safetensors").exists()
+
+    command, env = deepspeed_command(2, [*args, "--resume", "latest"])
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert not staged.exists() and (output_dir / "checkpoints" / "step_00000004").is_dir()
+    expected, got = all_weights(uninterrupted / "model.safetensors"), all_weights(output_dir / "model.safetensors")
+    assert max_difference(expected, got) <= 1e-6

@@ -8,16 +8,14 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import load_weights, make_trainer, requires_accelerate, run_args
+from conftest import kill_during_save, load_weights, make_trainer, requires_accelerate, run_args
 from test_distributed import REPO, free_port
 
 pytestmark = requires_accelerate
@@ -25,6 +23,7 @@ pytestmark = requires_accelerate
 # Adam divides by sqrt(v) + eps: a gradient that is zero in exact arithmetic (the last stage's norm bias feeds a 1x1
 # conv followed by BatchNorm, which removes any per-channel shift) is rounding noise whose update would be ~lr with
 # the default eps, so the 2-process and 1-process runs are compared with an eps above that noise.
+SLOW_SAVE_SCRIPT = Path(__file__).with_name("slow_save_train.py")
 FSDP_RUN = ("--max_steps", "4", "--save_steps", "2", "--save_total_limit", "0", "--adam_epsilon", "1e-6")
 
 
@@ -129,27 +128,6 @@ def test_fsdp_checkpoint_is_sharded_dcp_and_final_model_is_the_gathered_weights(
     assert int(saved["head.norm.num_batches_tracked"]) == 4
 
 
-def kill_during_save(args: list[str], marker: Path, step: int) -> None:
-    """Start an FSDP run that stalls in the checkpoint of `step` and SIGKILL the launcher and both workers there."""
-    import psutil
-
-    command, env = fsdp_command(Path(__file__).with_name("fsdp_slow_save.py"), args)
-    env.update(SLOW_SAVE_STEP=str(step), SLOW_SAVE_MARKER=str(marker))
-    launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists() and launcher.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert marker.exists(), f"the run never reached the save of step {step}"
-        processes = [launcher.pid, *(child.pid for child in psutil.Process(launcher.pid).children(recursive=True))]
-        for pid in processes:
-            os.kill(pid, signal.SIGKILL)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-        launcher.communicate()
-
-
 def test_fsdp_kill_during_sharded_save_then_resume_ends_equal(fsdp_run, imagefolder, tmp_path):
     """Killed with SIGKILL while saving step 4, the run keeps a usable step-2 checkpoint; resumed from it (both
     parts with --gradient_checkpointing) it ends with the uninterrupted run's weights."""
@@ -158,7 +136,7 @@ def test_fsdp_kill_during_sharded_save_then_resume_ends_equal(fsdp_run, imagefol
     uninterrupted, _ = fsdp_run
     output_dir = tmp_path / "run"
     args = run_args(imagefolder, output_dir, *FSDP_RUN, "--gradient_checkpointing")
-    kill_during_save(args, tmp_path / "saving", step=4)
+    kill_during_save(*fsdp_command(SLOW_SAVE_SCRIPT, args), tmp_path / "saving", step=4)
     checkpoints = output_dir / "checkpoints"
     staged = checkpoints / "step_00000004.tmp"
     assert (staged / "pytorch_model_fsdp_0" / "__1_0.distcp").is_file()  # shards written, not marked complete
