@@ -203,7 +203,7 @@ def test_head_models_run_the_registered_kernel(tmp_path, kernels_module, clean_e
         torch.testing.assert_close(model(pixels).logits, plain(pixels).logits, atol=1e-4, rtol=0)
 
 
-def test_use_kernels_on_a_dino_detector(tmp_path, clean_env, cpu_kernel_build):
+def test_use_kernels_on_a_dino_detector(tmp_path, kernels_module, clean_env, cpu_kernel_build):
     """The DINO detector follows the same switch: its backbone runs the kernel `kernelize` picks."""
     from internimage_hf import DinoDetrConfig, DinoDetrForObjectDetection
 

@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 from msda_test_inputs import MSDA_CASES, level_tables, make_msda_inputs, reference_msda, reference_with_grads
-from transformers import DeformableDetrConfig
+from transformers import DeformableDetrConfig, ResNetConfig
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrMultiscaleDeformableAttention
 
 from internimage_hf import DinoDetrConfig, DinoDetrForObjectDetection, hub_kernels
@@ -164,7 +164,15 @@ def test_opcheck(dcnv3_kernel):
 def tiny_attention() -> DeformableDetrMultiscaleDeformableAttention:
     """Transformers' Deformable DETR attention (projections + the tagged MultiScaleDeformableAttention core)."""
     torch.manual_seed(0)
-    config = DeformableDetrConfig(d_model=32, num_feature_levels=3, use_timm_backbone=False, backbone_config=None)
+    # An explicit backbone: Transformers 5.4 would otherwise look up "resnet50" on the hub.
+    backbone = ResNetConfig(out_features=["stage2"])
+    config = DeformableDetrConfig(
+        d_model=32,
+        num_feature_levels=3,
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        backbone_config=backbone,
+    )
     module = DeformableDetrMultiscaleDeformableAttention(config, num_heads=4, n_points=3)
     for parameter in module.parameters():
         torch.nn.init.normal_(parameter, std=0.1)

@@ -20,11 +20,12 @@ from test_distributed import REPO, free_port
 
 pytestmark = requires_accelerate
 
+SLOW_SAVE_SCRIPT = Path(__file__).with_name("slow_save_train.py")
 # Adam divides by sqrt(v) + eps: a gradient that is zero in exact arithmetic (the last stage's norm bias feeds a 1x1
 # conv followed by BatchNorm, which removes any per-channel shift) is rounding noise whose update would be ~lr with
-# the default eps, so the 2-process and 1-process runs are compared with an eps above that noise.
-SLOW_SAVE_SCRIPT = Path(__file__).with_name("slow_save_train.py")
-FSDP_RUN = ("--max_steps", "4", "--save_steps", "2", "--save_total_limit", "0", "--adam_epsilon", "1e-6")
+# the default eps, so the 2-process and 1-process runs are compared with an eps above that noise (1e-6 still left
+# 2.4e-5 with torch 2.13; 1e-3 as in the DeepSpeed tests).
+FSDP_RUN = ("--max_steps", "4", "--save_steps", "2", "--save_total_limit", "0", "--adam_epsilon", "1e-3")
 
 
 def fsdp_command(script: Path, args: list[str]) -> tuple[list[str], dict]:
