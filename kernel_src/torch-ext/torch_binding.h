@@ -107,3 +107,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward(const at::Tensor& g
                                                              const at::Tensor& level_start_index,
                                                              const at::Tensor& sampling_locations,
                                                              const at::Tensor& attention_weights);
+
+namespace dcnv4 {
+
+// DCNv4 (FlashInternImage) backends. Inputs are validated and contiguous, of one dtype and device:
+// value (N, H, W, G * Cg) and offset_mask (N, Ho, Wo, D) with D = offset_mask.size(3) >= G * P * 3, where group g
+// owns columns [g * 3P, (g + 1) * 3P): first its P (dx, dy) pairs, then its P point weights, used as given (no
+// softmax); columns from G * 3P on are padding and never read. Sampling as in DCNv3 (`p`). Output (N, Ho, Wo, G * Cg).
+at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& offset_mask, const dcnv3::Params& p);
+// (grad_value, grad_offset_mask); the padding columns of grad_offset_mask are zero.
+std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_output, const at::Tensor& value,
+                                                const at::Tensor& offset_mask, const dcnv3::Params& p);
+#if defined(CUDA_KERNEL)
+at::Tensor forward_cuda(const at::Tensor& value, const at::Tensor& offset_mask, const dcnv3::Params& p);
+std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_output, const at::Tensor& value,
+                                                 const at::Tensor& offset_mask, const dcnv3::Params& p);
+#endif
+
+}  // namespace dcnv4
