@@ -22,7 +22,10 @@ KERNEL_SRC = REPO / "kernel_src"
 sys.path.insert(0, str(REPO / "scripts" / "cuda_emu"))
 from emulator import EmulationError, MsdaEmulator, build_msda_emulator  # noqa: E402
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no host C++ compiler")
+pytestmark = [
+    pytest.mark.cuda_host,
+    pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no host C++ compiler"),
+]
 
 ARCH = 800
 # Relative / absolute tolerance per dtype against float64 (one rounding of float32 sums for the half types).
