@@ -31,6 +31,7 @@ from __future__ import annotations
 import ast
 import ctypes
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -295,3 +296,90 @@ def official_dcnv4_backward(input, offset_mask, kernel_h, kernel_w, stride_h, st
     return default_op().backward(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                  dilation_h, dilation_w, group, group_channels, offset_scale, im2col_step,
                                  grad_output, remove_center, d_stride, block_thread, softmax)  # fmt: skip
+
+
+# Compact fixture of official op outputs (tests/fixtures/dcnv4_op/official_dcnv4_op.safetensors), so that the
+# parity of our core and kernel with the official op is checked without the official source. Per case `name`:
+# `{name}.{value,offset_mask,grad_output}` (inputs) and `{name}.{output,grad_value,grad_offset_mask}` (official
+# results), float32; JSON metadata under "dcnv4_op": the source commit and each case's arguments and launch spec.
+FIXTURE_CASES = {
+    # FlashInternImage-T stage 1 (4 groups of 16 channels, D = 112 with 4 padding columns), findspec launch.
+    "flash_t": dict(group=4, group_channels=16, stride=1, pad=1, dilation=1, remove_center=False, spec=None),
+    "cg32_remove_center_dilation2": dict(
+        group=2, group_channels=32, stride=1, pad=2, dilation=2, remove_center=True, spec=None
+    ),  # fmt: skip
+    # stride 2, pad 0, 64 channels: the backward's 32 lanes per group (a full-warp shuffle mask).
+    "cg64_stride2_pad0": dict(
+        group=1,
+        group_channels=64,
+        stride=2,
+        pad=0,
+        dilation=1,
+        remove_center=False,
+        spec={"forward": [8, 8], "backward": [2, 32]},
+    ),  # fmt: skip
+}
+
+
+def fixture_inputs(case: dict, seed: int, height: int = 5, width: int = 6):
+    """(value, offset_mask, grad_output) of a fixture case: sampling locations 0.25..0.75 px inside a bilinear cell
+    (so float32 rounding never moves one across a pixel, where the offset gradient jumps), unnormalised weights,
+    zero padding columns (the official backward leaves them as allocated)."""
+    gen = torch.Generator().manual_seed(seed)
+    group, cg, points = case["group"], case["group_channels"], 9 - int(case["remove_center"])
+    out_h = _output_size(height, 3, case["stride"], case["pad"], case["dilation"])
+    out_w = _output_size(width, 3, case["stride"], case["pad"], case["dilation"])
+    value = torch.randn(1, height, width, group * cg, generator=gen)
+    offsets = (torch.rand(1, out_h, out_w, group, 2 * points, generator=gen) * 4 - 2).round()
+    offsets += 0.25 + 0.5 * torch.rand(offsets.shape, generator=gen)
+    weights = torch.rand(1, out_h, out_w, group, points, generator=gen) * 2 - 1
+    fused = torch.cat([offsets, weights], dim=-1).flatten(-2)
+    columns = -(-fused.shape[-1] // 8) * 8
+    offset_mask = torch.cat([fused, torch.zeros(1, out_h, out_w, columns - fused.shape[-1])], dim=-1).contiguous()
+    grad_output = torch.randn(1, out_h, out_w, group * cg, generator=gen)
+    return value, offset_mask, grad_output
+
+
+def fixture_arguments(case: dict) -> tuple:
+    """The official op's positional arguments from kernel_h to im2col_step for a fixture case."""
+    s, p, d = case["stride"], case["pad"], case["dilation"]
+    return 3, 3, s, s, p, p, d, d, case["group"], case["group_channels"], 1.0, 64
+
+
+def _source_commit(source: Path) -> str:
+    proc = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
+def make_op_fixture(path: Path, source: Path | None = None, build_dir: Path | None = None) -> Path:
+    """Run the official op on every `FIXTURE_CASES` entry and write the fixture to `path`."""
+    from safetensors.torch import save_file
+
+    source = source or find_source()
+    op = OfficialDcnv4(source, build_dir)
+    tensors, cases = {}, {}
+    for seed, (name, case) in enumerate(sorted(FIXTURE_CASES.items())):
+        value, offset_mask, grad = fixture_inputs(case, seed)
+        args, spec = fixture_arguments(case), case["spec"] or {}
+        output = op.forward(value, offset_mask, *args, case["remove_center"], *spec.get("forward", (None, None)))
+        grads = op.backward(value, offset_mask, *args, grad, case["remove_center"], *spec.get("backward", (None, None)))
+        results = dict(value=value, offset_mask=offset_mask, grad_output=grad, output=output, grad_value=grads[0],
+                       grad_offset_mask=grads[1])  # fmt: skip
+        tensors |= {f"{name}.{key}": t.contiguous() for key, t in results.items()}
+        cases[name] = case
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"dcnv4_op": json.dumps({"commit": _source_commit(source), "cases": cases})})
+    return Path(path)
+
+
+def read_op_fixture(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """({case: {tensor name: tensor}}, metadata) of a fixture written by `make_op_fixture`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    metadata = json.loads(safe_open(str(path), "pt").metadata()["dcnv4_op"])
+    cases: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(path)).items():
+        name, field = key.split(".")
+        cases.setdefault(name, {})[field] = tensor
+    return cases, metadata
