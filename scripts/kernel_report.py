@@ -1,4 +1,4 @@
-"""Static performance report of the CUDA DCNv3 kernels, without a GPU.
+"""Static performance report of the CUDA DCNv3 and DCNv4 kernels, without a GPU.
 
 For each kernel instantiation and target (sm_80, sm_90): registers and spill bytes from ``ptxas -v``, and from
 the PTX the instructions per sampling point of the per-point loop (the innermost loop that computes a sampling
@@ -9,6 +9,7 @@ unrolled, are divided by the points they hold) and the 64-bit float<->int conver
     python scripts/kernel_report.py --before <git-rev>   # plus the same figures for a committed version
     python scripts/kernel_report.py --markdown           # the README table (forward and backward hot variants)
     python scripts/kernel_report.py --atomics            # backward atomics: floats per 32-byte sector operation
+    python scripts/kernel_report.py --counters           # DCNv3 vs DCNv4 (ours, official) emulator counters
 
 Needs nvcc (and c++filt for readable names); ``--atomics`` needs only a host C++ compiler: it runs the backward under
 the CUDA emulation (scripts/cuda_emu) and counts, per warp-wide atomic instruction, the distinct 32-byte sectors.
@@ -29,6 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL = Path("dcnv3_cuda") / "dcnv3_kernels.cu"
+# Every kernel source of the report (a revision without one is reported without it); DCNv4 names get a prefix.
+KERNELS = (KERNEL, Path("dcnv3_cuda") / "dcnv4_kernels.cu")
 ARCHS = (80, 90)
 FLOOR = re.compile(r"\bcvt\.rmi\.\S+\s+%\w+,\s*(%\w+);")
 WIDE_CONVERSION = re.compile(r"\bcvt(\.\w+)*\.(s64|u64)\.(f32|f64)\b|\bcvt(\.\w+)*\.(f32|f64)\.(s64|u64)\b")
@@ -63,6 +66,7 @@ def _short_name(name: str) -> str:
     """``void dcnv3::cuda::(anonymous namespace)::forward_kernel<float, 4, int, 3, true>(...)`` -> the template-id
     with short type names: ``forward_kernel<fp32, 4, int32, 3, true>``."""
     name = name.replace("dcnv3::cuda::(anonymous namespace)::", "").removeprefix("void ")
+    name = name.replace("dcnv4::cuda::(anonymous namespace)::", "dcnv4 ")
     name = name[: name.index(">") + 1] if ">" in name else name
     for long, short in (("__nv_bfloat16", "bf16"), ("__half", "fp16"), ("double", "fp64"), ("float", "fp32")):
         name = name.replace(long, short)
@@ -76,14 +80,18 @@ def _std_flag(source_dir: Path) -> str:
 
 
 def _compile(source_dir: Path, arch: int, work: Path) -> tuple[str, str]:
-    """(ptxas -v output, PTX text) of the kernels for sm_<arch>."""
-    base = [_nvcc(), _std_flag(source_dir), "-O3", f"-I{source_dir}", f"-arch=sm_{arch}", str(source_dir / KERNEL)]
-    obj = subprocess.run([*base, "-Xptxas", "-v", "-c", "-o", str(work / f"k{arch}.o")], capture_output=True, text=True)
-    if obj.returncode != 0:
-        sys.exit(f"kernel_report: nvcc failed for sm_{arch}:\n{obj.stderr[-4000:]}")
-    ptx_path = work / f"k{arch}.ptx"
-    subprocess.run([*base, "-ptx", "-o", str(ptx_path)], check=True, capture_output=True)
-    return obj.stderr, ptx_path.read_text()
+    """(ptxas -v output, PTX text) of the kernels of every source in `KERNELS` for sm_<arch>."""
+    logs, ptxs = [], []
+    for kernel in (k for k in KERNELS if (source_dir / k).exists()):
+        base = [_nvcc(), _std_flag(source_dir), "-O3", f"-I{source_dir}", f"-arch=sm_{arch}", str(source_dir / kernel)]
+        out = work / f"{kernel.stem}_{arch}"
+        obj = subprocess.run([*base, "-Xptxas", "-v", "-c", "-o", f"{out}.o"], capture_output=True, text=True)
+        if obj.returncode != 0:
+            sys.exit(f"kernel_report: nvcc failed for {kernel} sm_{arch}:\n{obj.stderr[-4000:]}")
+        subprocess.run([*base, "-ptx", "-o", f"{out}.ptx"], check=True, capture_output=True)
+        logs.append(obj.stderr)
+        ptxs.append(Path(f"{out}.ptx").read_text())
+    return "\n".join(logs), "\n".join(ptxs)
 
 
 def _ptxas_stats(log: str) -> dict[str, tuple[int, int]]:
@@ -323,13 +331,86 @@ def atomics_report(kernel_src: Path) -> list[str]:
     return lines
 
 
+# InternImage-T / FlashInternImage-T stages (channels, groups, size), 16-channel groups, 3x3 kernel, batch 1.
+T_STAGES = ((64, 4, 56), (128, 8, 28), (256, 16, 14), (512, 32, 7))
+
+
+def _stage_inputs(channels: int, groups: int, size: int):
+    """(params, value, offset, mask, offset_mask, grad) of one stage, float32, DCNv4 layout with padding columns."""
+    import torch
+
+    params = dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dilation_h=1, dilation_w=1,
+                  group=groups, group_channels=channels // groups, offset_scale=1.0, remove_center=False)  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    value = torch.randn(1, size, size, channels, generator=gen)
+    offset = torch.randn(1, size, size, groups, 18, generator=gen)
+    mask = torch.rand(1, size, size, groups, 9, generator=gen)
+    columns = -(-groups * 27 // 8) * 8
+    fused = torch.cat([offset, mask], dim=-1).flatten(-2)
+    offset_mask = torch.cat([fused, torch.zeros(1, size, size, columns - fused.shape[-1])], dim=-1).contiguous()
+    grad = torch.randn(1, size, size, channels, generator=gen)
+    return params, value, offset.flatten(-2), mask.flatten(-2), offset_mask, grad
+
+
+def counters_report(kernel_src: Path, official_source: Path | None) -> list[str]:
+    """Backward grad_value atomics under the emulation, per sampling point (query * group * point), at
+    InternImage-T / FlashInternImage-T stage shapes, float32, sm_80 build: our DCNv3 and DCNv4 kernels and, with a
+    DCNv4 source, the official DCNv4 kernel (its findspec launch shapes)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emu"))
+    sys.path.insert(0, str(REPO / "tools"))
+    from emulator import CudaEmulator, Dcnv4Emulator, build_dcnv4_emulator, build_emulator
+
+    lines = [
+        "| kernel | T stage (C, G, size) | atomic instructions / point | sector ops / point | floats / sector op |",
+        "|---|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        ops = {
+            "DCNv3 ours": CudaEmulator(build_emulator(kernel_src, Path(tmp), 800)),
+            "DCNv4 ours": Dcnv4Emulator(build_dcnv4_emulator(kernel_src, Path(tmp), 800)),
+        }
+        for emu in ops.values():
+            emu.configure(sm_count=108, compute_capability=(8, 0))
+        if official_source is not None:
+            import dcnv4_official
+
+            ops["DCNv4 official"] = dcnv4_official.OfficialDcnv4(official_source, Path(tmp), sm_count=108)
+        for name, emu in ops.items():
+            for channels, groups, size in T_STAGES:
+                params, value, offset, mask, offset_mask, grad = _stage_inputs(channels, groups, size)
+                emu.reset_atomic_stats()
+                if name == "DCNv3 ours":
+                    emu.backward(grad, value, offset, mask, params)
+                elif name == "DCNv4 ours":
+                    emu.backward(grad, value, offset_mask, params)
+                else:
+                    p = params
+                    emu.backward(value, offset_mask, 3, 3, 1, 1, 1, 1, 1, 1, groups, p["group_channels"], 1.0, 64,
+                                 grad, False)  # fmt: skip
+                stats = emu.atomic_stats()
+                points = size * size * groups * 9
+                lines.append(
+                    f"| {name} | ({channels}, {groups}, {size}) | {stats['instructions'] / points:.2f} "
+                    f"| {stats['sector_ops'] / points:.2f} | {stats['floats'] / stats['sector_ops']:.2f} |"
+                )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=REPO / "kernel_src", help="kernel source tree")
     parser.add_argument("--before", default=None, help="git revision to compare with")
     parser.add_argument("--markdown", action="store_true", help="print the before/after table of the hot variants")
     parser.add_argument("--atomics", action="store_true", help="count the backward's atomics under the emulation")
+    parser.add_argument("--counters", action="store_true", help="DCNv3 vs DCNv4 (ours, official) atomics per point")
+    parser.add_argument("--dcnv4-source", type=Path, default=None, help="DCNv4 checkout / mirror for --counters")
     args = parser.parse_args(argv)
+    if args.counters:
+        sys.path.insert(0, str(REPO / "tools"))
+        import dcnv4_official
+
+        print("\n".join(counters_report(args.src, args.dcnv4_source or dcnv4_official.find_source())))
+        return 0
     if args.atomics:
         print("\n".join(atomics_report(args.src)))
         return 0

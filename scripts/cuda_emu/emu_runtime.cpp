@@ -28,6 +28,10 @@ struct Device {
   int minor = 0;
 } device;
 
+// Whether a shuffle that reads a lane outside its mask fails the launch (default) or reads an undefined value,
+// emulated as all-one bits (NaN for floating types), so that a kernel that uses it gets a wrong result.
+bool strict_shuffle_sources = true;
+
 cudaError_t last_error = cudaSuccess;
 std::string last_message;
 
@@ -146,6 +150,7 @@ bool same_collective(const Fiber& a, const Fiber& b) {
 
 // Source lane of a shuffle, or -1 when the lane keeps its own value.
 int shuffle_source(const Fiber& f, int lane) {
+  if (f.kind == Collective::kSyncWarp || f.kind == Collective::kSyncThreads) return -1;  // barriers move no data
   const int segment = lane / f.width * f.width;
   switch (f.kind) {
     case Collective::kShflSync:
@@ -171,6 +176,10 @@ void complete(const std::vector<int>& members) {
     f.result = f.bits;
     if (src >= 0) {
       const int src_index = index - lane + src;
+      if (!((f.mask >> src) & 1u) && !strict_shuffle_sources) {
+        f.result = ~uint64_t(0);
+        continue;
+      }
       if (!((f.mask >> src) & 1u)) {
         fail(kind_name(f.kind) + std::string(" at ") + where(f) + ": " + lane_name(f) + " reads lane " +
              std::to_string(src) + ", which is not in the mask");
@@ -437,4 +446,6 @@ void emu_atomic_stats(double* out) {
 }
 
 void emu_reset_atomic_stats() { emu::stats = {}; }
+
+void emu_set_strict_shuffle_sources(int strict) { emu::strict_shuffle_sources = strict != 0; }
 }

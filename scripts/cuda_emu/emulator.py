@@ -28,6 +28,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 KERNEL_FILE = Path("dcnv3_cuda") / "dcnv3_kernels.cu"
 MSDA_KERNEL_FILE = Path("dcnv3_cuda") / "msda_kernels.cu"
+DCNV4_KERNEL_FILE = Path("dcnv3_cuda") / "dcnv4_kernels.cu"
 DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 GUARD = 64  # elements of guard zone on each side of a buffer
 OUTPUT_SENTINEL = 1234.5
@@ -55,6 +56,7 @@ def _source_key(kernel_src: Path, arch: int, kernel: Path, harness: Path) -> str
     files = [HERE / "include" / n for n in sorted(os.listdir(HERE / "include"))]
     files += [HERE / "emu_runtime.cpp", harness, kernel_src / kernel]
     files += sorted((kernel_src / "dcnv3_common").glob("*.h")) + sorted((kernel_src / "dcnv3_cuda").glob("*.h"))
+    files += sorted((kernel_src / "dcnv3_cuda").glob("*.cuh"))
     for path in files:
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
@@ -106,6 +108,11 @@ def build_emulator(
 def build_msda_emulator(kernel_src: Path, build_dir: Path, arch: int = 800, kernel_file: Path | None = None) -> Path:
     """`build_emulator` for the multi-scale deformable attention kernels (``dcnv3_cuda/msda_kernels.cu``)."""
     return build_emulator(kernel_src, build_dir, arch, kernel_file, MSDA_KERNEL_FILE, HERE / "msda_harness.cpp")
+
+
+def build_dcnv4_emulator(kernel_src: Path, build_dir: Path, arch: int = 800, kernel_file: Path | None = None) -> Path:
+    """`build_emulator` for the DCNv4 kernels (``dcnv3_cuda/dcnv4_kernels.cu``, `Dcnv4Emulator`)."""
+    return build_emulator(kernel_src, build_dir, arch, kernel_file, DCNV4_KERNEL_FILE, HERE / "dcnv4_harness.cpp")
 
 
 @dataclasses.dataclass
@@ -310,3 +317,65 @@ class MsdaEmulator:
                 raise EmulationError(f"msda backward wrote outside {name}")
         grads = (grad_value.tensor.to(value.dtype), grad_loc.tensor.clone(), grad_w.tensor.clone())
         return grads, MsdaLaunchShape(*launch)
+
+
+class Dcnv4Emulator:
+    """The emulated DCNv4 kernels of one build (`build_dcnv4_emulator`), on CPU tensors with guard zones.
+
+    Arguments as `internimage_hf.ops.dcnv4.dcnv4_core`'s: value (N, H, W, G * Cg), offset_mask (N, Ho, Wo, D) with
+    D >= G * P * 3, and the hyper-parameters as a dict (kernel_h ... remove_center, as for `CudaEmulator`).
+    """
+
+    def __init__(self, library: Path):
+        self.lib = ctypes.CDLL(str(library))
+        self.lib.emu_last_message.restype = ctypes.c_char_p
+        self.lib.emu_dcnv4_forward.restype = ctypes.c_int
+        self.lib.emu_dcnv4_backward.restype = ctypes.c_int
+        self.configure()
+
+    configure = CudaEmulator.configure
+    atomic_stats = CudaEmulator.atomic_stats
+    reset_atomic_stats = CudaEmulator.reset_atomic_stats
+    _check = CudaEmulator._check
+
+    @staticmethod
+    def _shape(value, offset_mask, params) -> ctypes.Array:
+        points = params["kernel_h"] * params["kernel_w"] - int(bool(params["remove_center"]))
+        shape = list(_shape_array(value, offset_mask, params, points))
+        return (ctypes.c_int64 * (len(shape) + 1))(*shape, offset_mask.shape[3])
+
+    def forward(self, value, offset_mask, params: dict, misalign=False):
+        """Output of the CUDA forward; returns (output, LaunchShape)."""
+        v, om = (Guarded(t.shape, t.dtype, t, float("nan"), misalign) for t in (value, offset_mask))
+        out_shape = (value.shape[0], offset_mask.shape[1], offset_mask.shape[2], value.shape[3])
+        out = Guarded(out_shape, value.dtype, float("nan"), OUTPUT_SENTINEL, misalign)
+        launch = (ctypes.c_int64 * 4)()
+        status = self.lib.emu_dcnv4_forward(
+            DTYPES[value.dtype], v.ptr(), om.ptr(), out.ptr(), self._shape(value, offset_mask, params),
+            ctypes.c_double(params["offset_scale"]), int(bool(params["remove_center"])), launch,
+        )  # fmt: skip
+        self._check(status, "dcnv4 forward")
+        if not out.guards_intact():
+            raise EmulationError("dcnv4 forward wrote outside its output buffer")
+        return out.tensor.clone(), LaunchShape(launch[0], launch[1], launch[2], bool(launch[3]))
+
+    def backward(self, grad_output, value, offset_mask, params: dict, misalign=False):
+        """(grad_value, grad_offset_mask) of the CUDA backward in the input dtype; plus the LaunchShape."""
+        inputs = (grad_output, value, offset_mask)
+        g, v, om = (Guarded(t.shape, t.dtype, t, float("nan"), misalign) for t in inputs)
+        acc_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
+        # The launch contract: grad_value_acc zero-initialised; grad_offset_mask fully overwritten.
+        grad_value = Guarded(value.shape, acc_dtype, 0.0, OUTPUT_SENTINEL, misalign)
+        grad_offset_mask = Guarded(offset_mask.shape, value.dtype, float("nan"), OUTPUT_SENTINEL, misalign)
+        launch = (ctypes.c_int64 * 4)()
+        status = self.lib.emu_dcnv4_backward(
+            DTYPES[value.dtype], g.ptr(), v.ptr(), om.ptr(), grad_value.ptr(), grad_offset_mask.ptr(),
+            self._shape(value, offset_mask, params), ctypes.c_double(params["offset_scale"]),
+            int(bool(params["remove_center"])), launch,
+        )  # fmt: skip
+        self._check(status, "dcnv4 backward")
+        for name, buffer in (("grad_value", grad_value), ("grad_offset_mask", grad_offset_mask)):
+            if not buffer.guards_intact():
+                raise EmulationError(f"dcnv4 backward wrote outside {name}")
+        grads = (grad_value.tensor.to(value.dtype), grad_offset_mask.tensor.clone())
+        return grads, LaunchShape(launch[0], launch[1], launch[2], bool(launch[3]))

@@ -22,6 +22,9 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+// Only `extern __shared__ T name[]` (dynamic shared memory) is supported: the harness defines `name` once as a global
+// buffer, which serves every block because blocks run one at a time.
+#define __shared__
 
 struct uint3 {
   unsigned x, y, z;
@@ -66,6 +69,13 @@ cudaError_t cudaPeekAtLastError();
 const char* cudaGetErrorString(cudaError_t error);
 cudaError_t cudaGetDevice(int* device);
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
+
+enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+// Accepted and ignored: the launch still checks the 48 KiB default limit of dynamic shared memory.
+template <typename Kernel>
+cudaError_t cudaFuncSetAttribute(Kernel*, cudaFuncAttribute, int) {
+  return cudaSuccess;
+}
 
 namespace emu {
 
