@@ -67,6 +67,7 @@ def emulator(tmp_path_factory) -> Dcnv4Emulator:
     return Dcnv4Emulator(build_dcnv4_emulator(REPO / "kernel_src", build_dir, 800))
 
 
+@pytest.mark.cuda_host
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no host C++ compiler")
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_emulated_kernel_matches_official_fixture(emulator, name):

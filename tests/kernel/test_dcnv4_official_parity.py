@@ -23,6 +23,7 @@ import dcnv4_official  # noqa: E402  (tools/ is on sys.path: tests/conftest.py)
 from emulator import Dcnv4Emulator, build_dcnv4_emulator  # noqa: E402
 
 pytestmark = [
+    pytest.mark.cuda_host,
     pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no host C++ compiler"),
     pytest.mark.skipif(
         dcnv4_official.find_source() is None,

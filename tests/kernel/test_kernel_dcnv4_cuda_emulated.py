@@ -26,7 +26,10 @@ KERNEL_SRC = REPO / "kernel_src"
 sys.path.insert(0, str(REPO / "scripts" / "cuda_emu"))
 from emulator import Dcnv4Emulator, EmulationError, build_dcnv4_emulator  # noqa: E402
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no host C++ compiler")
+pytestmark = [
+    pytest.mark.cuda_host,
+    pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no host C++ compiler"),
+]
 
 ARCHS = (800, 900)
 # Against float64 on the rounded inputs: relative and (times the gradient's scale) absolute.
