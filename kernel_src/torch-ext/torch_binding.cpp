@@ -1,4 +1,5 @@
-// Op registration and input validation for the DCNv3 kernel (the MSDA ops are validated in msda_binding.cpp).
+// Op registration and input validation for the DCNv3 kernel (the MSDA ops are validated in msda_binding.cpp, the
+// DCNv4 ops in dcnv4_binding.cpp).
 //
 // The CPU implementation is registered in every build variant (a CUDA build also serves CPU tensors,
 // which matters because the `kernels` resolver picks the CUDA variant whenever torch is a CUDA build);
@@ -47,6 +48,16 @@ const char* const kMsdaForwardSchema =
 const char* const kMsdaBackwardSchema =
     "msda_backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
     "Tensor sampling_locations, Tensor attention_weights) -> (Tensor, Tensor, Tensor)";
+
+const char* const kDcnv4ForwardSchema =
+    "dcnv4_forward(Tensor value, Tensor offset_mask, int kernel_h, int kernel_w, int stride_h, int stride_w, "
+    "int pad_h, int pad_w, int dilation_h, int dilation_w, int group, int group_channels, float offset_scale, "
+    "bool remove_center) -> Tensor";
+
+const char* const kDcnv4BackwardSchema =
+    "dcnv4_backward(Tensor grad_output, Tensor value, Tensor offset_mask, int kernel_h, int kernel_w, int stride_h, "
+    "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, int group_channels, "
+    "float offset_scale, bool remove_center) -> (Tensor, Tensor)";
 
 bool supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -280,6 +291,10 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.def(kMsdaBackwardSchema);
   ops.impl("msda_forward", c10::DeviceType::CPU, &msda_forward);
   ops.impl("msda_backward", c10::DeviceType::CPU, &msda_backward);
+  ops.def(kDcnv4ForwardSchema);
+  ops.def(kDcnv4BackwardSchema);
+  ops.impl("dcnv4_forward", c10::DeviceType::CPU, &dcnv4_forward);
+  ops.impl("dcnv4_backward", c10::DeviceType::CPU, &dcnv4_backward);
 #if defined(CUDA_KERNEL)
   ops.impl("dcnv3_forward", c10::DeviceType::CUDA, &dcnv3_forward);
   ops.impl("dcnv3_softmax_forward", c10::DeviceType::CUDA, &dcnv3_softmax_forward);
@@ -287,6 +302,8 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.impl("dcnv3_softmax_backward", c10::DeviceType::CUDA, &dcnv3_softmax_backward);
   ops.impl("msda_forward", c10::DeviceType::CUDA, &msda_forward);
   ops.impl("msda_backward", c10::DeviceType::CUDA, &msda_backward);
+  ops.impl("dcnv4_forward", c10::DeviceType::CUDA, &dcnv4_forward);
+  ops.impl("dcnv4_backward", c10::DeviceType::CUDA, &dcnv4_backward);
 #endif
 }
 

@@ -125,3 +125,16 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_output, 
 #endif
 
 }  // namespace dcnv4
+
+// DCNv4 (FlashInternImage's sampling core) after validating every argument (dcnv4_binding.cpp), on the inputs'
+// device: value (N, H, W, G * Cg), offset_mask (N, H_out, W_out, D >= G * P * 3) in the layout described above.
+at::Tensor dcnv4_forward(const at::Tensor& value, const at::Tensor& offset_mask, int64_t kernel_h, int64_t kernel_w,
+                         int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
+                         int64_t dilation_w, int64_t group, int64_t group_channels, double offset_scale,
+                         bool remove_center);
+// (grad_value, grad_offset_mask), the padding columns of grad_offset_mask zero.
+std::tuple<at::Tensor, at::Tensor> dcnv4_backward(const at::Tensor& grad_output, const at::Tensor& value,
+                                                  const at::Tensor& offset_mask, int64_t kernel_h, int64_t kernel_w,
+                                                  int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                                                  int64_t dilation_h, int64_t dilation_w, int64_t group,
+                                                  int64_t group_channels, double offset_scale, bool remove_center);

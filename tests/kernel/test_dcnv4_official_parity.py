@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dcnv4_test_inputs import OFFICIAL_CASES, grad_output_for, make_dcnv4_inputs, reference_with_grads
+from dcnv4_cases import OFFICIAL_CASES, grad_output_for, make_dcnv4_inputs, reference_with_grads
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts" / "cuda_emu"))

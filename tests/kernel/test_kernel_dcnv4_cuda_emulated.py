@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dcnv4_test_inputs import DCNV4_CASES, grad_output_for, make_dcnv4_inputs, points_of, reference_with_grads
+from dcnv4_cases import DCNV4_CASES, grad_output_for, make_dcnv4_inputs, points_of, reference_with_grads
 
 from internimage_hf.ops.dcnv4 import dcnv4_core
 

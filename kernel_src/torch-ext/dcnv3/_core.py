@@ -19,6 +19,8 @@ _SOFTMAX_BACKWARD = add_op_namespace_prefix("dcnv3_softmax_backward")
 _DEPTHWISE_NORM_ACT = add_op_namespace_prefix("depthwise_norm_act")
 _MSDA_FORWARD = add_op_namespace_prefix("msda_forward")
 _MSDA_BACKWARD = add_op_namespace_prefix("msda_backward")
+_DCNV4_FORWARD = add_op_namespace_prefix("dcnv4_forward")
+_DCNV4_BACKWARD = add_op_namespace_prefix("dcnv4_backward")
 
 
 def _register_python_side() -> None:
@@ -72,9 +74,21 @@ def _register_python_side() -> None:
             weights.new_empty(weights.shape),
         )
 
+    @torch.library.register_fake(_DCNV4_FORWARD)
+    def _dcnv4_forward_fake(value, offset_mask, *args):
+        _check_dcnv4_meta(value, offset_mask)
+        # Output (N, H_out, W_out, G * Cg): batch and output size from offset_mask, channels from value.
+        return value.new_empty((*offset_mask.shape[:3], value.shape[3]))
+
+    @torch.library.register_fake(_DCNV4_BACKWARD)
+    def _dcnv4_backward_fake(grad_output, value, offset_mask, *args):
+        _check_dcnv4_meta(value, offset_mask, grad_output)
+        return value.new_empty(value.shape), offset_mask.new_empty(offset_mask.shape)
+
     torch.library.register_autograd(_FORWARD, _backward, setup_context=_setup_context)
     torch.library.register_autograd(_SOFTMAX_FORWARD, _softmax_backward, setup_context=_setup_context)
     torch.library.register_autograd(_MSDA_FORWARD, _msda_backward, setup_context=_msda_setup_context)
+    torch.library.register_autograd(_DCNV4_FORWARD, _dcnv4_backward, setup_context=_dcnv4_setup_context)
     packet._dcnv3_python_registered = True
 
 
@@ -91,6 +105,19 @@ def _check_meta(value, offset, mask, *others) -> None:
             lambda n=name, t=tensor: f"dcnv3: `{n}` has dtype {t.dtype} but `value` has dtype {value.dtype}",
         )
     torch._check(value.dim() == 4, lambda: f"dcnv3: `value` must be 4-D, got {tuple(value.shape)}")
+
+
+def _check_dcnv4_meta(value, offset_mask, *others) -> None:
+    """Rank / dtype / device checks of the C++ DCNv4 op, repeated for fake tensors (full checks run in C++)."""
+    torch._check(value.dim() == 4, lambda: f"dcnv4: `value` must be 4-D, got {tuple(value.shape)}")
+    for name, tensor in (("offset_mask", offset_mask), *(("grad_output", t) for t in others)):
+        torch._check(tensor.dim() == 4, lambda n=name, t=tensor: f"dcnv4: `{n}` must be 4-D, got {tuple(t.shape)}")
+        torch._check(
+            tensor.device == value.device and tensor.dtype == value.dtype,
+            lambda n=name, t=tensor: (
+                f"dcnv4: `{n}` is {t.dtype} on {t.device} but `value` is {value.dtype} on {value.device}"
+            ),
+        )
 
 
 def _check_msda_meta(value, sampling_locations, attention_weights) -> None:
@@ -137,6 +164,18 @@ def _softmax_backward(ctx, grad_output):
     value, offset, mask_logits = ctx.saved_tensors
     grads = ops.dcnv3_softmax_backward(grad_output, value, offset, mask_logits, *ctx.params)
     return tuple(grads) + (None,) * len(ctx.params)
+
+
+def _dcnv4_setup_context(ctx, inputs, output):
+    value, offset_mask = inputs[:2]
+    ctx.save_for_backward(value, offset_mask)
+    ctx.params = inputs[2:]
+
+
+def _dcnv4_backward(ctx, grad_output):
+    value, offset_mask = ctx.saved_tensors
+    grad_value, grad_offset_mask = ops.dcnv4_backward(grad_output, value, offset_mask, *ctx.params)
+    return (grad_value, grad_offset_mask) + (None,) * len(ctx.params)
 
 
 _register_python_side()
@@ -229,6 +268,56 @@ def dcnv3_softmax(
         int(pad_w), int(dilation_h), int(dilation_w), int(group), int(group_channels), float(offset_scale),
         bool(remove_center),
     )  # fmt: skip
+
+
+def dcnv4(
+    value: torch.Tensor,
+    offset_mask: torch.Tensor,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    group: int,
+    group_channels: int,
+    offset_scale: float,
+    remove_center: bool = False,
+) -> torch.Tensor:
+    """DCNv4 (FlashInternImage) sampling core, differentiable in value and offset_mask; CPU and CUDA.
+
+    Samples as `dcnv3` (same points, positions, bilinear interpolation and zero padding) with the offsets and point
+    weights fused in one tensor and the weights used as given (no softmax).
+
+    Args:
+        value: ``(N, H, W, G * Cg)`` channels-last input.
+        offset_mask: ``(N, Ho, Wo, D)`` with ``D >= G * P * 3``: group ``g`` owns the columns
+            ``[g * 3P, (g + 1) * 3P)``, first its ``P`` (dx, dy) pairs, then its ``P`` point weights. Columns from
+            ``G * 3P`` on (the official projection pads ``D`` to a multiple of 8) are never read and get zero
+            gradient.
+        kernel_h ... offset_scale, remove_center: as in `dcnv3`.
+
+    offset_mask is cast to ``value.dtype``. Half-precision inputs are computed in float32. Any batch size and group
+    width.
+
+    Returns:
+        ``(N, Ho, Wo, G * Cg)`` in ``value.dtype``.
+    """
+    if offset_mask.dtype != value.dtype:
+        offset_mask = offset_mask.to(value.dtype)
+    return ops.dcnv4_forward(
+        value, offset_mask, int(kernel_h), int(kernel_w), int(stride_h), int(stride_w), int(pad_h), int(pad_w),
+        int(dilation_h), int(dilation_w), int(group), int(group_channels), float(offset_scale), bool(remove_center),
+    )  # fmt: skip
+
+
+def dcnv4_backward(grad_output, value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                   dilation_w, group, group_channels, offset_scale, remove_center):  # fmt: skip
+    """Raw DCNv4 backward op: (grad_value, grad_offset_mask) for grad_output (N,Ho,Wo,G*Cg)."""
+    return ops.dcnv4_backward(grad_output, value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                              dilation_h, dilation_w, group, group_channels, offset_scale, remove_center)  # fmt: skip
 
 
 def depthwise_norm_act(

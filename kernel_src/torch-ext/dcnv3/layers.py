@@ -6,6 +6,8 @@ uses that module's attributes. The classes must stay pure ``nn.Module``: no ``__
 
 - ``DCNv3Core`` (``internimage_hf.dcnv3.DCNv3Core``): softmax over each group's points + DCNv3 sampling, in one
   op (forward and backward) on CPU and CUDA.
+- ``DCNv4Core`` (``internimage_hf.ops.dcnv4.DCNv4Core``): the DCNv4 sampling with fused offsets and weights, one op
+  (forward and backward) on CPU and CUDA.
 - ``InternImageMLP`` (``internimage_hf.modeling_internimage.InternImageMLP``, mapped for CPU only): in float32
   inference, oneDNN linears with the bias and the activation fused into the matrix multiply, which saves
   InternImage's largest activation (the 4x-wide hidden layer) two passes through memory.
@@ -30,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._core import dcnv3_softmax, depthwise_norm_act, multi_scale_deformable_attention
+from ._core import dcnv3_softmax, dcnv4, depthwise_norm_act, multi_scale_deformable_attention
 
 # Names of the activations InternImage configs use: oneDNN post-ops and the kernel's depthwise_norm_act.
 _ONEDNN_ACTIVATIONS = {nn.GELU: "gelu", nn.ReLU: "relu", nn.SiLU: "swish"}
@@ -64,6 +66,35 @@ class DCNv3Core(nn.Module):
         return dcnv3_softmax(
             value, offset, mask_logits, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
             dilation_h, dilation_w, group, group_channels, offset_scale, remove_center,
+        )  # fmt: skip
+
+
+class DCNv4Core(nn.Module):
+    """Stateless DCNv4 core: value (N,H,W,G*Cg), offset_mask (N,Ho,Wo,D >= G*P*3) -> (N,Ho,Wo,G*Cg)."""
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(
+        self,
+        value: torch.Tensor,
+        offset_mask: torch.Tensor,
+        kernel_h: int,
+        kernel_w: int,
+        stride_h: int,
+        stride_w: int,
+        pad_h: int,
+        pad_w: int,
+        dilation_h: int,
+        dilation_w: int,
+        group: int,
+        group_channels: int,
+        offset_scale: float,
+        remove_center: bool,
+    ) -> torch.Tensor:
+        return dcnv4(
+            value, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+            group, group_channels, offset_scale, remove_center,
         )  # fmt: skip
 
 

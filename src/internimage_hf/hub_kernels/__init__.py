@@ -12,7 +12,9 @@ API (``internimage_hf.hub_kernels.kernelize`` ...); `internimage_hf.kernelize` i
 """
 
 from .kernelizing import (
+    CORE_LAYER_NAMES,
     DCNV3_LAYER_NAME,
+    DCNV4_LAYER_NAME,
     LAYER_DEVICES,
     MLP_LAYER_NAME,
     MSDA_LAYER_NAME,
@@ -42,7 +44,9 @@ from .source import (
 __all__ = [
     "DCNV3_KERNEL_REPO_ID",
     "DCNV3_KERNEL_VERSION",
+    "CORE_LAYER_NAMES",
     "DCNV3_LAYER_NAME",
+    "DCNV4_LAYER_NAME",
     "KERNEL_ENV",
     "LAYER_DEVICES",
     "MLP_LAYER_NAME",

@@ -2,8 +2,9 @@
 
 The model's `internimage_hf.ops.dcnv3.DCNv3Core` modules are tagged for the ``kernels`` library
 (``use_kernel_forward_from_hub("DCNv3Core")``), and so are its MLPs (``"InternImageMLP"``) and DCNv3 operators
-(``"InternImageDCNv3"``). `kernelize` replaces their forward with the kernel's ``layers.DCNv3Core`` (cuda and
-cpu), ``layers.InternImageMLP`` and ``layers.InternImageDCNv3`` (cpu only: oneDNN linears with the bias (and the
+(``"InternImageDCNv3"``), and FlashInternImage's `internimage_hf.ops.dcnv4.DCNv4Core` (``"DCNv4Core"``). `kernelize`
+replaces their forward with the kernel's ``layers.DCNv3Core`` and ``layers.DCNv4Core`` (cuda and cpu),
+``layers.InternImageMLP`` and ``layers.InternImageDCNv3`` (cpu only: oneDNN linears with the bias (and the
 MLP's activation) fused, for float32 inference) when the kernel can be loaded, and otherwise keeps the portable
 PyTorch path. It also maps Transformers' Deformable DETR ``MultiScaleDeformableAttention`` (tagged by Transformers;
 the DINO detector's encoder and decoder attention) to the kernel's ``layers.MultiScaleDeformableAttention`` (cuda
@@ -42,6 +43,7 @@ from .source import KernelSource, resolve_kernel_source
 logger = logging.getLogger(__name__)
 
 DCNV3_LAYER_NAME = "DCNv3Core"
+DCNV4_LAYER_NAME = "DCNv4Core"
 MLP_LAYER_NAME = "InternImageMLP"
 OPERATOR_LAYER_NAME = "InternImageDCNv3"
 # Transformers' name for Deformable DETR's sampling core (its `use_kernel_forward_from_hub` tag).
@@ -49,6 +51,7 @@ MSDA_LAYER_NAME = "MultiScaleDeformableAttention"
 # Devices each kernel layer is mapped for: the MLP and operator layers only pay off where oneDNN runs the linears.
 LAYER_DEVICES = {
     DCNV3_LAYER_NAME: ("cuda", "cpu"),
+    DCNV4_LAYER_NAME: ("cuda", "cpu"),
     MLP_LAYER_NAME: ("cpu",),
     OPERATOR_LAYER_NAME: ("cpu",),
     MSDA_LAYER_NAME: ("cuda", "cpu"),
@@ -56,7 +59,9 @@ LAYER_DEVICES = {
 # Layers of this package's own modules. Only these enter the global ``kernels`` mapping (`register_layer_names`,
 # `register_dcnv3_kernel_mapping`): Transformers maps MultiScaleDeformableAttention globally to its own hub kernel
 # on CUDA, and registering it here would silently take that over for every Deformable DETR in the process.
-OWN_LAYER_NAMES = (DCNV3_LAYER_NAME, MLP_LAYER_NAME, OPERATOR_LAYER_NAME)
+OWN_LAYER_NAMES = (DCNV3_LAYER_NAME, DCNV4_LAYER_NAME, MLP_LAYER_NAME, OPERATOR_LAYER_NAME)
+# The sampling cores, whose implementation `dcnv3_backend` reports.
+CORE_LAYER_NAMES = (DCNV3_LAYER_NAME, DCNV4_LAYER_NAME)
 SUPPORTED_DEVICES = ("cuda", "cpu")
 PYTORCH_BACKEND = "pytorch"
 
@@ -139,8 +144,8 @@ def _tagged_modules(model: nn.Module, layer_names) -> list[nn.Module]:
     return [m for m in model.modules() if getattr(type(m), "kernel_layer_name", None) in layer_names]
 
 
-def _dcnv3_modules(model: nn.Module) -> list[nn.Module]:
-    return _tagged_modules(model, (DCNV3_LAYER_NAME,))
+def _core_modules(model: nn.Module) -> list[nn.Module]:
+    return _tagged_modules(model, CORE_LAYER_NAMES)
 
 
 def _runs_kernel(module: nn.Module) -> bool:
@@ -182,15 +187,15 @@ def kernelize(
     local_path: str | os.PathLike | None = None,
     trust_remote_code: bool | list[str] = False,
 ) -> nn.Module:
-    """Run the model's DCNv3 cores (and, on CPU, its MLPs) and Transformers' multi-scale deformable attention cores
-    on the hub (or local) kernel when possible.
+    """Run the model's DCNv3 and DCNv4 cores (and, on CPU, its MLPs) and Transformers' multi-scale deformable
+    attention cores on the hub (or local) kernel when possible.
 
     Modules the kernel cannot serve keep their PyTorch forward.
 
     Args:
-        model: any module containing `internimage_hf.ops.dcnv3.DCNv3Core` or Transformers'
-            ``MultiScaleDeformableAttention`` submodules (an InternImage model, a DINO detector, a Deformable DETR);
-            modified in place.
+        model: any module containing `internimage_hf.ops.dcnv3.DCNv3Core`, `internimage_hf.ops.dcnv4.DCNv4Core` or
+            Transformers' ``MultiScaleDeformableAttention`` submodules (an InternImage or FlashInternImage model, a DINO
+            detector, a Deformable DETR); modified in place.
         mode: a ``kernels.Mode`` (or ``"inference"`` / ``"training"``); default from ``model.training``.
             Add ``kernels.Mode.TORCH_COMPILE`` when the model will be compiled.
         device: ``"cuda"`` or ``"cpu"``; default: the device of the model's parameters.
@@ -412,20 +417,23 @@ def dcnv3_backend(model: nn.Module) -> str:
     """Which DCNv3 implementation ``model`` runs.
 
     Args:
-        model: any module; its `internimage_hf.ops.dcnv3.DCNv3Core` submodules are inspected (none: ``"pytorch"``).
+        model: any module; its `internimage_hf.ops.dcnv3.DCNv3Core` and `internimage_hf.ops.dcnv4.DCNv4Core`
+            submodules are inspected (none: ``"pytorch"``).
 
     Returns:
         ``"pytorch"``, ``"hub:<repo>@v<version>"`` / ``"hub:<repo>@<revision>"``, ``"local:<path>"``, or
         ``"kernel:<id>"`` for a kernel installed by other means. Mixed models report the first kernel found.
     """
-    for module in _dcnv3_modules(model):
+    for module in _core_modules(model):
         if _runs_kernel(module):
             return module.__dict__.get(_SOURCE_ATTR) or _describe_forward(module)
     return PYTORCH_BACKEND
 
 
 __all__ = [
+    "CORE_LAYER_NAMES",
     "DCNV3_LAYER_NAME",
+    "DCNV4_LAYER_NAME",
     "LAYER_DEVICES",
     "MLP_LAYER_NAME",
     "MSDA_LAYER_NAME",
