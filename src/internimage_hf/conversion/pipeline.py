@@ -14,8 +14,10 @@ from .planning import check_image_size, plan_conversion, read_config_file
 from .releases import (
     COMPOSITE_BACKBONE_RELEASES,
     DINO_RELEASES,
+    FLASH_DENSE_RELEASES,
     MASK2FORMER_RELEASES,
     RELEASES,
+    find_dense_release,
     find_detection_release,
     find_release,
     find_segmentation_release,
@@ -58,7 +60,9 @@ def convert_checkpoint(
     """Convert `source` into a Hugging Face directory at `output_dir`.
 
     `name` (or the source's file/directory name) selects a known release: its preset, class count, label names,
-    image size and published accuracy (classification releases and the official Mask2Former segmentation releases).
+    image size and published accuracy (classification releases, the official Mask2Former segmentation releases, the
+    DINO detectors and the FlashInternImage detectors and segmenters). The model family (InternImage or
+    FlashInternImage) is that of the weights' operator (`families.detect_family`).
     `preset` / `config_file` override the architecture. Arguments and the configuration are checked before any
     weight is read. Nothing is left at `output_dir` when any step fails, and
     `overwrite` only ever replaces a previous conversion (see `output_dir.OutputDirectory`).
@@ -70,8 +74,9 @@ def convert_checkpoint(
     """
     target = OutputDirectory(output_dir, source, overwrite=overwrite, log=log)
     _refuse_composite_backbone(name, source)
-    if name and not (find_release(name) or find_segmentation_release(name) or find_detection_release(name)):
-        known = ", ".join(sorted({*RELEASES, *MASK2FORMER_RELEASES, *DINO_RELEASES}))
+    finders = (find_release, find_segmentation_release, find_detection_release, find_dense_release)
+    if name and not any(find(name) for find in finders):
+        known = ", ".join(sorted({*RELEASES, *MASK2FORMER_RELEASES, *DINO_RELEASES, *FLASH_DENSE_RELEASES}))
         raise ConversionError(f"unknown release {name!r}; known: {known}")
     check_image_size(image_size, "image_size")
     check_image_size(verify_size, "verify_size", limit=MAX_VERIFY_SIZE)
@@ -80,6 +85,7 @@ def convert_checkpoint(
     release = find_release(name) or find_release(Path(source).name)
     segmentation_release = find_segmentation_release(name) or find_segmentation_release(Path(source).name)
     detection_release = find_detection_release(name) or find_detection_release(Path(source).name)
+    dense_release = find_dense_release(name) or find_dense_release(Path(source).name)
     with target:
         loaded = load_source(source)
         if loaded.ignored_keys:
@@ -87,6 +93,7 @@ def convert_checkpoint(
         plan = plan_conversion(
             loaded, task=task, preset=preset, config_file=Path(config_file) if config_file else None, release=release,
             image_size=image_size, segmentation_release=segmentation_release, detection_release=detection_release,
+            dense_release=dense_release,
         )  # fmt: skip
         for note in plan.notes:
             log(note)

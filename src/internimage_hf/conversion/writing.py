@@ -10,8 +10,8 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import is_torchvision_available
 
 from ..hub.model_card import ModelCardInfo, render_model_card
-from ..models.internimage.configuration_internimage import PRESETS
 from .errors import ConversionError
+from .families import family_of
 from .planning import ConversionPlan
 from .releases import UPERNET_ADE20K, Release, SegmentationRelease, find_release, parse_mmseg_name
 from .sources import Source
@@ -81,7 +81,9 @@ def card_info(
 ) -> ModelCardInfo:
     """Model-card facts for the converted checkpoint."""
     release, config = plan.release, plan.config
-    variant = next((n for n, p in PRESETS.items() if p["channels"] == config.channels), f"custom-{config.channels}")
+    family = family_of(config)
+    presets = family.presets.items()
+    variant = next((n for n, p in presets if p["channels"] == config.channels), f"custom-{config.channels}")
     metrics = []
     if plan.task == "classification" and release and release.top1 is not None:
         metrics.append(("ImageNet-1k top-1 (%)", f"{release.top1} at {release.image_size}x{release.image_size}"))
@@ -93,7 +95,8 @@ def card_info(
     detection = plan.detection_release
     if detection:
         metrics.append((f"{detection.dataset} val box AP (%)", f"{detection.box_ap} (single-scale)"))
-        metrics.append(("parameters (official README)", detection.reported_params))
+        if detection.reported_params is not None:
+            metrics.append(("parameters (official README)", detection.reported_params))
     notes = [f"Conversion: {note}." for note in plan.notes]
     if segmentation and segmentation.miou:
         single, multi = segmentation.miou
@@ -112,7 +115,9 @@ def card_info(
     if plan.task == "dino" and model.config.id2label.get(0) == "person":
         label_set = "COCO"
     title = (
-        release.name if release and plan.task == "classification" else f"InternImage-{variant.upper()} ({plan.task})"
+        release.name
+        if release and plan.task == "classification"
+        else f"{family.display_name}-{variant.upper()} ({plan.task})"
     )
     title = segmentation.name if segmentation else title
     title = detection.name if detection else title
