@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.machinery
 import importlib.util
 import io
 import logging
@@ -198,7 +199,10 @@ def _timm_standin() -> dict[str, types.ModuleType]:
     models.layers = layers
     timm = types.ModuleType("timm")
     timm.models = models
-    return {"timm": timm, "timm.models": models, "timm.models.layers": layers}
+    modules = {"timm": timm, "timm.models": models, "timm.models.layers": layers}
+    for name, module in modules.items():  # libraries that probe for timm (`find_spec`) need a spec
+        module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)
+    return modules
 
 
 class OfficialFlashCode:
