@@ -190,6 +190,10 @@ def test_upernet_with_a_flash_backbone_converts_exactly(case, tmp_path):
         log=quiet,
     )  # fmt: skip
     assert result.task == "upernet" and result.max_abs_diff <= TOLERANCE
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "UperNetForSemanticSegmentation`, FlashInternImage backbone" in card
+    assert "FlashInternImage-CUSTOM-32" in card and "deformable convolution v4 (DCNv4)" in card
+    assert "arXiv:2401.06197" in card and "- flash_internimage" in card and "- dcnv4" in card
     converted = UperNetForSemanticSegmentation.from_pretrained(tmp_path / "out").eval()
     assert type(converted.backbone) is FlashInternImageBackbone
     with torch.no_grad():

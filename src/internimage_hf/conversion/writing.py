@@ -142,6 +142,7 @@ def card_info(
         repo_id=repo_id,
         config_summary={k: getattr(config, k) for k in summary_fields},
         release=_known_release(source_url),
+        family=family.model_type,
     )
 
 
