@@ -10,14 +10,10 @@ import pytest
 import torch
 from flash_cases import FLASH_NAMES, FlashCase
 from PIL import Image
-from transformers import (
-    AutoBackbone,
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-    pipeline,
-)
+from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification, pipeline
+
+# The top-level name is a placeholder without torchvision in transformers < 5.5; the module is always real.
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from internimage_hf import (
     FlashInternImageBackbone,
@@ -262,7 +258,8 @@ def test_auto_classes_resolve(tmp_path):
     assert type(AutoModelForImageClassification.from_config(config)) is FlashInternImageForImageClassification
     assert type(AutoBackbone.from_config(config)) is FlashInternImageBackbone
     InternImageImageProcessorPil(crop_size={"height": 64, "width": 64}).save_pretrained(tmp_path)
-    assert "InternImageImageProcessor" in type(AutoImageProcessor.from_pretrained(tmp_path)).__name__
+    processor = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+    assert type(processor) is InternImageImageProcessorPil
 
 
 def test_image_classification_pipeline_from_a_local_directory(tmp_path):
