@@ -208,3 +208,15 @@ def test_internimage_checkpoints_still_convert_as_internimage():
     )
     plan = plan_conversion(source, release=find_release(source.path.name))
     assert type(plan.config) is InternImageConfig and plan.config.core_op == "DCNv3"
+
+
+def test_remote_code_is_not_written_for_flash_checkpoints(case, tmp_path):
+    checkpoint = tmp_path / "ckpt.pth"
+    torch.save({"model": case.state_dict}, checkpoint)
+    config = config_file(case, tmp_path / "c.json")
+    with pytest.raises(ConversionError, match="a FlashInternImage checkpoint loads with internimage_hf installed"):
+        convert_checkpoint(checkpoint, tmp_path / "out", config_file=config, remote_code=True, log=quiet)
+    messages = []
+    convert_checkpoint(checkpoint, tmp_path / "out", config_file=config, repo_id="me/flash", log=messages.append)
+    assert "remote code: not included (a FlashInternImage checkpoint loads with internimage_hf installed)" in messages
+    assert not list((tmp_path / "out").glob("*.py"))

@@ -9,8 +9,9 @@ from pathlib import Path
 from ..hub.remote_code import RemoteCodeError, add_remote_code
 from .building import VERIFY_TOLERANCE, build_model, unused_keys, verify_converted
 from .errors import ConversionError
+from .families import family_of
 from .output_dir import OutputDirectory
-from .planning import check_image_size, plan_conversion, read_config_file
+from .planning import ConversionPlan, check_image_size, plan_conversion, read_config_file
 from .releases import (
     COMPOSITE_BACKBONE_RELEASES,
     DINO_RELEASES,
@@ -97,7 +98,7 @@ def convert_checkpoint(
         )  # fmt: skip
         for note in plan.notes:
             log(note)
-        include_code = _include_remote_code(remote_code, repo_id, plan.task, log)
+        include_code = _include_remote_code(remote_code, repo_id, plan, log)
         dropped = unused_keys(loaded, plan.task)
         if dropped:
             log(
@@ -139,11 +140,13 @@ def _refuse_composite_backbone(name: str | None, source: str | os.PathLike) -> N
             )
 
 
-def _include_remote_code(remote_code: bool | None, repo_id: str | None, task: str, log) -> bool:
-    """Whether to write remote code: as asked, else for Hub-bound output; never for a segmentation model (UperNet,
-    Mask2Former), whose config nests ours."""
+def _include_remote_code(remote_code: bool | None, repo_id: str | None, plan: ConversionPlan, log) -> bool:
+    """Whether to write remote code: as asked, else for Hub-bound output; never for a segmentation model or detector
+    (UperNet, Mask2Former, DINO), whose config nests ours, nor for FlashInternImage, which has no remote code."""
     wanted = repo_id is not None if remote_code is None else remote_code
-    head = {"upernet": "UperNet", "mask2former": "Mask2Former", "dino": "DINO"}.get(task)
+    head = {"upernet": "UperNet", "mask2former": "Mask2Former", "dino": "DINO"}.get(plan.task)
+    if plan.config.model_type != "internimage":
+        head = family_of(plan.config).display_name
     if wanted and head:
         if remote_code:
             raise ConversionError(
