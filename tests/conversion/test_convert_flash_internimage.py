@@ -194,6 +194,8 @@ def test_upernet_with_a_flash_backbone_converts_exactly(case, tmp_path):
     assert "UperNetForSemanticSegmentation`, FlashInternImage backbone" in card
     assert "FlashInternImage-CUSTOM-32" in card and "deformable convolution v4 (DCNv4)" in card
     assert "arXiv:2401.06197" in card and "- flash_internimage" in card and "- dcnv4" in card
+    assert "UperNet, ADE20K mIoU 50.6 / 51.6 (official README)" in card and "47.9" not in card  # not InternImage's
+    assert json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())["crop_size"]["height"] == 512
     converted = UperNetForSemanticSegmentation.from_pretrained(tmp_path / "out").eval()
     assert type(converted.backbone) is FlashInternImageBackbone
     with torch.no_grad():
@@ -220,3 +222,25 @@ def test_remote_code_is_not_written_for_flash_checkpoints(case, tmp_path):
     convert_checkpoint(checkpoint, tmp_path / "out", config_file=config, repo_id="me/flash", log=messages.append)
     assert "remote code: not included (a FlashInternImage checkpoint loads with internimage_hf installed)" in messages
     assert not list((tmp_path / "out").glob("*.py"))
+
+
+def test_mask2former_with_a_flash_backbone_converts(case, tmp_path):
+    from official_mask2former import SMALL_HEAD, random_official_head
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    in_channels = [case.metadata["model_kwargs"]["channels"] * 2**i for i in range(4)]
+    weights = {"backbone." + k: v for k, v in case.backbone_state_dict.items()}
+    weights |= random_official_head(0, in_channels=in_channels, **SMALL_HEAD)
+    checkpoint = tmp_path / "mask2former_flash_internimage_s_640_160k_ade20k_ss.pth"
+    torch.save({"state_dict": weights}, checkpoint)
+    result = convert_checkpoint(
+        checkpoint, tmp_path / "out", config_file=config_file(case, tmp_path / "c.json"), verify=True, verify_size=64,
+        log=quiet,
+    )  # fmt: skip
+    assert result.task == "mask2former" and result.max_abs_diff <= TOLERANCE
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(tmp_path / "out").eval()
+    encoder = model.model.pixel_level_module.encoder
+    assert type(encoder) is FlashInternImageBackbone and model.config.id2label[0] == "wall"  # ADE20K, from the name
+    with torch.no_grad():
+        for ours, official in zip(encoder(case.input).feature_maps, case.stage_outputs, strict=True):
+            torch.testing.assert_close(ours, official, atol=TOLERANCE, rtol=0)

@@ -103,7 +103,7 @@ UPERNET_ADE20K: dict[str, tuple[int, float, float]] = {
     "xl": (640, 55.0, 55.3),
     "h": (896, 59.9, 60.3),
 }
-_MMSEG_NAME = re.compile(r"(?:upernet|mask2former)_internimage_(t|s|b|l|xl|h|g)_(\d+)(?:x\d+)?_")
+_MMSEG_NAME = re.compile(r"(?:upernet|mask2former)_(?:flash_)?internimage_(t|s|b|l|xl|h|g)_(\d+)(?:x\d+)?_")
 # Dataset words of the official segmentation file names -> `data.labels.segmentation_id2label` sets. A name like
 # ``..._cocostuff2ade20k`` names the fine-tuning chain, so the word found last is the model's own dataset.
 _DATASET_WORDS = {"ade20k": "ade20k", "cityscapes": "cityscapes", "cocostuff": "coco_stuff"}
@@ -333,7 +333,8 @@ def dataset_label_set(name: str) -> str | None:
 
 
 def parse_mmseg_name(name: str) -> tuple[str, int] | None:
-    """``upernet_internimage_l_640_160k_ade20k.pth`` -> ("l", 640); cityscapes ``512x1024`` gives the short side."""
+    """``upernet_internimage_l_640_160k_ade20k.pth`` (or ``upernet_flash_internimage_...``) -> ("l", 640); cityscapes
+    ``512x1024`` gives the short side."""
     match = _MMSEG_NAME.search(Path(name).name)
     return (match.group(1), int(match.group(2))) if match else None
 

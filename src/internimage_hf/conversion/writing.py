@@ -87,7 +87,9 @@ def card_info(
     metrics = []
     if plan.task == "classification" and release and release.top1 is not None:
         metrics.append(("ImageNet-1k top-1 (%)", f"{release.top1} at {release.image_size}x{release.image_size}"))
-    parsed = parse_mmseg_name(source.path.name) if plan.task == "upernet" else None
+    # InternImage's UperNet results; FlashInternImage's come with its release note (`FLASH_DENSE_RELEASES`)
+    is_internimage_upernet = plan.task == "upernet" and family.model_type == "internimage"
+    parsed = parse_mmseg_name(source.path.name) if is_internimage_upernet else None
     if parsed and "ade20k" in source.path.name and parsed[0] in UPERNET_ADE20K:
         crop, single, multi = UPERNET_ADE20K[parsed[0]]
         metrics.append(("ADE20K val mIoU (%), single / multi-scale", f"{single} / {multi} at {crop}x{crop}"))
