@@ -244,3 +244,55 @@ def test_mask2former_with_a_flash_backbone_converts(case, tmp_path):
     with torch.no_grad():
         for ours, official in zip(encoder(case.input).feature_maps, case.stage_outputs, strict=True):
             torch.testing.assert_close(ours, official, atol=TOLERANCE, rtol=0)
+
+
+# Our backbone names -> the official ones (the inverse of the renames the converter applies), for building an official
+# detector checkpoint around a full-size FlashInternImage backbone.
+OFFICIAL_BACKBONE_NAMES = (
+    (r"^embeddings\.conv(\d)\.", r"patch_embed.conv\1."),
+    (r"^embeddings\.norm(\d)\.", r"patch_embed.norm\1.1."),
+    (r"^encoder\.stages\.", "levels."),
+    (r"\.layers\.", ".blocks."),
+    (r"\.depthwise_conv\.", ".offset_mask_dw."),
+    (r"\.(norm1|norm2|norm)\.(weight|bias)$", r".\1.0.\2"),
+    (r"\.downsample\.norm\.0\.", ".downsample.norm.1."),
+    (r"\.layer_scale([12])$", r".gamma\1"),
+)
+
+
+def official_backbone_weights(config: FlashInternImageConfig) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    weights = {}
+    for key, value in FlashInternImageBackbone(config).state_dict().items():
+        official = key
+        for pattern, replacement in OFFICIAL_BACKBONE_NAMES:
+            official = re.sub(pattern, replacement, official)
+        assert convert_official_backbone_key(official) == key, (key, official)  # the helper inverts the converter
+        weights[official] = value
+    return weights
+
+
+def test_official_flash_dino_release_converts_with_its_facts(tmp_path):
+    """The official DINO head of the InternImage-T fixture reads 128/256/512-channel stages, as FlashInternImage-T's."""
+    pytest.importorskip("torchvision", reason="the DINO image processor extends Deformable DETR's (torchvision)")
+    from detection_fixtures import read_fixture
+    from transformers import AutoModelForObjectDetection
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "detection" / "dino_internimage_t.safetensors"
+    tensors, _ = read_fixture(fixture)
+    head = {k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")}
+    head = {k: v for k, v in head.items() if not k.startswith("backbone.")}
+    backbone = official_backbone_weights(FlashInternImageConfig.from_preset("t", layer_scale=1.0))
+    name = "dino_4scale_flash_internimage_t_1x_coco"
+    checkpoint = tmp_path / f"{name}.pth"
+    torch.save({"state_dict": {**{"backbone." + k: v for k, v in backbone.items()}, **head}}, checkpoint)
+    result = convert_checkpoint(checkpoint, tmp_path / "out", verify=True, log=quiet)
+    assert result.task == "dino" and result.max_abs_diff <= TOLERANCE
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["backbone_config"]["model_type"] == "flash_internimage" and config["num_denoising"] == 100
+    assert config["backbone_config"]["out_features"] == ["stage2", "stage3", "stage4"]
+    assert config["backbone_config"]["layer_scale"] == 1.0  # the detector's gammas
+    detector = AutoModelForObjectDetection.from_pretrained(tmp_path / "out")
+    assert type(detector.model.backbone) is FlashInternImageBackbone
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "54.7" in card and "FlashInternImage backbone" in card and "parameters (official README)" not in card
