@@ -22,7 +22,6 @@ from ..internimage.modeling_internimage import (
     InternImageBackbone,
     InternImageEncoder,
     InternImageForImageClassification,
-    InternImageImageClassifierOutput,
     InternImageLayer,
     InternImageMLP,
     InternImageModel,
@@ -121,5 +120,4 @@ __all__ = [
     "FlashInternImageForImageClassification",
     "FlashInternImageModel",
     "FlashInternImagePreTrainedModel",
-    "InternImageImageClassifierOutput",
 ]
