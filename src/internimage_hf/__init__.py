@@ -3,9 +3,10 @@
 One folder per concern, imports only going down this list (`tests/test_import_layers.py`):
 
 - `data`: class names shipped with the package (`data.labels` and its JSON files);
-- `ops`: the portable DCNv3 operator (`ops.dcnv3`);
+- `ops`: the portable DCNv3 and DCNv4 operators (`ops.dcnv3`, `ops.dcnv4`);
 - `hub_kernels`: the compiled DCNv3 kernel in place of the PyTorch modules (`kernelize`);
 - `models.internimage`: configuration, modeling and image processors, named as in ``transformers.models``;
+- `models.flash_internimage`: FlashInternImage (DCNv4), reusing InternImage's modules;
 - `models.dino_detr`: the DINO detector (InternImage backbone by default);
 - `hub`: sharing checkpoints: remote code (`hub.remote_code`), model cards, ``torch.export`` / ONNX (`hub.export`);
 - `conversion`: official checkpoints -> this package's format (behind ``scripts/convert_checkpoint.py``);
@@ -41,6 +42,13 @@ from .models.dino_detr.modeling_dino_detr import (
     DinoDetrObjectDetectionOutput,
     DinoDetrPreTrainedModel,
 )
+from .models.flash_internimage.configuration_flash_internimage import FLASH_PRESETS, FlashInternImageConfig
+from .models.flash_internimage.modeling_flash_internimage import (
+    FlashInternImageBackbone,
+    FlashInternImageForImageClassification,
+    FlashInternImageModel,
+    FlashInternImagePreTrainedModel,
+)
 from .models.internimage.configuration_internimage import PRESETS, InternImageConfig
 from .models.internimage.image_processing_internimage import InternImageImageProcessor
 from .models.internimage.image_processing_pil_internimage import InternImageImageProcessorPil
@@ -52,11 +60,16 @@ from .models.internimage.modeling_internimage import (
     InternImagePreTrainedModel,
 )
 from .ops.dcnv3 import DCNv3Core, InternImageDCNv3, dcnv3_core
+from .ops.dcnv4 import DCNv4Core, FlashInternImageDCNv4, dcnv4_core
 
 AutoConfig.register("internimage", InternImageConfig, exist_ok=True)
 AutoModel.register(InternImageConfig, InternImageModel, exist_ok=True)
 AutoModelForImageClassification.register(InternImageConfig, InternImageForImageClassification, exist_ok=True)
 AutoBackbone.register(InternImageConfig, InternImageBackbone, exist_ok=True)
+AutoConfig.register("flash_internimage", FlashInternImageConfig, exist_ok=True)
+AutoModel.register(FlashInternImageConfig, FlashInternImageModel, exist_ok=True)
+AutoModelForImageClassification.register(FlashInternImageConfig, FlashInternImageForImageClassification, exist_ok=True)
+AutoBackbone.register(FlashInternImageConfig, FlashInternImageBackbone, exist_ok=True)
 AutoConfig.register("dino_detr", DinoDetrConfig, exist_ok=True)
 AutoModel.register(DinoDetrConfig, DinoDetrModel, exist_ok=True)
 AutoModelForObjectDetection.register(DinoDetrConfig, DinoDetrForObjectDetection, exist_ok=True)
@@ -66,11 +79,12 @@ if is_torchvision_available():  # Deformable DETR's processor, which DINO's exte
     AutoImageProcessor.register(
         DinoDetrConfig, image_processor_classes={"torchvision": DinoDetrImageProcessor}, exist_ok=True
     )
-AutoImageProcessor.register(
-    InternImageConfig,
-    image_processor_classes={"torchvision": InternImageImageProcessor, "pil": InternImageImageProcessorPil},
-    exist_ok=True,
-)
+for _config_class in (InternImageConfig, FlashInternImageConfig):  # FlashInternImage preprocesses as InternImage
+    AutoImageProcessor.register(
+        _config_class,
+        image_processor_classes={"torchvision": InternImageImageProcessor, "pil": InternImageImageProcessorPil},
+        exist_ok=True,
+    )
 
 try:  # known to `kernels` but mapped to no device: Transformers' default kernelize stays quiet and offline
     register_layer_names()
@@ -80,13 +94,21 @@ except ImportError:
 __version__ = "0.1.0"
 
 __all__ = [
+    "FLASH_PRESETS",
     "PRESETS",
     "DCNv3Core",
+    "DCNv4Core",
     "DinoDetrConfig",
     "DinoDetrForObjectDetection",
     "DinoDetrModel",
     "DinoDetrObjectDetectionOutput",
     "DinoDetrPreTrainedModel",
+    "FlashInternImageBackbone",
+    "FlashInternImageConfig",
+    "FlashInternImageDCNv4",
+    "FlashInternImageForImageClassification",
+    "FlashInternImageModel",
+    "FlashInternImagePreTrainedModel",
     "InternImageBackbone",
     "InternImageConfig",
     "InternImageDCNv3",
@@ -100,6 +122,7 @@ __all__ = [
     "convert_official_state_dict",
     "dcnv3_backend",
     "dcnv3_core",
+    "dcnv4_core",
     "kernelize",
     "register_dcnv3_kernel_mapping",
 ]

@@ -104,9 +104,10 @@ def test_composite_backbone_weights_are_refused(tmp_path):
         convert_checkpoint(path, tmp_path / "out", log=lambda message: None)
 
 
-@pytest.mark.parametrize("release", sorted(DINO_RELEASES))
+@pytest.mark.parametrize("release", sorted(name for name, r in DINO_RELEASES.items() if r.reported_params))
 def test_parameter_counts_are_the_published_ones(release):
-    """The detector of each release, built from its preset, has the parameter count of the official README."""
+    """The detector of each release, built from its preset, has the parameter count of the official README (the
+    FlashInternImage DINO rows publish none)."""
     from internimage_hf import DinoDetrConfig, InternImageConfig
 
     facts = DINO_RELEASES[release]

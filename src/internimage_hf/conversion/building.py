@@ -12,9 +12,9 @@ from ..data.labels import detection_id2label
 from ..models.dino_detr.configuration_dino_detr import DinoDetrConfig
 from ..models.dino_detr.modeling_dino_detr import DinoDetrForObjectDetection
 from ..models.internimage.configuration_internimage import InternImageConfig
-from ..models.internimage.modeling_internimage import InternImageBackbone, InternImageForImageClassification
 from .dino_detr import convert_official_dino_state_dict
 from .errors import ConversionError
+from .families import family_of
 from .keys import convert_mmseg_head_key, convert_official_backbone_key, convert_official_state_dict, strip_ddp_prefix
 from .mask2former import build_mask2former_config, convert_mask2former_head_state_dict
 from .planning import SEGMENTATION_TASKS, ConversionPlan, build_upernet_config, segmentation_label_names
@@ -175,11 +175,13 @@ def build_dino(plan: ConversionPlan, source: Source) -> torch.nn.Module:
 
 def build_model(plan: ConversionPlan, source: Source) -> torch.nn.Module:
     """The converted model with the source weights, after a strict key/shape check."""
+    family = family_of(plan.config)
     if plan.task == "classification":
-        what = "InternImageForImageClassification"
-        return materialise(InternImageForImageClassification, plan.config, convert_classification_weights(source), what)
+        model_class = family.classification_class
+        return materialise(model_class, plan.config, convert_classification_weights(source), model_class.__name__)
     if plan.task == "backbone":
-        return materialise(InternImageBackbone, plan.config, convert_backbone_weights(source), "InternImageBackbone")
+        model_class = family.backbone_class
+        return materialise(model_class, plan.config, convert_backbone_weights(source), model_class.__name__)
     if plan.task == "mask2former":
         return build_mask2former(plan, source)
     if plan.task == "dino":
@@ -204,17 +206,18 @@ def verify_converted(directory: Path, plan: ConversionPlan, source: Source, veri
     hub_weights = official_to_hub_names(
         source.backbone_state_dict if plan.task != "classification" else source.state_dict
     )
+    family = family_of(plan.config)
     with torch.no_grad():
         if plan.task == "classification":
-            converted = InternImageForImageClassification.from_pretrained(directory).eval()
-            reference = _reference(InternImageForImageClassification, plan.config, hub_weights)
+            converted = family.classification_class.from_pretrained(directory).eval()
+            reference = _reference(family.classification_class, plan.config, hub_weights)
             return (converted(pixel_values).logits - reference(pixel_values).logits).abs().max().item()
         if plan.task == "backbone":
-            converted = InternImageBackbone.from_pretrained(directory).eval()
-            reference = _reference(InternImageBackbone, plan.config, hub_weights)
+            converted = family.backbone_class.from_pretrained(directory).eval()
+            reference = _reference(family.backbone_class, plan.config, hub_weights)
             pairs = zip(converted(pixel_values).feature_maps, reference(pixel_values).feature_maps, strict=True)
             return max((a - b).abs().max().item() for a, b in pairs)
-        backbone = _reference(InternImageBackbone, plan.config, hub_weights)
+        backbone = _reference(family.backbone_class, plan.config, hub_weights)
         if plan.task == "dino":
             return _verify_dino(directory, source, backbone, generator)
         if plan.task == "mask2former":

@@ -9,13 +9,16 @@ from pathlib import Path
 from ..hub.remote_code import RemoteCodeError, add_remote_code
 from .building import VERIFY_TOLERANCE, build_model, unused_keys, verify_converted
 from .errors import ConversionError
+from .families import family_of
 from .output_dir import OutputDirectory
-from .planning import check_image_size, plan_conversion, read_config_file
+from .planning import ConversionPlan, check_image_size, plan_conversion, read_config_file
 from .releases import (
     COMPOSITE_BACKBONE_RELEASES,
     DINO_RELEASES,
+    FLASH_DENSE_RELEASES,
     MASK2FORMER_RELEASES,
     RELEASES,
+    find_dense_release,
     find_detection_release,
     find_release,
     find_segmentation_release,
@@ -58,7 +61,9 @@ def convert_checkpoint(
     """Convert `source` into a Hugging Face directory at `output_dir`.
 
     `name` (or the source's file/directory name) selects a known release: its preset, class count, label names,
-    image size and published accuracy (classification releases and the official Mask2Former segmentation releases).
+    image size and published accuracy (classification releases, the official Mask2Former segmentation releases, the
+    DINO detectors and the FlashInternImage detectors and segmenters). The model family (InternImage or
+    FlashInternImage) is that of the weights' operator (`families.detect_family`).
     `preset` / `config_file` override the architecture. Arguments and the configuration are checked before any
     weight is read. Nothing is left at `output_dir` when any step fails, and
     `overwrite` only ever replaces a previous conversion (see `output_dir.OutputDirectory`).
@@ -70,8 +75,9 @@ def convert_checkpoint(
     """
     target = OutputDirectory(output_dir, source, overwrite=overwrite, log=log)
     _refuse_composite_backbone(name, source)
-    if name and not (find_release(name) or find_segmentation_release(name) or find_detection_release(name)):
-        known = ", ".join(sorted({*RELEASES, *MASK2FORMER_RELEASES, *DINO_RELEASES}))
+    finders = (find_release, find_segmentation_release, find_detection_release, find_dense_release)
+    if name and not any(find(name) for find in finders):
+        known = ", ".join(sorted({*RELEASES, *MASK2FORMER_RELEASES, *DINO_RELEASES, *FLASH_DENSE_RELEASES}))
         raise ConversionError(f"unknown release {name!r}; known: {known}")
     check_image_size(image_size, "image_size")
     check_image_size(verify_size, "verify_size", limit=MAX_VERIFY_SIZE)
@@ -80,6 +86,7 @@ def convert_checkpoint(
     release = find_release(name) or find_release(Path(source).name)
     segmentation_release = find_segmentation_release(name) or find_segmentation_release(Path(source).name)
     detection_release = find_detection_release(name) or find_detection_release(Path(source).name)
+    dense_release = find_dense_release(name) or find_dense_release(Path(source).name)
     with target:
         loaded = load_source(source)
         if loaded.ignored_keys:
@@ -87,10 +94,11 @@ def convert_checkpoint(
         plan = plan_conversion(
             loaded, task=task, preset=preset, config_file=Path(config_file) if config_file else None, release=release,
             image_size=image_size, segmentation_release=segmentation_release, detection_release=detection_release,
+            dense_release=dense_release,
         )  # fmt: skip
         for note in plan.notes:
             log(note)
-        include_code = _include_remote_code(remote_code, repo_id, plan.task, log)
+        include_code = _include_remote_code(remote_code, repo_id, plan, log)
         dropped = unused_keys(loaded, plan.task)
         if dropped:
             log(
@@ -132,11 +140,13 @@ def _refuse_composite_backbone(name: str | None, source: str | os.PathLike) -> N
             )
 
 
-def _include_remote_code(remote_code: bool | None, repo_id: str | None, task: str, log) -> bool:
-    """Whether to write remote code: as asked, else for Hub-bound output; never for a segmentation model (UperNet,
-    Mask2Former), whose config nests ours."""
+def _include_remote_code(remote_code: bool | None, repo_id: str | None, plan: ConversionPlan, log) -> bool:
+    """Whether to write remote code: as asked, else for Hub-bound output; never for a segmentation model or detector
+    (UperNet, Mask2Former, DINO), whose config nests ours, nor for FlashInternImage, which has no remote code."""
     wanted = repo_id is not None if remote_code is None else remote_code
-    head = {"upernet": "UperNet", "mask2former": "Mask2Former", "dino": "DINO"}.get(task)
+    head = {"upernet": "UperNet", "mask2former": "Mask2Former", "dino": "DINO"}.get(plan.task)
+    if plan.config.model_type != "internimage":
+        head = family_of(plan.config).display_name
     if wanted and head:
         if remote_code:
             raise ConversionError(

@@ -12,9 +12,17 @@ import torch
 from transformers import UperNetConfig
 
 from ..data.labels import has_imagenet_labels, imagenet_id2label, segmentation_id2label
-from ..models.internimage.configuration_internimage import PRESETS, InternImageConfig
+from ..models.internimage.configuration_internimage import InternImageConfig
 from .errors import ConversionError
-from .releases import DetectionRelease, Release, SegmentationRelease, dataset_label_set, parse_mmseg_name
+from .families import FLASH_INTERNIMAGE, ModelFamily, detect_family, family_from_config
+from .releases import (
+    BackboneRelease,
+    DetectionRelease,
+    Release,
+    SegmentationRelease,
+    dataset_label_set,
+    parse_mmseg_name,
+)
 from .sources import Source, read_json
 from .validation import SIZE_LIMITS, build_config, check_config_values, official_config_kwargs
 
@@ -30,17 +38,17 @@ DINO_TEST_SHORT_SIDE = 800  # the official DINO test resize: shorter side 800, l
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
-    """An official-style config.json as validated `InternImageConfig` kwargs (see `check_config_values`)."""
+    """An official-style config.json as validated configuration kwargs (see `check_config_values`)."""
     path = Path(path)
     return check_config_values(read_json(path), f"config file {path.name}")
 
 
-def infer_preset(backbone_state_dict: Mapping[str, torch.Tensor]) -> str:
-    """The official size whose stem width matches the weights (every size has a different width)."""
+def infer_preset(backbone_state_dict: Mapping[str, torch.Tensor], presets: Mapping[str, dict]) -> str:
+    """The official size whose stem width matches the weights (every size of a family has a different width)."""
     stem = backbone_state_dict.get("patch_embed.conv2.weight")
     if stem is None:
         raise ConversionError("cannot infer the model size: no patch_embed.conv2.weight; pass --preset or --config")
-    for name, preset in PRESETS.items():
+    for name, preset in presets.items():
         if preset["channels"] == stem.shape[0]:
             return name
     raise ConversionError(f"no official size has {stem.shape[0]} stem channels; pass --config with the architecture")
@@ -76,7 +84,11 @@ class ConversionPlan:
 
 
 def base_config_kwargs(
-    source: Source, preset: str | None, config_file: Path | None, release: Release | SegmentationRelease | None
+    source: Source,
+    preset: str | None,
+    config_file: Path | None,
+    release: Release | SegmentationRelease | DetectionRelease | BackboneRelease | None,
+    family: ModelFamily,
 ) -> tuple[dict, str]:
     """Architecture kwargs and a description of where they came from (priority: file, hub dir, release, preset)."""
     if config_file is not None:
@@ -85,14 +97,31 @@ def base_config_kwargs(
         return official_config_kwargs(source.official_config), f"{source.path.name}/config.json"
     parsed = parse_mmseg_name(source.path.name) if source.kind == "mmlab" else None
     name = preset or (release.preset if release else None) or (parsed[0] if parsed else None)
-    origin = f"preset {name!r}" if name else None
+    origin = f"{family.display_name} preset {name!r}" if name else None
     if name is None:
-        name = infer_preset(source.backbone_state_dict)
-        origin = f"preset {name!r} (inferred from the stem width)"
-    key = name.lower().removeprefix("internimage").lstrip("-_")
-    if key not in PRESETS:
-        raise ConversionError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return dict(PRESETS[key]), origin
+        name = infer_preset(source.backbone_state_dict, family.presets)
+        origin = f"{family.display_name} preset {name!r} (inferred from the stem width)"
+    key = name.lower().removeprefix("flash").lstrip("-_").removeprefix("internimage").lstrip("-_")
+    if key not in family.presets:
+        raise ConversionError(f"unknown {family.display_name} preset {name!r}; choose one of {sorted(family.presets)}")
+    return dict(family.presets[key]), origin
+
+
+def check_family(family: ModelFamily, kwargs: Mapping, release) -> None:
+    """A configuration or release naming the other family than the weights' (`detect_family`) is an error."""
+    config_family = family_from_config(kwargs)
+    claims = []
+    if config_family is not None:
+        claims.append(("the configuration", config_family.model_type))
+    if release is not None:
+        claims.append((f"the release {release.name}", release.family))
+    for what, model_type in claims:
+        if model_type != family.model_type:
+            operator = "DCNv4" if family is FLASH_INTERNIMAGE else "DCNv3"
+            raise ConversionError(
+                f"{what} describes a {model_type} model, but the weights are {family.display_name} "
+                f"({operator} operator weights)"
+            )
 
 
 def decide_task(source: Source, task: str) -> str:
@@ -134,12 +163,15 @@ def plan_conversion(
     image_size: int | None = None,
     segmentation_release: SegmentationRelease | None = None,
     detection_release: DetectionRelease | None = None,
+    dense_release: BackboneRelease | None = None,
 ) -> ConversionPlan:
-    """Decide the task and build the `InternImageConfig` (labels included) for `source`.
+    """Decide the task and build the configuration (labels included) for `source`: `InternImageConfig` or
+    `FlashInternImageConfig`, the family of its operator weights (`families.detect_family`).
 
     `segmentation_release` (an official Mask2Former checkpoint) gives the architecture, crop size and label set of
     a Mask2Former source, `detection_release` (an official DINO detector) the architecture of a DINO source; each
-    is an error for any other task. For a detector or segmentation model the config is its backbone's.
+    is an error for any other task. `dense_release` (an official FlashInternImage detector or segmenter) gives its
+    backbone's size. For a detector or segmentation model the config is its backbone's.
     """
     if source.has_composite_backbone:
         raise ConversionError(
@@ -157,9 +189,20 @@ def plan_conversion(
             f"{release.name} is an ImageNet classification release, but {source.path.name} is a {task} checkpoint "
             "of mmdet/mmseg; name its own release, or give its backbone with --preset or --config"
         )
-    chosen = release or segmentation_release or detection_release
-    kwargs, origin = base_config_kwargs(source, preset, config_file, chosen)
+    if dense_release is not None and source.kind != "mmlab":
+        raise ConversionError(
+            f"{dense_release.name} is a {dense_release.method} release, but {source.path.name} is no mmdet/mmseg model"
+        )
+    chosen = release or segmentation_release or detection_release or dense_release
+    family = detect_family(source.backbone_state_dict)
+    kwargs, origin = base_config_kwargs(source, preset, config_file, chosen, family)
+    check_family(family, kwargs, chosen)
     notes = [f"architecture from {origin}"]
+    if dense_release is not None:
+        notes.append(
+            f"official release {dense_release.name}: {dense_release.method}, {dense_release.dataset} "
+            f"{dense_release.metric} (official README)"
+        )
     num_classes = kwargs.pop("num_classes", None)
     kwargs.pop("num_labels", None)
     backbone_weights = source.backbone_state_dict
@@ -177,7 +220,7 @@ def plan_conversion(
         release_size = DINO_TEST_SHORT_SIDE
     size = image_size or release_size or source.image_size or (parsed and parsed[1])
     size = size or kwargs.get("image_size")
-    kwargs["image_size"] = int(size or PRESETS["t"]["image_size"])
+    kwargs["image_size"] = int(size or family.presets["t"]["image_size"])
     if task == "classification":
         num_classes = (release.num_classes if release else None) or num_classes or head_classes(source.state_dict)
         if num_classes is None:
@@ -186,7 +229,7 @@ def plan_conversion(
         if has_imagenet_labels(int(num_classes)):
             kwargs["id2label"] = imagenet_id2label(int(num_classes))
             kwargs["label2id"] = {label: i for i, label in kwargs["id2label"].items()}
-    config = build_config(kwargs, origin)
+    config = build_config(kwargs, origin, family.config_class)
     labels = None
     if task in SEGMENTATION_TASKS:
         labels = segmentation_release.label_set if segmentation_release else dataset_label_set(source.path.name)

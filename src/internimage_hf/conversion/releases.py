@@ -1,4 +1,4 @@
-"""The official InternImage checkpoints: architecture, head, resolution and published accuracy of each."""
+"""The official InternImage and FlashInternImage checkpoints: architecture, head, resolution and published accuracy."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RELEASE_BASE_URL = "https://huggingface.co/OpenGVLab/InternImage/resolve/main/"
+FLASH_RELEASE_BASE_URL = "https://huggingface.co/OpenGVLab/DCNv4/resolve/main/"
 HUB_BASE_URL = "https://huggingface.co/"
 
 
@@ -14,8 +15,9 @@ HUB_BASE_URL = "https://huggingface.co/"
 class Release:
     """One official checkpoint: its architecture, head, resolution and published ImageNet-1k top-1.
 
-    `pth_file` is the file under `RELEASE_BASE_URL`; `hub_repo` the official remote-code repo holding the same
-    weights. The hub-only names (``internimage_l_22k_384`` ...) point at the ``.pth`` of the same weights.
+    `pth_file` is the file under `base_url`; `hub_repo` the official remote-code repo holding the same
+    weights. The hub-only names (``internimage_l_22k_384`` ...) point at the ``.pth`` of the same weights. `family` is
+    the model family's `model_type` (FlashInternImage releases have no remote-code repo).
     """
 
     name: str
@@ -26,10 +28,12 @@ class Release:
     top1: float | None
     pth_file: str | None
     hub_repo: str | None
+    family: str = "internimage"
+    base_url: str = RELEASE_BASE_URL
 
     @property
     def pth_url(self) -> str | None:
-        return RELEASE_BASE_URL + self.pth_file if self.pth_file else None
+        return self.base_url + self.pth_file if self.pth_file else None
 
     @property
     def hub_url(self) -> str | None:
@@ -48,6 +52,12 @@ def _in22k(name: str, preset: str, pretraining: str, pth: str, hub: str) -> Rele
     """An ImageNet-22k (21841-class) 384-px checkpoint; `pth`/`hub` are names without the ``internimage_``."""
     return Release(
         name, preset, 21841, 384, pretraining, None, f"internimage_{pth}.pth", f"OpenGVLab/internimage_{hub}"
+    )
+
+
+def _flash(name: str, preset: str, classes: int, size: int, pretraining: str, top1: float | None) -> Release:
+    return Release(
+        name, preset, classes, size, pretraining, top1, f"{name}.pth", None, "flash_internimage", FLASH_RELEASE_BASE_URL
     )
 
 
@@ -73,6 +83,13 @@ RELEASES: dict[str, Release] = {
         _in22k("internimage_l_22k_384", "l", _IN22K, "l_22k_192to384", "l_22k_384"),
         _in22k("internimage_xl_22k_384", "xl", _IN22K, "xl_22k_192to384", "xl_22k_384"),
         _in22k("internimage_g_jointto22k_384", "g", _JOINT, "g_pretrainto22k_384", "g_jointto22k_384"),
+        # FlashInternImage (OpenGVLab/DCNv4 README, "ImageNet-1K" table); L's 22k pre-training is the `pretrained`
+        # of the official L segmentation configs.
+        _flash("flash_intern_image_t_1k_224", "t", 1000, 224, "ImageNet-1k", 83.6),
+        _flash("flash_intern_image_s_1k_224", "s", 1000, 224, "ImageNet-1k", 84.4),
+        _flash("flash_intern_image_b_1k_224", "b", 1000, 224, "ImageNet-1k", 84.9),
+        _flash("flash_internimage_l_22kto1k_384", "l", 1000, 384, f"{_IN22K} -> ImageNet-1k", 88.1),
+        _flash("flash_intern_image_l_22k_384", "l", 21841, 384, _IN22K, None),
     )
 }  # fmt: skip
 
@@ -86,16 +103,17 @@ UPERNET_ADE20K: dict[str, tuple[int, float, float]] = {
     "xl": (640, 55.0, 55.3),
     "h": (896, 59.9, 60.3),
 }
-_MMSEG_NAME = re.compile(r"(?:upernet|mask2former)_internimage_(t|s|b|l|xl|h|g)_(\d+)(?:x\d+)?_")
+_MMSEG_NAME = re.compile(r"(?:upernet|mask2former)_(?:flash_)?internimage_(t|s|b|l|xl|h|g)_(\d+)(?:x\d+)?_")
 # Dataset words of the official segmentation file names -> `data.labels.segmentation_id2label` sets. A name like
 # ``..._cocostuff2ade20k`` names the fine-tuning chain, so the word found last is the model's own dataset.
 _DATASET_WORDS = {"ade20k": "ade20k", "cityscapes": "cityscapes", "cocostuff": "coco_stuff"}
 
 
 class _PthFile:
-    """A release published as ``<name>.pth`` under `RELEASE_BASE_URL`."""
+    """A release published as ``<name>.pth`` under its `base_url`."""
 
     name: str
+    base_url: str
 
     @property
     def pth_file(self) -> str:
@@ -103,7 +121,7 @@ class _PthFile:
 
     @property
     def pth_url(self) -> str:
-        return RELEASE_BASE_URL + self.pth_file
+        return self.base_url + self.pth_file
 
 
 @dataclass(frozen=True)
@@ -132,6 +150,8 @@ class SegmentationRelease(_PthFile):
     config: str
     preset: str = "h"
     slide: int | None = None
+    family: str = "internimage"
+    base_url: str = RELEASE_BASE_URL
 
 
 _H_BACKBONE = "InternImage-H (joint 427M images -> ImageNet-22k) backbone"
@@ -190,8 +210,8 @@ MASK2FORMER_RELEASES: dict[str, SegmentationRelease] = {
 class DetectionRelease(_PthFile):
     """One official DINO detector (detection/README.md and the config it links).
 
-    `box_ap` is the published COCO val box AP (%) and `reported_params` the README's parameter count;
-    `num_denoising` the config's `num_dn_queries`, `max_detections` its `test_cfg.max_per_img`.
+    `box_ap` is the published COCO val box AP (%) and `reported_params` the README's parameter count (`None`: not
+    published); `num_denoising` the config's `num_dn_queries`, `max_detections` its `test_cfg.max_per_img`.
     """
 
     name: str
@@ -199,11 +219,13 @@ class DetectionRelease(_PthFile):
     dataset: str
     num_classes: int
     box_ap: float
-    reported_params: str
+    reported_params: str | None
     pretraining: str
     num_denoising: int
     max_detections: int
     config: str
+    family: str = "internimage"
+    base_url: str = RELEASE_BASE_URL
 
 
 _JOINT_H = "InternImage-H (joint 427M images -> ImageNet-22k) backbone; DINO on Objects365, then COCO"
@@ -229,6 +251,18 @@ DINO_RELEASES: dict[str, DetectionRelease] = {
             _JOINT_H.replace("InternImage-H", "InternImage-G"), 1000, 300,
             "coco/dino_4scale_internimage_g_objects365_coco_ss.py",
         ),
+        # FlashInternImage (OpenGVLab/DCNv4 README "COCO" DINO rows; configs: 100 denoising queries, 300 detections)
+        *(
+            DetectionRelease(
+                f"dino_4scale_flash_internimage_{size}_1x_coco", size, "COCO", 80, box_ap, None,
+                f"FlashInternImage-{size.upper()} ({pretraining}) backbone", 100, 300,
+                f"coco/dino_4scale_flash_internimage_{size}_1x_coco.py", "flash_internimage", FLASH_RELEASE_BASE_URL,
+            )
+            for size, box_ap, pretraining in (
+                ("t", 54.7, "ImageNet-1k"), ("s", 55.3, "ImageNet-1k"), ("b", 56.0, "ImageNet-1k"),
+                ("l", 58.8, "ImageNet-22k"),
+            )
+        ),
     )
 }  # fmt: skip
 # The CB-InternImage-H detectors (a composite backbone of two InternImage-H): not converted.
@@ -238,6 +272,48 @@ COMPOSITE_BACKBONE_RELEASES = (
     "dino_4scale_cbinternimage_h_objects365_openimages",
     "dino_4scale_cbinternimage_h_objects365_voc0712",
 )
+
+
+@dataclass(frozen=True)
+class BackboneRelease:
+    """An official FlashInternImage detector or segmenter whose backbone (and UperNet/Mask2Former head) converts:
+    the OpenGVLab/DCNv4 README's COCO and ADE20K tables (`metric`: its published numbers, as printed there)."""
+
+    name: str
+    preset: str
+    method: str
+    dataset: str
+    metric: str
+    family: str = "flash_internimage"
+    base_url: str = FLASH_RELEASE_BASE_URL
+
+    @property
+    def pth_url(self) -> str:
+        return f"{self.base_url}{self.name}.pth"
+
+
+# (name, preset, method, dataset, published metric: COCO box/mask AP, ADE20K mIoU single / multi-scale)
+FLASH_DENSE_RELEASES: dict[str, BackboneRelease] = {
+    row[0]: BackboneRelease(*row)
+    for row in (
+        ("mask_rcnn_flash_internimage_t_fpn_1x_coco", "t", "Mask R-CNN", "COCO", "AP 48.0/43.1"),
+        ("mask_rcnn_flash_internimage_t_fpn_3x_coco", "t", "Mask R-CNN", "COCO", "AP 49.5/44.0"),
+        ("mask_rcnn_flash_internimage_s_fpn_1x_coco", "s", "Mask R-CNN", "COCO", "AP 49.2/44.0"),
+        ("mask_rcnn_flash_internimage_s_fpn_3x_coco", "s", "Mask R-CNN", "COCO", "AP 50.5/44.9"),
+        ("mask_rcnn_flash_internimage_b_fpn_1x_coco", "b", "Mask R-CNN", "COCO", "AP 50.1/44.5"),
+        ("mask_rcnn_flash_internimage_b_fpn_3x_coco", "b", "Mask R-CNN", "COCO", "AP 50.6/45.4"),
+        ("cascade_flash_internimage_l_fpn_1x_coco", "l", "Cascade Mask R-CNN", "COCO", "AP 55.6/48.2"),
+        ("cascade_flash_internimage_l_fpn_3x_coco", "l", "Cascade Mask R-CNN", "COCO", "AP 56.7/48.9"),
+        ("upernet_flash_internimage_t_512_160k_ade20k", "t", "UperNet", "ADE20K", "mIoU 49.3 / 50.3"),
+        ("upernet_flash_internimage_s_512_160k_ade20k", "s", "UperNet", "ADE20K", "mIoU 50.6 / 51.6"),
+        ("upernet_flash_internimage_b_512_160k_ade20k", "b", "UperNet", "ADE20K", "mIoU 52.0 / 52.6"),
+        ("upernet_flash_internimage_l_640_160k_ade20k", "l", "UperNet", "ADE20K", "mIoU 55.6 / 56.0"),
+        ("mask2former_flash_internimage_t_512_160k_ade20k_ss", "t", "Mask2Former", "ADE20K", "mIoU 51.2"),
+        ("mask2former_flash_internimage_s_640_160k_ade20k_ss", "s", "Mask2Former", "ADE20K", "mIoU 52.6"),
+        ("mask2former_flash_internimage_b_640_160k_ade20k_ss", "b", "Mask2Former", "ADE20K", "mIoU 53.4"),
+        ("mask2former_flash_internimage_l_640_160k_ade20k_ss", "l", "Mask2Former", "ADE20K", "mIoU 56.7"),
+    )
+}  # fmt: skip
 
 
 def _release_key(name: str) -> str:
@@ -257,7 +333,8 @@ def dataset_label_set(name: str) -> str | None:
 
 
 def parse_mmseg_name(name: str) -> tuple[str, int] | None:
-    """``upernet_internimage_l_640_160k_ade20k.pth`` -> ("l", 640); cityscapes ``512x1024`` gives the short side."""
+    """``upernet_internimage_l_640_160k_ade20k.pth`` (or ``upernet_flash_internimage_...``) -> ("l", 640); cityscapes
+    ``512x1024`` gives the short side."""
     match = _MMSEG_NAME.search(Path(name).name)
     return (match.group(1), int(match.group(2))) if match else None
 
@@ -265,6 +342,11 @@ def parse_mmseg_name(name: str) -> tuple[str, int] | None:
 def find_detection_release(name: str | None) -> DetectionRelease | None:
     """The DINO release called `name` (file stem or file name), else `None`."""
     return DINO_RELEASES.get(_release_key(name)) if name else None
+
+
+def find_dense_release(name: str | None) -> BackboneRelease | None:
+    """The FlashInternImage detection/segmentation release called `name` (file stem or file name), else `None`."""
+    return FLASH_DENSE_RELEASES.get(_release_key(name)) if name else None
 
 
 def find_release(name: str | None) -> Release | None:
@@ -275,6 +357,8 @@ def find_release(name: str | None) -> Release | None:
 __all__ = [
     "COMPOSITE_BACKBONE_RELEASES",
     "DINO_RELEASES",
+    "FLASH_DENSE_RELEASES",
+    "BackboneRelease",
     "MASK2FORMER_RELEASES",
     "RELEASES",
     "UPERNET_ADE20K",
@@ -282,6 +366,7 @@ __all__ = [
     "Release",
     "SegmentationRelease",
     "dataset_label_set",
+    "find_dense_release",
     "find_detection_release",
     "find_release",
     "find_segmentation_release",

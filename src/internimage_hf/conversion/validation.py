@@ -16,6 +16,7 @@ from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldVal
 
 from ..models.internimage.configuration_internimage import InternImageConfig
 from .errors import ConversionError
+from .families import INTERNIMAGE, family_from_config
 
 # Upper bounds, each several times the largest official value (G: channels 512, 48 blocks in stage 3,
 # dw_kernel_size 5; H: 640-px input; ImageNet-22k: 21841 classes).
@@ -33,7 +34,10 @@ SIZE_LIMITS: dict[str, int] = {
 HUB_CONFIG_DROP = ("_name_or_path", "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype")
 # Keys that official configs and this package's saved configs carry besides `InternImageConfig`'s fields.
 _OTHER_KNOWN_KEYS = ("model_type", "num_classes", "num_labels", "out_features", "out_indices", "stage_names")
-_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(InternImageConfig) if not f.name.startswith("_"))
+
+
+def _config_fields(config_class: type[InternImageConfig]) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(config_class) if not f.name.startswith("_"))
 
 
 def official_config_kwargs(config: Mapping) -> dict:
@@ -44,20 +48,20 @@ def official_config_kwargs(config: Mapping) -> dict:
 _STRICT_FIELD = re.compile(r"field '(\w+)'")
 
 
-def _describe(error: Exception, kwargs: Mapping) -> str:
+def _describe(error: Exception, kwargs: Mapping, config_class: type[InternImageConfig]) -> str:
     """One line for the command line; `@strict` type errors are multi-line and list every union member."""
     match = _STRICT_FIELD.search(str(error))
     if isinstance(error, StrictDataclassFieldValidationError) and match and match.group(1) in kwargs:
         name = match.group(1)
-        expected = InternImageConfig.__dataclass_fields__[name].type
+        expected = config_class.__dataclass_fields__[name].type
         expected = getattr(expected, "__name__", str(expected))
         return f"`{name}` = {kwargs[name]!r} has the wrong type (expected {expected})"
     return " ".join(part.strip() for part in str(error).splitlines())
 
 
-def _check_known_keys(kwargs: Mapping, origin: str) -> None:
+def _check_known_keys(kwargs: Mapping, origin: str, config_class: type[InternImageConfig]) -> None:
     """A misspelt field would otherwise be stored as an unused attribute and the default used instead."""
-    known = _CONFIG_FIELDS | set(_OTHER_KNOWN_KEYS)
+    known = _config_fields(config_class) | set(_OTHER_KNOWN_KEYS)
     for key in kwargs:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
@@ -90,26 +94,31 @@ def check_size_limits(config: InternImageConfig, origin: str) -> None:
             )
 
 
-def build_config(kwargs: Mapping, origin: str) -> InternImageConfig:
-    """`InternImageConfig(**kwargs)` with every type, range and size problem as a `ConversionError` naming the field."""
+def build_config(
+    kwargs: Mapping, origin: str, config_class: type[InternImageConfig] = InternImageConfig
+) -> InternImageConfig:
+    """`config_class(**kwargs)` (InternImage's or FlashInternImage's) with every type, range and size problem as a
+    `ConversionError` naming the field."""
     _check_num_classes(kwargs, origin)
     try:
-        config = InternImageConfig(**kwargs)
+        config = config_class(**kwargs)
     except (TypeError, ValueError, StrictDataclassError) as error:
-        raise ConversionError(f"invalid configuration ({origin}): {_describe(error, kwargs)}") from error
+        raise ConversionError(f"invalid configuration ({origin}): {_describe(error, kwargs, config_class)}") from error
     check_size_limits(config, origin)
     return config
 
 
 def check_config_values(values: object, origin: str) -> dict:
-    """Validate an official-style config (a JSON object) and return its `InternImageConfig` kwargs."""
+    """Validate an official-style config (a JSON object) and return its configuration kwargs, against
+    `FlashInternImageConfig` when it names that family (`family_from_config`), else `InternImageConfig`."""
     if not isinstance(values, dict):
         raise ConversionError(
             f"{origin} must hold a JSON object of configuration fields, got {type(values).__name__} {values!r:.60}"
         )
     kwargs = official_config_kwargs(values)
-    _check_known_keys(kwargs, origin)
-    build_config(kwargs, origin)
+    config_class = (family_from_config(kwargs) or INTERNIMAGE).config_class
+    _check_known_keys(kwargs, origin, config_class)
+    build_config(kwargs, origin, config_class)
     return kwargs
 
 

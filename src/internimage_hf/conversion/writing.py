@@ -10,8 +10,8 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import is_torchvision_available
 
 from ..hub.model_card import ModelCardInfo, render_model_card
-from ..models.internimage.configuration_internimage import PRESETS
 from .errors import ConversionError
+from .families import family_of
 from .planning import ConversionPlan
 from .releases import UPERNET_ADE20K, Release, SegmentationRelease, find_release, parse_mmseg_name
 from .sources import Source
@@ -81,11 +81,15 @@ def card_info(
 ) -> ModelCardInfo:
     """Model-card facts for the converted checkpoint."""
     release, config = plan.release, plan.config
-    variant = next((n for n, p in PRESETS.items() if p["channels"] == config.channels), f"custom-{config.channels}")
+    family = family_of(config)
+    presets = family.presets.items()
+    variant = next((n for n, p in presets if p["channels"] == config.channels), f"custom-{config.channels}")
     metrics = []
     if plan.task == "classification" and release and release.top1 is not None:
         metrics.append(("ImageNet-1k top-1 (%)", f"{release.top1} at {release.image_size}x{release.image_size}"))
-    parsed = parse_mmseg_name(source.path.name) if plan.task == "upernet" else None
+    # InternImage's UperNet results; FlashInternImage's come with its release note (`FLASH_DENSE_RELEASES`)
+    is_internimage_upernet = plan.task == "upernet" and family.model_type == "internimage"
+    parsed = parse_mmseg_name(source.path.name) if is_internimage_upernet else None
     if parsed and "ade20k" in source.path.name and parsed[0] in UPERNET_ADE20K:
         crop, single, multi = UPERNET_ADE20K[parsed[0]]
         metrics.append(("ADE20K val mIoU (%), single / multi-scale", f"{single} / {multi} at {crop}x{crop}"))
@@ -93,7 +97,8 @@ def card_info(
     detection = plan.detection_release
     if detection:
         metrics.append((f"{detection.dataset} val box AP (%)", f"{detection.box_ap} (single-scale)"))
-        metrics.append(("parameters (official README)", detection.reported_params))
+        if detection.reported_params is not None:
+            metrics.append(("parameters (official README)", detection.reported_params))
     notes = [f"Conversion: {note}." for note in plan.notes]
     if segmentation and segmentation.miou:
         single, multi = segmentation.miou
@@ -112,7 +117,9 @@ def card_info(
     if plan.task == "dino" and model.config.id2label.get(0) == "person":
         label_set = "COCO"
     title = (
-        release.name if release and plan.task == "classification" else f"InternImage-{variant.upper()} ({plan.task})"
+        release.name
+        if release and plan.task == "classification"
+        else f"{family.display_name}-{variant.upper()} ({plan.task})"
     )
     title = segmentation.name if segmentation else title
     title = detection.name if detection else title
@@ -137,6 +144,7 @@ def card_info(
         repo_id=repo_id,
         config_summary={k: getattr(config, k) for k in summary_fields},
         release=_known_release(source_url),
+        family=family.model_type,
     )
 
 

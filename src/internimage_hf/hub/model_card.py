@@ -1,4 +1,4 @@
-"""Model-card (README.md) text for converted InternImage checkpoints.
+"""Model-card (README.md) text for converted InternImage and FlashInternImage checkpoints.
 
 The YAML front matter is written through `huggingface_hub.ModelCardData`: license, library, pipeline tag, tags,
 datasets, `base_model` (the official hub repo holding the same weights, for a known release) and a `model-index`
@@ -30,6 +30,45 @@ CITATION = """@inproceedings{wang2023internimage,
 
 # Where the top-1 values of the model-index come from (the converter's release table copies them).
 OFFICIAL_RESULTS_SOURCE = "InternImage official results (classification/README.md)"
+
+FLASH_CITATION = """@article{xiong2024efficient,
+  title   = {Efficient Deformable ConvNets: Rethinking Dynamic and Sparse Operator for Vision Applications},
+  author  = {Xiong, Yuwen and Li, Zhiqi and Chen, Yuntao and Wang, Feng and Zhu, Xizhou and Luo, Jiapeng and
+             Wang, Wenhai and Lu, Tong and Li, Hongsheng and Qiao, Yu and Lu, Lewei and Zhou, Jie and Dai, Jifeng},
+  journal = {arXiv preprint arXiv:2401.06197},
+  year    = {2024}
+}"""
+
+
+@dataclass(frozen=True)
+class CardFamily:
+    """What the card says about a model family: its name, backbone class, operator sentence and official sources."""
+
+    name: str
+    backbone_class: str
+    operator: str
+    description: str
+    paper_url: str
+    official_repo_url: str
+    citation: str
+    results_source: str
+
+
+CARD_FAMILIES = {
+    "internimage": CardFamily(
+        "InternImage", "InternImageBackbone", "DCNv3",
+        "InternImage is a convolutional vision foundation model built on deformable convolution v3 (DCNv3): each "
+        "block predicts per-pixel sampling offsets and softmax-normalised weights for groups of channels",
+        PAPER_URL, OFFICIAL_REPO_URL, CITATION, OFFICIAL_RESULTS_SOURCE,
+    ),
+    "flash_internimage": CardFamily(
+        "FlashInternImage", "FlashInternImageBackbone", "DCNv4",
+        "FlashInternImage is InternImage built on deformable convolution v4 (DCNv4): each block predicts per-pixel "
+        "sampling offsets and unnormalised weights for groups of channels with one fused projection",
+        "https://arxiv.org/abs/2401.06197", "https://github.com/OpenGVLab/DCNv4", FLASH_CITATION,
+        "FlashInternImage official results (README.md)",
+    ),
+}  # fmt: skip
 # Key order of the front matter; ModelCardData appends the model-index last.
 FRONT_MATTER_ORDER = ["license", "library_name", "pipeline_tag", "tags", "datasets", "base_model"]
 
@@ -88,6 +127,8 @@ class ModelCardInfo:
             `release`.
         release: the official release the weights come from, else `None`: the default `base_model`, and the
             published top-1 of the `model-index`.
+        family: the model family's `model_type` (``"internimage"`` or ``"flash_internimage"``): the card's model
+            name, operator, official sources and citation.
     """
 
     title: str
@@ -107,6 +148,11 @@ class ModelCardInfo:
     config_summary: dict[str, object] = field(default_factory=dict)
     base_model: str | None = None
     release: PublishedRelease | None = None
+    family: str = "internimage"
+
+    @property
+    def card_family(self) -> CardFamily:
+        return CARD_FAMILIES[self.family]
 
 
 def imagenet_eval_results(info: ModelCardInfo) -> list[EvalResult]:
@@ -135,8 +181,8 @@ def imagenet_eval_results(info: ModelCardInfo) -> list[EvalResult]:
             metric_type="accuracy",
             metric_name=f"Top-1 accuracy (%) at {release.image_size}x{release.image_size}",
             metric_value=release.top1,
-            source_name=OFFICIAL_RESULTS_SOURCE,
-            source_url=OFFICIAL_REPO_URL,
+            source_name=info.card_family.results_source,
+            source_url=info.card_family.official_repo_url,
         )
     ]
 
@@ -158,7 +204,7 @@ def model_card_data(info: ModelCardInfo) -> ModelCardData:
         license="mit",
         library_name="transformers",
         pipeline_tag=TASK_PIPELINE_TAGS[info.task],
-        tags=["internimage", "dcnv3", "vision", TASK_PIPELINE_TAGS[info.task]],
+        tags=[info.family, info.card_family.operator.lower(), "vision", TASK_PIPELINE_TAGS[info.task]],
         datasets=[{"ImageNet-1k": "imagenet-1k", "ImageNet-22k": "imagenet-21k"}[info.label_set]]
         if info.label_set in ("ImageNet-1k", "ImageNet-22k")
         else None,
@@ -173,27 +219,27 @@ def _front_matter(info: ModelCardInfo) -> str:
 
 
 def _architecture(info: ModelCardInfo) -> str:
+    family = info.card_family
     head = {
         "classification": f"an image classifier with {info.num_labels} classes"
         + (f" ({info.label_set} class names in `config.id2label`)" if info.label_set else ""),
         "backbone": "a feature extractor returning the four stage outputs (strides 4, 8, 16, 32), the tensors "
         "the official detection/segmentation backbone feeds to FPN/UperNet",
         "upernet": f"an UperNet semantic-segmentation model with {info.num_labels} classes "
-        "(`transformers.UperNetForSemanticSegmentation` with an InternImage backbone)",
+        f"(`transformers.UperNetForSemanticSegmentation`, {family.name} backbone)",
         "mask2former": f"a Mask2Former segmentation model with {info.num_labels} classes "
-        "(`transformers.Mask2FormerForUniversalSegmentation` with an InternImage backbone)",
+        f"(`transformers.Mask2FormerForUniversalSegmentation`, {family.name} backbone)",
         "dino": f"a DINO object detector with {info.num_labels} classes (`internimage_hf.DinoDetrForObjectDetection`, "
-        "InternImage backbone)",
+        f"{family.name} backbone)",
     }[info.task]
     if info.task in ("upernet", "mask2former", "dino") and info.label_set:
         head += f" ({info.label_set} class names in `config.id2label`)"
     rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in info.config_summary.items())
     table = f"\n\n| config field | value |\n|---|---|\n{rows}" if rows else ""
     return (
-        f"InternImage-{info.variant.upper()} ({info.num_parameters / 1e6:,.1f}M parameters) as {head}. "
-        "InternImage is a convolutional vision foundation model built on deformable convolution v3 (DCNv3): each "
-        "block predicts per-pixel sampling offsets and softmax-normalised weights for groups of channels "
-        f"([paper]({PAPER_URL}), [official code]({OFFICIAL_REPO_URL})). Evaluation resolution: "
+        f"{family.name}-{info.variant.upper()} ({info.num_parameters / 1e6:,.1f}M parameters) as {head}. "
+        f"{family.description} ([paper]({family.paper_url}), [official code]({family.official_repo_url})). "
+        "Evaluation resolution: "
         f"{_resolution(info)}.{table}"
     )
 
@@ -221,13 +267,15 @@ def _results(info: ModelCardInfo) -> str:
     if not info.metrics:
         return "The official tables publish no evaluation result for this checkpoint."
     rows = "\n".join(f"| {name} | {value} |" for name, value in info.metrics)
-    return f"Reported by the authors (official InternImage README):\n\n| metric | value |\n|---|---|\n{rows}"
+    name = info.card_family.name
+    return f"Reported by the authors (official {name} README):\n\n| metric | value |\n|---|---|\n{rows}"
 
 
 def _usage(info: ModelCardInfo) -> str:
     repo = info.repo_id or "path/to/converted/checkpoint"
+    family = info.card_family
     if info.task == "classification":
-        code = f"""import internimage_hf  # registers InternImage with the Auto classes
+        code = f"""import internimage_hf  # registers {family.name} with the Auto classes
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
@@ -243,16 +291,16 @@ print(model.config.id2label[logits.argmax(-1).item()])
 print(pipeline("image-classification", model="{repo}")(image))"""
         model_var = "model"
     elif info.task == "backbone":
-        code = f"""import internimage_hf  # registers InternImage with the Auto classes
-from internimage_hf import InternImageBackbone
+        code = f"""import internimage_hf  # registers {family.name} with the Auto classes
+from internimage_hf import {family.backbone_class}
 from transformers import AutoImageProcessor
 
 processor = AutoImageProcessor.from_pretrained("{repo}")
-backbone = InternImageBackbone.from_pretrained("{repo}").eval()
+backbone = {family.backbone_class}.from_pretrained("{repo}").eval()
 feature_maps = backbone(**processor(images=image, return_tensors="pt")).feature_maps  # 4 maps, NCHW"""
         model_var = "backbone"
     elif info.task == "dino":
-        code = f"""import internimage_hf  # registers DINO and InternImage with the Auto classes
+        code = f"""import internimage_hf  # registers DINO and {family.name} with the Auto classes
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForObjectDetection, pipeline
@@ -268,7 +316,7 @@ detections = processor.post_process_object_detection(outputs, threshold=0.3, tar
 print(pipeline("object-detection", model="{repo}")(image, threshold=0.3))"""
         model_var = "model"
     elif info.task == "mask2former":
-        code = f"""import internimage_hf  # registers InternImage as a Transformers backbone (needed to load the config)
+        code = f"""import internimage_hf  # registers {family.name} as a Transformers backbone (to load the config)
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation, pipeline
@@ -284,7 +332,7 @@ class_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[
 segments = pipeline("image-segmentation", model="{repo}", subtask="semantic")(image)"""
         model_var = "model"
     else:
-        code = f"""import internimage_hf  # registers InternImage as a Transformers backbone (needed to load the config)
+        code = f"""import internimage_hf  # registers {family.name} as a Transformers backbone (to load the config)
 from transformers import UperNetForSemanticSegmentation
 
 model = UperNetForSemanticSegmentation.from_pretrained("{repo}").eval()
@@ -292,10 +340,10 @@ logits = model(pixel_values).logits  # (batch, num_labels, height, width)"""
         model_var = "model"
     kernel = f"""import internimage_hf
 
-{model_var} = internimage_hf.kernelize({model_var}.to("cuda"))  # DCNv3 CUDA kernel from the Hugging Face kernel hub"""
+{model_var} = internimage_hf.kernelize({model_var}.to("cuda"))  # {family.operator} CUDA kernel from the kernel hub"""
     return (
         f"```bash\npip install {PACKAGE_NAME}\n```\n\n```python\n{code}\n```\n\n"
-        "The model runs everywhere with a pure-PyTorch DCNv3; on a GPU, swap in the compiled kernel:\n\n"
+        f"The model runs everywhere with a pure-PyTorch {family.operator}; on a GPU, swap in the compiled kernel:\n\n"
         f"```python\n{kernel}\n```"
     )
 
@@ -320,9 +368,9 @@ def render_model_card(info: ModelCardInfo) -> str:
         "## Usage",
         _usage(info),
         "## License",
-        "MIT, as the official InternImage weights and code.",
+        f"MIT, as the official {info.card_family.name} weights and code.",
         "## Citation",
-        f"```bibtex\n{CITATION}\n```",
+        f"```bibtex\n{info.card_family.citation}\n```",
     ]
     return "\n\n".join(sections) + "\n"
 

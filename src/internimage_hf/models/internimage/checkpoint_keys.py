@@ -5,7 +5,8 @@ Two official formats exist:
 - the released `.pth` files (weights under ``"model"``), named like ``levels.0.blocks.0.dcn.offset.weight``;
 - the official hub repos (remote code), named ``"model." + official key`` with ``gamma1/2`` -> ``layer_scale1/2``.
 
-Both are described by one ordered list of regex renames over the official key (`OFFICIAL_KEY_RULES`).
+Both are described by one ordered list of regex renames over the official key (`OFFICIAL_KEY_RULES`), which also
+covers FlashInternImage (OpenGVLab/DCNv4): its names are InternImage's except inside the DCNv4 operator.
 `InternImagePreTrainedModel.from_pretrained` reads the hub format through `official_hub_key_mapping`; the
 checkpoint converter (`internimage_hf.conversion.keys`) applies the same rules to whole state dicts.
 """
@@ -27,6 +28,7 @@ OFFICIAL_KEY_RULES: tuple[tuple[str, str], ...] = (
     (r"^fc_norm\.0\.", "head.fc_norm."),
     (r"\.blocks\.", ".layers."),
     (r"\.dw_conv\.0\.", ".depthwise_conv."),
+    (r"\.offset_mask_dw\.", ".depthwise_conv."),  # FlashInternImage (DCNv4): its plain depthwise convolution
     (r"\.dw_conv\.1\.1\.", ".depthwise_norm."),
     (r"\.norm1\.0\.", ".norm1."),
     (r"\.norm2\.0\.", ".norm2."),

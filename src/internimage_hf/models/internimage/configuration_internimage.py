@@ -147,6 +147,7 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
     """
 
     model_type = "internimage"
+    supported_core_ops = SUPPORTED_CORE_OPS  # a class attribute, not a field (FlashInternImage has its own)
 
     num_channels: int = 3
     channels: int = 64
@@ -240,8 +241,8 @@ class InternImageConfig(BackboneConfigMixin, PreTrainedConfig):
                     f"`groups[{stage}]` = {group} does not divide the stage-{stage + 1} width {width} "
                     f"(`channels` * 2**{stage})"
                 )
-        if self.core_op not in SUPPORTED_CORE_OPS:
-            raise ValueError(f"`core_op` must be one of {SUPPORTED_CORE_OPS}, got {self.core_op!r}")
+        if self.core_op not in self.supported_core_ops:
+            raise ValueError(f"`core_op` must be one of {self.supported_core_ops}, got {self.core_op!r}")
         if self.norm_layer != "LN":
             raise ValueError(f"`norm_layer` must be 'LN' (as in every official model), got {self.norm_layer!r}")
         if self.act_layer not in SUPPORTED_ACTIVATIONS:

@@ -161,12 +161,12 @@ class InternImageMLP(nn.Module):
     float32 inference.
     """
 
-    def __init__(self, config: InternImageConfig, channels: int) -> None:
+    def __init__(self, config: InternImageConfig, channels: int, fc2_bias: bool = True) -> None:
         super().__init__()
         hidden = int(channels * config.mlp_ratio)
         self.fc1 = nn.Linear(channels, hidden)
         self.act = build_activation(config.act_layer)
-        self.fc2 = nn.Linear(hidden, channels)
+        self.fc2 = nn.Linear(hidden, channels, bias=fc2_bias)
         self.dropout = nn.Dropout(config.drop_rate)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -179,6 +179,7 @@ class InternImageLayer(GradientCheckpointingLayer):
 
     Norm placement follows the official variants: pre-norm (T), post-norm of the branch output (S/B/L/XL/G),
     or pre-norm plus a residual post-norm (H); an optional per-channel layer scale multiplies each branch.
+    FlashInternImage's block differs only in its two branches (`build_operator`, `build_mlp`).
     """
 
     def __init__(self, config: InternImageConfig, channels: int, group: int, drop_path_rate: float) -> None:
@@ -187,9 +188,9 @@ class InternImageLayer(GradientCheckpointingLayer):
         self.use_layer_scale = config.layer_scale is not None
         self.use_res_post_norm = config.res_post_norm and not self.use_layer_scale
         self.norm1 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
-        self.dcn = InternImageDCNv3.from_config(config, channels, group)
+        self.dcn = self.build_operator(config, channels, group)
         self.norm2 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
-        self.mlp = InternImageMLP(config, channels)
+        self.mlp = self.build_mlp(config, channels)
         self.drop_path = InternImageDropPath(drop_path_rate)
         if self.use_layer_scale:
             self.layer_scale1 = nn.Parameter(torch.full((channels,), float(config.layer_scale)))
@@ -198,6 +199,15 @@ class InternImageLayer(GradientCheckpointingLayer):
             # The official model creates these whenever res_post_norm is set (and ignores them with layer scale).
             self.res_post_norm1 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
             self.res_post_norm2 = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+
+    @staticmethod
+    def build_operator(config: InternImageConfig, channels: int, group: int) -> nn.Module:
+        """The deformable-convolution branch: DCNv3."""
+        return InternImageDCNv3.from_config(config, channels, group)
+
+    @staticmethod
+    def build_mlp(config: InternImageConfig, channels: int) -> nn.Module:
+        return InternImageMLP(config, channels)
 
     def _branch(self, hidden_states, transform, norm, index):
         if self.post_norm:
@@ -223,11 +233,13 @@ class InternImageStage(nn.Module):
     ``(N, H/2, W/2, 2C)`` (or `None`).
     """
 
+    layer_class = InternImageLayer
+
     def __init__(self, config: InternImageConfig, index: int, drop_path_rates: list[float]) -> None:
         super().__init__()
         channels = config.hidden_sizes[index]
         group = config.groups[index]
-        self.layers = nn.ModuleList([InternImageLayer(config, channels, group, rate) for rate in drop_path_rates])
+        self.layers = nn.ModuleList([self.layer_class(config, channels, group, rate) for rate in drop_path_rates])
         use_post_norms = index == 2 and config.level2_post_norm and config.level2_post_norm_block_ids
         self.post_norm_block_ids = list(config.level2_post_norm_block_ids) if use_post_norms else []
         if self.post_norm_block_ids:
@@ -267,10 +279,12 @@ def drop_path_schedule(config: InternImageConfig) -> list[list[float]]:
 class InternImageEncoder(nn.Module):
     """The four stages: stem output ``(N, C, H/4, W/4)`` -> the stage outputs ``(N, C * 2**i, H / 2**(i+2), ...)``."""
 
+    stage_class = InternImageStage
+
     def __init__(self, config: InternImageConfig) -> None:
         super().__init__()
         schedule = drop_path_schedule(config)
-        self.stages = nn.ModuleList([InternImageStage(config, i, schedule[i]) for i in range(len(config.depths))])
+        self.stages = nn.ModuleList([self.stage_class(config, i, schedule[i]) for i in range(len(config.depths))])
 
     def forward(self, embeddings: torch.Tensor) -> list[torch.Tensor]:
         hidden_states = to_channels_last(embeddings)
@@ -454,11 +468,13 @@ class InternImageModel(InternImagePreTrainedModel):
             does, `from_pretrained` then loads a checkpoint.
     """
 
+    encoder_class = InternImageEncoder
+
     def __init__(self, config: InternImageConfig) -> None:
         super().__init__(config)
         self.embeddings = InternImageStem(config)
         self.dropout = nn.Dropout(config.drop_rate)
-        self.encoder = InternImageEncoder(config)
+        self.encoder = self.encoder_class(config)
         self.pooler = nn.AdaptiveAvgPool2d(1)
         self.post_init()
         self._enable_checkpointing_from_config()
@@ -644,10 +660,11 @@ class InternImageForImageClassification(InternImagePreTrainedModel):
     """
 
     accepts_loss_kwargs = False
+    base_model_class = InternImageModel
 
     def __init__(self, config: InternImageConfig) -> None:
         super().__init__(config)
-        self.internimage = InternImageModel(config)
+        self.internimage = self.base_model_class(config)
         self.head = InternImageClipHead(config) if config.use_clip_projector else InternImageConvHead(config)
         self.classifier = (
             nn.Linear(self.head.out_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
@@ -716,12 +733,13 @@ class InternImageBackbone(BackboneMixin, InternImagePreTrainedModel):
     """
 
     has_attentions = False
+    encoder_class = InternImageEncoder
 
     def __init__(self, config: InternImageConfig) -> None:
         super().__init__(config)
         self.embeddings = InternImageStem(config)
         self.dropout = nn.Dropout(config.drop_rate)
-        self.encoder = InternImageEncoder(config)
+        self.encoder = self.encoder_class(config)
         self.num_features = [config.channels] + config.hidden_sizes
         self.post_init()
         self._enable_checkpointing_from_config()
