@@ -17,6 +17,8 @@ import pytest
 import torch
 from dcnv4_cases import OFFICIAL_CASES, grad_output_for, make_dcnv4_inputs, reference_with_grads
 
+from internimage_hf.ops.dcnv4 import dcnv4_core
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts" / "cuda_emu"))
 import dcnv4_official  # noqa: E402  (tools/ is on sys.path: tests/conftest.py)
@@ -100,3 +102,22 @@ def test_module_functions_choose_the_official_launch_spec(official):
     torch.testing.assert_close(auto, explicit, atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="query multiplier"):
         official.forward(value, offset_mask, *args, False, 8, 8 * 7)  # multiplier 7 does not divide 64 queries
+
+
+def test_official_kernel_mixes_images_when_its_multiplier_does_not_divide_an_image(official):
+    """The official launch (findspec) picks the queries per block from B*H*W; with two 8x4 images of 2 groups of 32
+    channels it takes 64, twice an image's 32 queries, and the block's second half samples the *first* image below its
+    bottom edge instead of the second image (FlashInternImage-T's stage 2 of a batch of two 64x32 images). One image at
+    a time, or our core on the batch, give the second image's own result; the parity fixtures therefore hold one
+    image (tools/flash_parity_fixtures.py)."""
+    generator = torch.Generator().manual_seed(0)
+    value = torch.randn(2, 8, 4, 64, generator=generator)
+    offset_mask = torch.randn(2, 8, 4, 56, generator=generator)
+    args = (3, 3, 1, 1, 1, 1, 1, 1, 2, 32, 1.0, 64)
+    assert dcnv4_official.findspec(official.tables, 2, 8, 4, 2, 32) == (8, 512)  # 512 threads = 64 queries x 8
+    batched = official.forward(value, offset_mask, *args, False)
+    alone = official.forward(value[1:], offset_mask[1:], *args, False)
+    ours = dcnv4_core(value, offset_mask, 3, 3, 1, 1, 1, 1, 1, 1, 2, 32, 1.0, False)
+    torch.testing.assert_close(batched[0], ours[0], atol=TOL, rtol=TOL)  # the first image is right
+    torch.testing.assert_close(ours[1], alone[0], atol=TOL, rtol=TOL)
+    assert (batched[1] - alone[0]).abs().max() > 1.0
