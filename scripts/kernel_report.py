@@ -48,11 +48,14 @@ class KernelStats:
     wide_conversions: float = float("nan")
 
 
+def _has_nvcc() -> bool:
+    return shutil.which("nvcc") is not None or Path("/usr/local/cuda/bin/nvcc").exists()
+
+
 def _nvcc() -> str:
-    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
-    if not Path(nvcc).exists():
+    if not _has_nvcc():
         sys.exit("kernel_report: nvcc not found")
-    return nvcc
+    return shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
 
 
 def _demangle(names: list[str]) -> list[str]:
@@ -211,11 +214,11 @@ def per_point_loop(lines: list[str]) -> tuple[float, float]:
     return len(instructions) / points, wide / points
 
 
-def report(source_dir: Path) -> dict[int, dict[str, KernelStats]]:
+def report(source_dir: Path, archs: tuple[int, ...] = ARCHS) -> dict[int, dict[str, KernelStats]]:
     """{arch: {short kernel name: KernelStats}} for a kernel source tree."""
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in ARCHS:
+        for arch in archs:
             log, ptx = _compile(source_dir, arch, Path(tmp))
             ptxas = _ptxas_stats(log)
             bodies = _entries(ptx)
@@ -333,10 +336,12 @@ def atomics_report(kernel_src: Path) -> list[str]:
 
 # InternImage-T / FlashInternImage-T stages (channels, groups, size), 16-channel groups, 3x3 kernel, batch 1.
 T_STAGES = ((64, 4, 56), (128, 8, 28), (256, 16, 14), (512, 32, 7))
+SHORT_DTYPE = {"float32": "fp32", "float16": "fp16"}
 
 
-def _stage_inputs(channels: int, groups: int, size: int):
-    """(params, value, offset, mask, offset_mask, grad) of one stage, float32, DCNv4 layout with padding columns."""
+def _stage_inputs(channels: int, groups: int, size: int, dtype=None):
+    """(params, value, offset, mask, offset_mask, grad) of one stage (float32 unless `dtype`), DCNv4 layout with
+    padding columns."""
     import torch
 
     params = dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dilation_h=1, dilation_w=1,
@@ -349,50 +354,116 @@ def _stage_inputs(channels: int, groups: int, size: int):
     fused = torch.cat([offset, mask], dim=-1).flatten(-2)
     offset_mask = torch.cat([fused, torch.zeros(1, size, size, columns - fused.shape[-1])], dim=-1).contiguous()
     grad = torch.randn(1, size, size, channels, generator=gen)
-    return params, value, offset.flatten(-2), mask.flatten(-2), offset_mask, grad
+    tensors = (value, offset.flatten(-2), mask.flatten(-2), offset_mask, grad)
+    return (params, *(t.to(dtype or torch.float32).contiguous() for t in tensors))
 
 
-def counters_report(kernel_src: Path, official_source: Path | None) -> list[str]:
-    """Backward grad_value atomics under the emulation, per sampling point (query * group * point), at
-    InternImage-T / FlashInternImage-T stage shapes, float32, sm_80 build: our DCNv3 and DCNv4 kernels and, with a
-    DCNv4 source, the official DCNv4 kernel (its findspec launch shapes)."""
+def _counting_ops(kernel_src: Path, official_source: Path | None, build_dir: Path) -> dict:
+    """The counting builds (sm_80, a 108-SM device as an A100's) of our DCNv3 and DCNv4 kernels and, with a DCNv4
+    source, the official DCNv4 kernel."""
     sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emu"))
-    sys.path.insert(0, str(REPO / "tools"))
     from emulator import CudaEmulator, Dcnv4Emulator, build_dcnv4_emulator, build_emulator
 
+    ops = {
+        "DCNv3 ours": CudaEmulator(build_emulator(kernel_src, build_dir, 800, counting=True)),
+        "DCNv4 ours": Dcnv4Emulator(build_dcnv4_emulator(kernel_src, build_dir, 800, counting=True)),
+    }
+    for emu in ops.values():
+        emu.configure(sm_count=108, compute_capability=(8, 0))
+    if official_source is not None:
+        sys.path.insert(0, str(REPO / "tools"))
+        import dcnv4_official
+
+        ops["DCNv4 official"] = dcnv4_official.OfficialDcnv4(official_source, build_dir, sm_count=108, counting=True)
+    return ops
+
+
+def _run_pass(name: str, op, backward: bool, channels: int, groups: int, size: int, dtype) -> tuple[int, str | None]:
+    """Run one kernel's pass on a stage; (lanes per (query, group), the static report's name of the instantiation
+    the launch chose, None for the official kernel)."""
+    params, value, offset, mask, offset_mask, grad = _stage_inputs(channels, groups, size, dtype)
+    if name == "DCNv4 official":
+        import dcnv4_official
+
+        spec = dcnv4_official.find_spec_bwd if backward else dcnv4_official.findspec
+        d_stride = spec(op.tables, 1, size, size, groups, channels // groups)[0]
+        arguments = (value, offset_mask, 3, 3, 1, 1, 1, 1, 1, 1, groups, channels // groups, 1.0, 64)
+        if backward:
+            op.backward(*arguments, grad, False)
+        else:
+            op.forward(*arguments, False)
+        return channels // groups // d_stride, None
+    inputs = (value, offset, mask) if name == "DCNv3 ours" else (value, offset_mask)
+    _, launch = op.backward(grad, *inputs, params) if backward else op.forward(*inputs, params)
+    return launch.lanes, _static_name(name, backward, dtype, launch)
+
+
+def _static_name(name: str, backward: bool, dtype, launch) -> str:
+    """`report`'s short name of the instantiation a launch of our kernels chose (3x3, plain mask for DCNv3; the
+    backward's second type is its float32 gradient accumulator)."""
+    types = SHORT_DTYPE[str(dtype).removeprefix("torch.")] + (", fp32" if backward else "")
+    index = "int64" if launch.wide_index else "int32"
+    template = f"{'backward' if backward else 'forward'}_kernel<{types}, {launch.vec}, {index}, 3"
+    return f"{template}, false>" if name == "DCNv3 ours" else f"dcnv4 {template}>"
+
+
+# Load sectors split by what is read: the sampled values, the sampling offsets and weights (DCNv3's offset and mask
+# tensors, DCNv4's fused offset_mask), the output gradient.
+LOAD_GROUPS = (("value",), ("offset", "mask", "offset_mask"), ("grad_output",))
+
+
+def _counter_row(name, backward, dtype, stage, lanes, op, points, static) -> str:
+    from emulator import total_memory_stats  # on sys.path from _counting_ops
+
+    by_buffer, atomics = op.memory_stats(), op.atomic_stats()
+    memory = total_memory_stats(by_buffer)
+    split = [sum(by_buffer[b]["load_sectors"] for b in group if b in by_buffer) / points for group in LOAD_GROUPS]
+    instructions = memory["load_instructions"] + memory["store_instructions"] + atomics["instructions"]
+    cells = [memory["store_sectors"], atomics["sector_ops"], memory["load_instructions"],
+             memory["store_instructions"], atomics["instructions"], instructions]  # fmt: skip
+    loads = f"{memory['load_sectors'] / points:.2f} = " + " + ".join(f"{x:.2f}" for x in split[: 3 if backward else 2])
+    per_point = " | ".join([loads, *(f"{c / points:.2f}" for c in cells)])
+    ptx = f"{static.per_point:.1f} / {static.per_point * lanes / 32:.2f}" if static else "-"
+    pass_name = "backward" if backward else "forward"
+    dtype_name = str(dtype).removeprefix("torch.")
+    return f"| {name} | {pass_name} | {dtype_name} | {stage} | {lanes} | {per_point} | {ptx} |"
+
+
+def counters_report(kernel_src: Path, official_source: Path | None, dtypes=None, stages=T_STAGES) -> list[str]:
+    """Emulator counters per sampling point (query * group * point) at InternImage-T / FlashInternImage-T stage
+    shapes, batch 1, sm_80 launch choices: our DCNv3 and DCNv4 kernels and, with a DCNv4 source, the official
+    DCNv4 kernel (float32 only; its findspec launch shapes), forward and backward.
+
+    Columns per point: lanes per (query, group); 32-byte sectors of global loads (total = value + offsets and
+    weights [+ grad_output]) and of plain global stores (distinct sectors per warp-wide instruction, summed: the L1
+    sector requests, a sector requested by two instructions counting twice; shared memory not counted); sector
+    operations of the atomics; warp-wide load / store / atomic instructions and their sum (dynamic, from the counting
+    build); with nvcc, the static PTX instructions of the per-point loop of the chosen instantiation per thread and,
+    times lanes / 32, per point as warp instructions (an estimate: it assumes the loop runs once per point)."""
+    import torch
+
+    dtypes = dtypes or (torch.float32, torch.float16)
+    static = report(kernel_src, archs=(80,))[80] if _has_nvcc() else {}
     lines = [
-        "| kernel | T stage (C, G, size) | atomic instructions / point | sector ops / point | floats / sector op |",
-        "|---|---|---|---|---|",
+        "| kernel | pass | dtype | T stage (C, G, size) | lanes | load sectors = value + offset/mask [+ grad_out] "
+        "| store sectors | atomic sector ops "
+        "| load instr | store instr | atomic instr | memory instr | static PTX / point: thread / warp |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        ops = {
-            "DCNv3 ours": CudaEmulator(build_emulator(kernel_src, Path(tmp), 800)),
-            "DCNv4 ours": Dcnv4Emulator(build_dcnv4_emulator(kernel_src, Path(tmp), 800)),
-        }
-        for emu in ops.values():
-            emu.configure(sm_count=108, compute_capability=(8, 0))
-        if official_source is not None:
-            import dcnv4_official
-
-            ops["DCNv4 official"] = dcnv4_official.OfficialDcnv4(official_source, Path(tmp), sm_count=108)
-        for name, emu in ops.items():
-            for channels, groups, size in T_STAGES:
-                params, value, offset, mask, offset_mask, grad = _stage_inputs(channels, groups, size)
-                emu.reset_atomic_stats()
-                if name == "DCNv3 ours":
-                    emu.backward(grad, value, offset, mask, params)
-                elif name == "DCNv4 ours":
-                    emu.backward(grad, value, offset_mask, params)
-                else:
-                    p = params
-                    emu.backward(value, offset_mask, 3, 3, 1, 1, 1, 1, 1, 1, groups, p["group_channels"], 1.0, 64,
-                                 grad, False)  # fmt: skip
-                stats = emu.atomic_stats()
-                points = size * size * groups * 9
-                lines.append(
-                    f"| {name} | ({channels}, {groups}, {size}) | {stats['instructions'] / points:.2f} "
-                    f"| {stats['sector_ops'] / points:.2f} | {stats['floats'] / stats['sector_ops']:.2f} |"
-                )
+        ops = _counting_ops(kernel_src, official_source, Path(tmp))
+        for channels, groups, size in stages:
+            for backward in (False, True):
+                for dtype in dtypes:
+                    for name, op in ops.items():
+                        if name == "DCNv4 official" and dtype != torch.float32:
+                            continue  # the official harness wires float32 only
+                        op.reset_atomic_stats()
+                        lanes, static_name = _run_pass(name, op, backward, channels, groups, size, dtype)
+                        points = size * size * groups * 9
+                        stage = f"({channels}, {groups}, {size})"
+                        row = _counter_row(name, backward, dtype, stage, lanes, op, points, static.get(static_name))
+                        lines.append(row)
     return lines
 
 
@@ -402,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", default=None, help="git revision to compare with")
     parser.add_argument("--markdown", action="store_true", help="print the before/after table of the hot variants")
     parser.add_argument("--atomics", action="store_true", help="count the backward's atomics under the emulation")
-    parser.add_argument("--counters", action="store_true", help="DCNv3 vs DCNv4 (ours, official) atomics per point")
+    parser.add_argument(
+        "--counters", action="store_true", help="DCNv3 vs DCNv4 (ours, official) memory counters per point"
+    )
     parser.add_argument("--dcnv4-source", type=Path, default=None, help="DCNv4 checkout / mirror for --counters")
     args = parser.parse_args(argv)
     if args.counters:

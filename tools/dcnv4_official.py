@@ -44,7 +44,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 EMU = REPO / "scripts" / "cuda_emu"
 sys.path.insert(0, str(EMU))
-from emulator import EmulationError, rewrite_launches  # noqa: E402
+from emulator import (  # noqa: E402
+    COUNTING_FLAGS,
+    EmulationError,
+    compile_host,
+    read_memory_stats,
+    register_global_buffers,
+    rewrite_launches,
+)
 
 SOURCE_ENV = "INTERNIMAGE_DCNV4_SOURCE"
 DEFAULT_MIRROR = Path("/work/.mirror/OpenGVLab+DCNv4/repo")
@@ -126,26 +133,30 @@ def _build_key(texts: dict[str, str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_official_emulator(source: Path, build_dir: Path) -> Path:
-    """Compile the official kernels (launch syntax rewritten) with the harness into a library; cached by content."""
+def build_official_emulator(source: Path, build_dir: Path, counting: bool = False) -> Path:
+    """Compile the official kernels (launch syntax rewritten) with the harness into a library; cached by content.
+    ``counting`` makes the global-memory counting build (scripts/cuda_emu/emulator.py): the harness, which includes
+    the official kernels, is instrumented, the emulated runtime is not."""
     texts = {name: read_official_file(source, f"{CUDA_DIR}/{name}") for name in SOURCES}
-    key = _build_key(texts)
-    library = Path(build_dir) / f"dcnv4_official_emu_sm{ARCH}_{key}.so"
+    flavour = "count" if counting else "emu"
+    key = _build_key({**texts, "counting flags": " ".join(COUNTING_FLAGS) if counting else ""})
+    library = Path(build_dir) / f"dcnv4_official_{flavour}_sm{ARCH}_{key}.so"
     if library.exists():
         return library
-    work = Path(build_dir) / f"official_src_{key}"
+    work = Path(build_dir) / f"official_src_{flavour}_{key}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     for name, text in texts.items():
         (work / name).write_text(rewrite_launches(text)[0] if name.endswith(".cuh") else text)
-    cmd = [
-        os.environ.get("CXX", "g++"), "-std=c++17", "-O2", "-g0", "-fPIC", "-shared", "-fno-strict-aliasing", "-w",
-        f"-D__CUDA_ARCH__={ARCH}", f"-I{EMU / 'official_include'}", f"-I{EMU / 'include'}", f"-I{work}",
-        str(HARNESS), str(EMU / "emu_runtime.cpp"), "-o", str(library.with_suffix(".tmp")),
+    flags = [
+        "-std=c++17", "-O2", "-g0", "-fPIC", "-fno-strict-aliasing", "-w", f"-D__CUDA_ARCH__={ARCH}",
+        f"-I{EMU / 'official_include'}", f"-I{EMU / 'include'}", f"-I{work}",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise EmulationError(f"official DCNv4 emulator build failed:\n{' '.join(cmd)}\n{proc.stderr[-6000:]}")
+    harness = str(HARNESS)
+    if counting:
+        harness = str(work / "harness.o")
+        compile_host([*flags, *COUNTING_FLAGS, "-c", str(HARNESS), "-o", harness])
+    compile_host([*flags, "-shared", harness, str(EMU / "emu_runtime.cpp"), "-o", str(library.with_suffix(".tmp"))])
     os.replace(library.with_suffix(".tmp"), library)
     return library
 
@@ -162,18 +173,21 @@ def _output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -
 class OfficialDcnv4:
     """The emulated official op of one source; `forward` / `backward` mirror ``dcnv4_cuda_forward`` / ``_backward``."""
 
-    def __init__(self, source: Path | None = None, build_dir: Path | None = None, sm_count: int = 4):
+    def __init__(
+        self, source: Path | None = None, build_dir: Path | None = None, sm_count: int = 4, counting: bool = False
+    ):
         source = source or find_source()
         if source is None:
             raise OfficialUnavailable(f"no DCNv4 source: set {SOURCE_ENV} to a DCNv4 checkout or git mirror")
         self.tables = launch_tables(source)
         build_dir = Path(build_dir or _default_build_dir())
         build_dir.mkdir(parents=True, exist_ok=True)
-        self.lib = ctypes.CDLL(str(build_official_emulator(source, build_dir)))
+        self.lib = ctypes.CDLL(str(build_official_emulator(source, build_dir, counting)))
         self.lib.emu_last_message.restype = ctypes.c_char_p
         self.lib.emu_official_host_error.restype = ctypes.c_char_p
         self.lib.emu_set_strict_shuffle_sources(0)
         self.lib.emu_configure(sm_count, ARCH // 100, 0)
+        self.buffer_names: list[str] = []
 
     def atomic_stats(self) -> dict:
         out = (ctypes.c_double * 4)()
@@ -182,6 +196,10 @@ class OfficialDcnv4:
 
     def reset_atomic_stats(self) -> None:
         self.lib.emu_reset_atomic_stats()
+
+    def memory_stats(self) -> dict[str, dict[str, float]]:
+        """`read_memory_stats` of the last call's buffers, named as our emulators name them."""
+        return read_memory_stats(self.lib, self.buffer_names)
 
     def _check(self, status: int, what: str) -> None:
         if status == -1:
@@ -237,6 +255,8 @@ class OfficialDcnv4:
         chunk, ints, (out_h, out_w) = self._plan(value, offset_mask, geometry, group, group_channels, im2col_step,
                                                  remove_center, d_stride, block_thread, backward=False)  # fmt: skip
         output = torch.zeros(value.shape[0], out_h, out_w, value.shape[3], dtype=torch.float32)
+        buffers = {"value": value, "offset_mask": offset_mask, "output": output}
+        self.buffer_names = register_global_buffers(self.lib, buffers)
         for start in range(0, value.shape[0], chunk):
             status = self.lib.emu_official_forward(
                 _ptr(value[start]), _ptr(offset_mask[start]), _ptr(output[start]), ints, ctypes.c_float(offset_scale)
@@ -256,6 +276,9 @@ class OfficialDcnv4:
                                     d_stride, block_thread, backward=True)  # fmt: skip
         grad_input = torch.zeros_like(value)
         grad_offset_mask = torch.zeros_like(offset_mask)
+        buffers = {"grad_output": grad_output, "value": value, "offset_mask": offset_mask, "grad_value": grad_input,
+                   "grad_offset_mask": grad_offset_mask}  # fmt: skip
+        self.buffer_names = register_global_buffers(self.lib, buffers)
         for start in range(0, value.shape[0], chunk):
             status = self.lib.emu_official_backward(
                 _ptr(value[start]), _ptr(offset_mask[start]), _ptr(grad_output[start]), _ptr(grad_input[start]),

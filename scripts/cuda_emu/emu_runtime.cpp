@@ -1,5 +1,5 @@
-// Runtime of the CUDA host emulation (include/cuda_runtime.h): fibers, collectives, launch checks, atomics
-// statistics and the emulated device's properties.
+// Runtime of the CUDA host emulation (include/cuda_runtime.h): fibers, collectives, launch checks, atomics and
+// global-memory statistics and the emulated device's properties.
 #include <ucontext.h>
 
 #include <algorithm>
@@ -8,6 +8,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "cuda_runtime.h"
@@ -53,6 +54,8 @@ struct Fiber {
   uint64_t result = 0;
   long collectives = 0;      // collectives completed so far
   long atomics_in_epoch = 0; // atomics since the last collective
+  // Global accesses since the last collective per instrumented access site (see record_access).
+  std::unordered_map<uintptr_t, long> accesses_in_epoch;
 };
 
 // Sector statistics: atomics of one warp-wide instruction are those of the warp's lanes with equal
@@ -77,6 +80,44 @@ struct AtomicStats {
   double lane_ops = 0;
 } stats;
 
+// Global-memory statistics of the counting build (emulator.py `build_emulator(counting=True)`): its kernel code is
+// compiled with GCC's outlined address-sanitizer checks, so that every load and store calls record_access with
+// the address, the size and the call's return address, which names the access site (one machine instruction of
+// the host code, standing for one memory instruction of the kernel). A warp-wide memory instruction is the
+// accesses of a warp's lanes with equal (collectives completed, site, occurrence of the site since then): lanes
+// that run the same code issue the same sequence of accesses per site; lanes that diverge reach other sites or
+// fewer occurrences, i.e. other instructions, as on a GPU. Its sectors are the distinct 32-byte segments the
+// lanes touch. Accesses wider than 16 bytes (a GPU's widest load) count as one instruction per 16 bytes. Counts are
+// kept per buffer (an instruction whose lanes touch two buffers counts as one per buffer).
+struct AccessKey {
+  int buffer;
+  long warp;
+  long epoch;
+  uintptr_t site;
+  long occurrence;
+  long chunk;
+  bool operator<(const AccessKey& o) const {
+    return std::tie(buffer, warp, epoch, site, occurrence, chunk) <
+           std::tie(o.buffer, o.warp, o.epoch, o.site, o.occurrence, o.chunk);
+  }
+};
+struct AccessStats {
+  double sectors = 0;
+  double instructions = 0;
+  double lane_accesses = 0;
+};
+// Per buffer of global_ranges, in its order.
+struct MemoryStats {
+  AccessStats loads;
+  AccessStats stores;
+};
+std::vector<MemoryStats> memory_stats;
+constexpr size_t kWidestAccess = 16;
+
+// [begin, end) of the buffers the launch's kernels may read or write (emu_add_global_range); every other address
+// (fiber stacks: the kernels' locals; the emulated shared memory; the runtime's own data) is not global memory.
+std::vector<std::pair<uintptr_t, uintptr_t>> global_ranges;
+
 struct Block {
   std::vector<Fiber> fibers;
   ucontext_t scheduler;
@@ -86,6 +127,9 @@ struct Block {
   int running = -1;
   bool failed = false;
   std::map<AtomicKey, AtomicInstruction> atomics;
+  // Sectors (with repeats) of each warp-wide load and store instruction of the block so far.
+  std::map<AccessKey, std::vector<uintptr_t>> loads;
+  std::map<AccessKey, std::vector<uintptr_t>> stores;
 };
 
 Block* block = nullptr;
@@ -193,6 +237,7 @@ void complete(const std::vector<int>& members) {
     f.state = State::kReady;
     ++f.collectives;
     f.atomics_in_epoch = 0;
+    f.accesses_in_epoch.clear();
   }
 }
 
@@ -262,6 +307,25 @@ void flush_atomics() {
   block->atomics.clear();
 }
 
+void flush_accesses(std::map<AccessKey, std::vector<uintptr_t>>& instructions, AccessStats MemoryStats::*kind) {
+  for (auto& entry : instructions) {
+    std::vector<uintptr_t>& sectors = entry.second;
+    std::sort(sectors.begin(), sectors.end());
+    AccessStats& out = memory_stats[entry.first.buffer].*kind;
+    out.sectors += double(std::unique(sectors.begin(), sectors.end()) - sectors.begin());
+    out.instructions += 1;
+  }
+  instructions.clear();
+}
+
+// The index of the global buffer holding `address`, or -1.
+int global_buffer(uintptr_t address) {
+  for (size_t k = 0; k < global_ranges.size(); ++k) {
+    if (address >= global_ranges[k].first && address < global_ranges[k].second) return int(k);
+  }
+  return -1;
+}
+
 void run_block(Block& b, dim3 block_dim) {
   const int threads = int(block_dim.x * block_dim.y * block_dim.z);
   while (int(stacks.size()) < threads) stacks.emplace_back(new char[kStackBytes]);
@@ -300,6 +364,8 @@ void run_block(Block& b, dim3 block_dim) {
     }
   }
   flush_atomics();
+  flush_accesses(b.loads, &MemoryStats::loads);
+  flush_accesses(b.stores, &MemoryStats::stores);
 }
 
 bool valid_configuration(dim3 grid, dim3 block_dim, size_t shared_bytes) {
@@ -345,6 +411,24 @@ void record_atomic(const void* address, int bytes, int floats) {
   for (uintptr_t s = start / 32; s <= (start + bytes - 1) / 32; ++s) instruction.sectors.insert(s);
   instruction.floats += floats;
   stats.lane_ops += 1;
+}
+
+// One lane's global load or store (see AccessKey); accesses outside a kernel (host code) or outside the global
+// buffers are not counted.
+void record_access(uintptr_t address, size_t bytes, bool store, uintptr_t site) {
+  const int buffer = global_buffer(address);
+  if (block == nullptr || block->running < 0 || buffer < 0) return;
+  Fiber& f = block->fibers[block->running];
+  const long warp = block->block_linear * 64 + f.linear / kWarp;
+  const long occurrence = f.accesses_in_epoch[site]++;
+  auto& instructions = store ? block->stores : block->loads;
+  for (size_t chunk = 0; chunk * kWidestAccess < bytes; ++chunk) {
+    const uintptr_t first = address + chunk * kWidestAccess;
+    const uintptr_t last = address + std::min(bytes, (chunk + 1) * kWidestAccess) - 1;
+    std::vector<uintptr_t>& sectors = instructions[{buffer, warp, f.collectives, site, occurrence, long(chunk)}];
+    for (uintptr_t s = first / 32; s <= last / 32; ++s) sectors.push_back(s);
+  }
+  (store ? memory_stats[buffer].stores : memory_stats[buffer].loads).lane_accesses += 1;
 }
 
 bool run_grid(dim3 grid, dim3 block_dim, size_t shared_bytes, const std::function<void()>& body) {
@@ -448,4 +532,58 @@ void emu_atomic_stats(double* out) {
 void emu_reset_atomic_stats() { emu::stats = {}; }
 
 void emu_set_strict_shuffle_sources(int strict) { emu::strict_shuffle_sources = strict != 0; }
+
+// The buffers whose accesses the counting build counts as global memory (see record_access), numbered in the order
+// added; clearing them resets the statistics.
+void emu_add_global_range(const void* begin, size_t bytes) {
+  const uintptr_t start = reinterpret_cast<uintptr_t>(begin);
+  emu::global_ranges.emplace_back(start, start + bytes);
+  emu::memory_stats.emplace_back();
+}
+
+void emu_clear_global_ranges() {
+  emu::global_ranges.clear();
+  emu::memory_stats.clear();
+}
+
+// Of buffer `index`'s loads, then stores: distinct 32-byte sectors summed over warp-wide instructions, warp-wide
+// instructions, per-lane accesses. Zero unless the library is a counting build.
+void emu_memory_stats(int index, double* out) {
+  const emu::MemoryStats& buffer = emu::memory_stats.at(index);
+  const emu::AccessStats* kinds[] = {&buffer.loads, &buffer.stores};
+  for (int k = 0; k < 2; ++k) {
+    out[3 * k] = kinds[k]->sectors;
+    out[3 * k + 1] = kinds[k]->instructions;
+    out[3 * k + 2] = kinds[k]->lane_accesses;
+  }
+}
+
+// The checks GCC's -fsanitize=kernel-address emits with --param asan-instrumentation-with-call-threshold=0 in the
+// counting build's kernel code: called before every load / store with its address (and size for other widths).
+#define EMU_ACCESS_HOOKS(bytes)                                                                                 \
+  void __asan_load##bytes##_noabort(uintptr_t address) {                                                        \
+    emu::record_access(address, bytes, false, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));        \
+  }                                                                                                            \
+  void __asan_store##bytes##_noabort(uintptr_t address) {                                                       \
+    emu::record_access(address, bytes, true, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));         \
+  }
+EMU_ACCESS_HOOKS(1)
+EMU_ACCESS_HOOKS(2)
+EMU_ACCESS_HOOKS(4)
+EMU_ACCESS_HOOKS(8)
+EMU_ACCESS_HOOKS(16)
+#undef EMU_ACCESS_HOOKS
+
+void __asan_loadN_noabort(uintptr_t address, size_t bytes) {
+  emu::record_access(address, bytes, false, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
+}
+void __asan_storeN_noabort(uintptr_t address, size_t bytes) {
+  emu::record_access(address, bytes, true, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
+}
+
+// Emitted before calls that do not return (throw), where a sanitizer runtime unpoisons the stack, and around a
+// translation unit's dynamic initialisers, where it checks the initialisation order: nothing to do here.
+void __asan_handle_no_return() {}
+void __asan_before_dynamic_init(const char*) {}
+void __asan_after_dynamic_init() {}
 }

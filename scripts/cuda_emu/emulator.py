@@ -10,6 +10,16 @@ emulated device's SM count and compute capability (``configure``).
 Buffers are surrounded by guard zones: NaN before and after every input (an out-of-bounds read poisons the
 result) and a sentinel around every output (an out-of-bounds write changes it); outputs start as NaN so that an
 element the kernel never writes fails the comparison.
+
+A counting build (``counting=True``, a separate library) also counts the kernels' global-memory traffic: the
+translated kernel source is compiled with GCC's ``-fsanitize=kernel-address`` checks outlined into calls
+(``--param asan-instrumentation-with-call-threshold=0``), which emu_runtime.cpp defines instead of a sanitizer
+runtime, so every load and store of the kernel code reports its address, size and site; accesses inside the
+launch's buffers (registered by the drivers below) are grouped into warp-wide instructions and their distinct
+32-byte sectors (`memory_stats`, per buffer). The source stays unchanged; the instrumentation adds calls, not
+arithmetic, so outputs are bitwise those of the plain build. Scalar replacement of aggregates and vectorisation are
+off in that build so that the host compiler keeps each vector load (``Pack`` / ``uint4`` copies) one access and
+does not merge scalar accesses into vectors, as the CUDA source wrote them.
 """
 
 from __future__ import annotations
@@ -32,6 +42,12 @@ DCNV4_KERNEL_FILE = Path("dcnv3_cuda") / "dcnv4_kernels.cu"
 DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 GUARD = 64  # elements of guard zone on each side of a buffer
 OUTPUT_SENTINEL = 1234.5
+# The counting build's flags for the kernel code (see the module docstring): outlined address checks with no
+# sanitizer runtime, no stack or global poisoning, one access per source-level load / store.
+COUNTING_FLAGS = [
+    "-fsanitize=kernel-address", "--param", "asan-instrumentation-with-call-threshold=0", "--param", "asan-stack=0",
+    "--param", "asan-globals=0", "-fno-tree-sra", "-fno-tree-vectorize",
+]  # fmt: skip
 # kernel<T, ...><<<config>>>( : the name (optionally with template arguments), the configuration.
 LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;{}]*>)?)\s*<<<(.*?)>>>\s*\(", re.S)
 
@@ -69,17 +85,22 @@ def build_emulator(
     kernel_file: Path | None = None,
     kernel: Path = KERNEL_FILE,
     harness: Path = HERE / "harness.cpp",
+    counting: bool = False,
 ) -> Path:
     """Compile the emulated kernels for ``__CUDA_ARCH__ == arch`` into ``build_dir``; returns the library path.
 
     ``kernel`` (relative to ``kernel_src``) is the CUDA source and ``harness`` its C entry points: the DCNv3 kernels
     by default, `build_msda_emulator` for the multi-scale deformable attention ones. ``kernel_file`` replaces the
-    kernel source (for self-checks of broken copies). Builds are cached by the hash of every input.
+    kernel source (for self-checks of broken copies). ``counting`` makes the global-memory counting build (module
+    docstring). Builds are cached by the hash of every input.
     """
     kernel_src = Path(kernel_src)
     source = (kernel_file or kernel_src / kernel).read_text()
-    key = hashlib.sha256((_source_key(kernel_src, arch, kernel, harness) + source).encode()).hexdigest()[:16]
-    library = Path(build_dir) / f"{Path(kernel).stem}_emu_sm{arch}_{key}.so"
+    flavour = "count" if counting else "emu"
+    extra_flags = " ".join(COUNTING_FLAGS) if counting else ""
+    key_text = _source_key(kernel_src, arch, kernel, harness) + extra_flags + source
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    library = Path(build_dir) / f"{Path(kernel).stem}_{flavour}_sm{arch}_{key}.so"
     if library.exists():
         return library
     rewritten, launches = rewrite_launches(source)
@@ -90,19 +111,26 @@ def build_emulator(
     translated = work / f"{kernel}.cpp"
     translated.parent.mkdir(parents=True)
     translated.write_text(rewritten)
-    compiler = os.environ.get("CXX", "g++")
-    cmd = [
-        compiler, "-std=c++17", "-O2", "-g0", "-fPIC", "-shared", "-fno-strict-aliasing",
-        "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
-        f"-D__CUDA_ARCH__={arch}", f"-I{HERE / 'include'}", f"-I{kernel_src}",
-        str(translated), str(HERE / "emu_runtime.cpp"), str(harness),
-        "-o", str(library.with_suffix(".tmp")),
+    flags = [
+        "-std=c++17", "-O2", "-g0", "-fPIC", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas",
+        "-Wno-unused-function", f"-D__CUDA_ARCH__={arch}", f"-I{HERE / 'include'}", f"-I{kernel_src}",
     ]  # fmt: skip
+    sources = [str(translated), str(HERE / "emu_runtime.cpp"), str(harness)]
+    if counting:
+        # Only the kernel code is instrumented: the runtime's own accesses must not call its hooks.
+        sources[0] = str(work / "kernel.o")
+        compile_host([*flags, *COUNTING_FLAGS, "-c", str(translated), "-o", sources[0]])
+    compile_host([*flags, "-shared", *sources, "-o", str(library.with_suffix(".tmp"))])
+    os.replace(library.with_suffix(".tmp"), library)
+    return library
+
+
+def compile_host(arguments: list[str]) -> None:
+    """Run the host C++ compiler ($CXX, default g++) with ``arguments``; EmulationError with its output on failure."""
+    cmd = [os.environ.get("CXX", "g++"), *arguments]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise EmulationError(f"emulator build failed:\n{' '.join(cmd)}\n{proc.stderr[-6000:]}")
-    os.replace(library.with_suffix(".tmp"), library)
-    return library
 
 
 def build_msda_emulator(kernel_src: Path, build_dir: Path, arch: int = 800, kernel_file: Path | None = None) -> Path:
@@ -110,9 +138,12 @@ def build_msda_emulator(kernel_src: Path, build_dir: Path, arch: int = 800, kern
     return build_emulator(kernel_src, build_dir, arch, kernel_file, MSDA_KERNEL_FILE, HERE / "msda_harness.cpp")
 
 
-def build_dcnv4_emulator(kernel_src: Path, build_dir: Path, arch: int = 800, kernel_file: Path | None = None) -> Path:
+def build_dcnv4_emulator(
+    kernel_src: Path, build_dir: Path, arch: int = 800, kernel_file: Path | None = None, counting: bool = False
+) -> Path:
     """`build_emulator` for the DCNv4 kernels (``dcnv3_cuda/dcnv4_kernels.cu``, `Dcnv4Emulator`)."""
-    return build_emulator(kernel_src, build_dir, arch, kernel_file, DCNV4_KERNEL_FILE, HERE / "dcnv4_harness.cpp")
+    harness = HERE / "dcnv4_harness.cpp"
+    return build_emulator(kernel_src, build_dir, arch, kernel_file, DCNV4_KERNEL_FILE, harness, counting)
 
 
 @dataclasses.dataclass
@@ -152,6 +183,38 @@ class Guarded:
         return ctypes.c_void_p(self.tensor.data_ptr())
 
 
+def register_global_buffers(lib: ctypes.CDLL, buffers: dict[str, torch.Tensor]) -> list[str]:
+    """Make the storage of each named tensor (guard zones included) the global memory of the next launches and reset
+    the counters; returns the names in the runtime's order. The counting build counts only accesses inside these
+    buffers (the kernels' locals live on fiber stacks, which must not count)."""
+    lib.emu_clear_global_ranges()
+    for tensor in buffers.values():
+        storage = tensor.untyped_storage()
+        lib.emu_add_global_range(ctypes.c_void_p(storage.data_ptr()), ctypes.c_size_t(storage.nbytes()))
+    return list(buffers)
+
+
+MEMORY_STATS = ("load_sectors", "load_instructions", "load_lane_accesses", "store_sectors", "store_instructions",
+                "store_lane_accesses")  # fmt: skip
+
+
+def read_memory_stats(lib: ctypes.CDLL, names: list[str]) -> dict[str, dict[str, float]]:
+    """Global-memory counters per buffer since their registration (zero in a plain build): per kind (load, store),
+    the distinct 32-byte sectors summed over warp-wide instructions, the warp-wide instructions and the per-lane
+    accesses."""
+    result = {}
+    for index, name in enumerate(names):
+        out = (ctypes.c_double * len(MEMORY_STATS))()
+        lib.emu_memory_stats(index, out)
+        result[name] = dict(zip(MEMORY_STATS, out, strict=True))
+    return result
+
+
+def total_memory_stats(by_buffer: dict[str, dict[str, float]]) -> dict[str, float]:
+    """`read_memory_stats` summed over the buffers."""
+    return {key: sum(stats[key] for stats in by_buffer.values()) for key in MEMORY_STATS}
+
+
 def _shape_array(value, offset, params, points) -> ctypes.Array:
     n, h, w, c = value.shape
     fields = [
@@ -170,6 +233,7 @@ class CudaEmulator:
         self.lib.emu_last_message.restype = ctypes.c_char_p
         self.lib.emu_forward.restype = ctypes.c_int
         self.lib.emu_backward.restype = ctypes.c_int
+        self.buffer_names: list[str] = []
         self.configure()
 
     def configure(self, sm_count: int = 2, compute_capability: tuple[int, int] = (8, 0)) -> None:
@@ -183,6 +247,10 @@ class CudaEmulator:
 
     def reset_atomic_stats(self) -> None:
         self.lib.emu_reset_atomic_stats()
+
+    def memory_stats(self) -> dict[str, dict[str, float]]:
+        """`read_memory_stats` of the last call's buffers (named as its arguments; ``output`` for the result)."""
+        return read_memory_stats(self.lib, self.buffer_names)
 
     def _check(self, status: int, what: str) -> None:
         if status != 0:
@@ -200,6 +268,8 @@ class CudaEmulator:
         v, o, m = self._inputs((value, offset, mask), misalign)
         out_shape = (value.shape[0], offset.shape[1], offset.shape[2], value.shape[3])
         out = Guarded(out_shape, value.dtype, float("nan"), OUTPUT_SENTINEL, misalign)
+        buffers = {"value": v, "offset": o, "mask": m, "output": out}
+        self.buffer_names = register_global_buffers(self.lib, {k: b.storage for k, b in buffers.items()})
         shape = (ctypes.c_int64 * 4)()
         status = self.lib.emu_forward(
             DTYPES[value.dtype], v.ptr(), o.ptr(), m.ptr(), out.ptr(), _shape_array(value, offset, params, points),
@@ -219,6 +289,9 @@ class CudaEmulator:
         grad_value = Guarded(value.shape, acc_dtype, 0.0, OUTPUT_SENTINEL, misalign)
         grad_offset = Guarded(offset.shape, value.dtype, float("nan"), OUTPUT_SENTINEL, misalign)
         grad_mask = Guarded(mask.shape, value.dtype, float("nan"), OUTPUT_SENTINEL, misalign)
+        buffers = {"grad_output": g, "value": v, "offset": o, "mask": m, "grad_value": grad_value,
+                   "grad_offset": grad_offset, "grad_mask": grad_mask}  # fmt: skip
+        self.buffer_names = register_global_buffers(self.lib, {k: b.storage for k, b in buffers.items()})
         shape = (ctypes.c_int64 * 4)()
         status = self.lib.emu_backward(
             DTYPES[value.dtype], g.ptr(), v.ptr(), o.ptr(), m.ptr(), grad_value.ptr(), grad_offset.ptr(),
@@ -331,11 +404,13 @@ class Dcnv4Emulator:
         self.lib.emu_last_message.restype = ctypes.c_char_p
         self.lib.emu_dcnv4_forward.restype = ctypes.c_int
         self.lib.emu_dcnv4_backward.restype = ctypes.c_int
+        self.buffer_names: list[str] = []
         self.configure()
 
     configure = CudaEmulator.configure
     atomic_stats = CudaEmulator.atomic_stats
     reset_atomic_stats = CudaEmulator.reset_atomic_stats
+    memory_stats = CudaEmulator.memory_stats
     _check = CudaEmulator._check
 
     @staticmethod
@@ -349,6 +424,8 @@ class Dcnv4Emulator:
         v, om = (Guarded(t.shape, t.dtype, t, float("nan"), misalign) for t in (value, offset_mask))
         out_shape = (value.shape[0], offset_mask.shape[1], offset_mask.shape[2], value.shape[3])
         out = Guarded(out_shape, value.dtype, float("nan"), OUTPUT_SENTINEL, misalign)
+        buffers = {"value": v, "offset_mask": om, "output": out}
+        self.buffer_names = register_global_buffers(self.lib, {k: b.storage for k, b in buffers.items()})
         launch = (ctypes.c_int64 * 4)()
         status = self.lib.emu_dcnv4_forward(
             DTYPES[value.dtype], v.ptr(), om.ptr(), out.ptr(), self._shape(value, offset_mask, params),
@@ -367,6 +444,9 @@ class Dcnv4Emulator:
         # The launch contract: grad_value_acc zero-initialised; grad_offset_mask fully overwritten.
         grad_value = Guarded(value.shape, acc_dtype, 0.0, OUTPUT_SENTINEL, misalign)
         grad_offset_mask = Guarded(offset_mask.shape, value.dtype, float("nan"), OUTPUT_SENTINEL, misalign)
+        buffers = {"grad_output": g, "value": v, "offset_mask": om, "grad_value": grad_value,
+                   "grad_offset_mask": grad_offset_mask}  # fmt: skip
+        self.buffer_names = register_global_buffers(self.lib, {k: b.storage for k, b in buffers.items()})
         launch = (ctypes.c_int64 * 4)()
         status = self.lib.emu_dcnv4_backward(
             DTYPES[value.dtype], g.ptr(), v.ptr(), om.ptr(), grad_value.ptr(), grad_offset_mask.ptr(),

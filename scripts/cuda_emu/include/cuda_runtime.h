@@ -5,7 +5,8 @@
 // turn until they finish or reach a warp/block collective, where they wait until every thread the collective
 // names has arrived (a thread that exited or waits at another collective is an error, reported through
 // cudaGetLastError). Atomics are plain read-modify-writes (fibers never run concurrently) and are counted per
-// warp-wide instruction for the sector statistics.
+// warp-wide instruction for the sector statistics. In the counting build (emulator.py) the kernels' global loads and
+// stores are counted too, through GCC's address-sanitizer checks (see emu_runtime.cpp, record_access).
 #pragma once
 
 #include <cmath>
@@ -162,13 +163,17 @@ inline float __uint_as_float(unsigned int bits) {
 }
 using std::isfinite;  // floor, floorf and fma are the C library's, declared globally by <cmath>
 
-inline float atomicAdd(float* address, float value) {
+// The emulated atomics' read and write are one atomic operation, counted by record_atomic: the counting build must
+// not also count them as a load and a store.
+#define EMU_NOT_COUNTED __attribute__((no_sanitize_address))
+
+EMU_NOT_COUNTED inline float atomicAdd(float* address, float value) {
   emu::record_atomic(address, 4, 1);
   const float old = *address;
   *address = old + value;
   return old;
 }
-inline double atomicAdd(double* address, double value) {
+EMU_NOT_COUNTED inline double atomicAdd(double* address, double value) {
   emu::record_atomic(address, 8, 0);
   const double old = *address;
   *address = old + value;
@@ -176,14 +181,14 @@ inline double atomicAdd(double* address, double value) {
 }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // Vector atomics of sm_90+: one instruction, each element added atomically (not the vector as a whole).
-inline float2 atomicAdd(float2* address, float2 value) {
+EMU_NOT_COUNTED inline float2 atomicAdd(float2* address, float2 value) {
   emu::record_atomic(address, 8, 2);
   const float2 old = *address;
   address->x += value.x;
   address->y += value.y;
   return old;
 }
-inline float4 atomicAdd(float4* address, float4 value) {
+EMU_NOT_COUNTED inline float4 atomicAdd(float4* address, float4 value) {
   emu::record_atomic(address, 16, 4);
   const float4 old = *address;
   address->x += value.x;
