@@ -1,4 +1,4 @@
-"""Model-level benchmark: InternImage-T (PyTorch DCNv3 core, and `kernelize`d) against ConvNeXt-T.
+"""Model-level benchmark: InternImage-T and FlashInternImage-T (PyTorch cores, and `kernelize`d) against ConvNeXt-T.
 
 All models are built and timed in this one process and take turns over the rounds, so the printed ratios compare
 like with like on a shared machine. One run prints every row of the README table:
@@ -28,7 +28,13 @@ from pathlib import Path
 import torch
 from transformers import ConvNextConfig, ConvNextForImageClassification
 
-from internimage_hf import InternImageConfig, InternImageForImageClassification, kernelize
+from internimage_hf import (
+    FlashInternImageConfig,
+    FlashInternImageForImageClassification,
+    InternImageConfig,
+    InternImageForImageClassification,
+    kernelize,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from profiling import Timing, median_times, peak_memory_bytes, timed  # noqa: E402
@@ -73,24 +79,30 @@ def kernel_tree(args: argparse.Namespace) -> Path:
 
 
 def build_models(args: argparse.Namespace, kernel_dir: Path | None, mode: str) -> dict[str, torch.nn.Module]:
-    """ConvNeXt-T, InternImage-T with the PyTorch core and (with a kernel) kernelized, same seed, in `mode`."""
+    """ConvNeXt-T, InternImage-T and FlashInternImage-T with the PyTorch cores and (with a kernel) kernelized, same
+    seed, in `mode`."""
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     if args.smoke:
         internimage_config = InternImageConfig(channels=16, depths=[1, 1, 1, 1], groups=[1, 2, 4, 8], num_labels=1000)
+        flash_config = FlashInternImageConfig(channels=16, depths=[1, 1, 1, 1], groups=[1, 2, 4, 8], num_labels=1000)
         convnext_config = ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=1000)
     else:
         internimage_config = InternImageConfig.from_preset("t", num_labels=1000)
+        flash_config = FlashInternImageConfig.from_preset("t", num_labels=1000)
         convnext_config = ConvNextConfig(num_labels=1000)
-    # Only the training step runs stochastic depth; like against like, whatever the two configs' defaults.
-    internimage_config.drop_path_rate = convnext_config.drop_path_rate = args.drop_path_rate
-    internimage = InternImageForImageClassification(internimage_config).to(args.device, dtype)
-    internimage.train(mode == "training")
-    convnext = ConvNextForImageClassification(convnext_config).to(args.device, dtype).train(mode == "training")
-    models = {BASELINE: convnext, "internimage_t_pytorch": internimage}
+    # Only the training step runs stochastic depth; like against like, whatever the configs' defaults.
+    for config in (internimage_config, flash_config, convnext_config):
+        config.drop_path_rate = args.drop_path_rate
+    convnext = ConvNextForImageClassification(convnext_config)
+    internimage = InternImageForImageClassification(internimage_config)
+    flash = FlashInternImageForImageClassification(flash_config)
+    models = {BASELINE: convnext, "internimage_t_pytorch": internimage, "flash_internimage_t_pytorch": flash}
+    models = {name: model.to(args.device, dtype).train(mode == "training") for name, model in models.items()}
     if kernel_dir is not None:
-        kernel_model = kernelize(copy.deepcopy(internimage), mode=mode, local_path=kernel_dir)
-        models["internimage_t_kernel"] = kernel_model
+        for family in ("internimage_t", "flash_internimage_t"):
+            pytorch = models[f"{family}_pytorch"]
+            models[f"{family}_kernel"] = kernelize(copy.deepcopy(pytorch), mode=mode, local_path=kernel_dir)
     return models
 
 
@@ -101,14 +113,14 @@ def pixels_for(args: argparse.Namespace, batch: int) -> torch.Tensor:
 
 def print_rows(title: str, batch: int, seconds: dict[str, Timing], extra: dict[str, str] | None = None) -> None:
     print(f"\n{title}, batch {batch}")
-    header = f"{'model':<26}{'ms':>10}{'img/s':>9}{'x ConvNeXt-T':>14}{'user CPU ms':>13}{'x ConvNeXt-T':>14}"
+    header = f"{'model':<30}{'ms':>10}{'img/s':>9}{'x ConvNeXt-T':>14}{'user CPU ms':>13}{'x ConvNeXt-T':>14}"
     print(f"{header}  {'' if extra is None else 'notes'}")
     base = seconds[BASELINE]
     for name, value in seconds.items():
         note = (extra or {}).get(name, "")
         wall = f"{value.wall * 1e3:>10.1f}{batch / value.wall:>9.1f}{value.wall / base.wall:>14.2f}"
         user = f"{value.user * 1e3:>13.1f}{value.user / max(base.user, 1e-9):>14.2f}"
-        print(f"{name:<26}{wall}{user}  {note}")
+        print(f"{name:<30}{wall}{user}  {note}")
 
 
 @torch.no_grad()
@@ -205,9 +217,10 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     kernel_dir = None if args.no_kernel else kernel_tree(args)
     models = build_models(args, kernel_dir, "inference")
-    backend = models["internimage_t_kernel"].dcnv3_backend if kernel_dir is not None else "none"
     print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}")
-    print(f"kernel path runs: {backend}")
+    for family in ("internimage_t", "flash_internimage_t"):
+        backend = models[f"{family}_kernel"].dcnv3_backend if kernel_dir is not None else "none"
+        print(f"{family} kernel path runs: {backend}")
     eager = forward_rows(args, models)
     if not args.no_train:
         training_rows(args, kernel_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-MODELS = ("convnext_t", "internimage_t_pytorch")
+MODELS = ("convnext_t", "internimage_t_pytorch", "flash_internimage_t_pytorch")
 
 
 def test_smoke_run_prints_forward_training_and_compiled_rows(capsys):
