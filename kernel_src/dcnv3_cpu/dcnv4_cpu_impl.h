@@ -19,60 +19,153 @@ using dcnv3::tap_grid;
 using dcnv3::DCNV3_CPU_ISA::SampleGrads;
 using dcnv3::DCNV3_CPU_ISA::TapTable;
 
+// S = G * P rounded up to whole AVX2 registers of floats: the length of the per-sample tables below, so that the
+// AVX2 loops read and write them with plain full-width loads and stores (phase 2 reads phase 1's stores back at once,
+// and a load cannot be forwarded from a masked store).
+inline int64_t padded_samples(int64_t samples) { return (samples + 7) / 8 * 8; }
+
 // Forward phase 1 output for the S = G * P samples of one output pixel: the four bilinear corners of each sample as
-// element offsets into the image and weights with the point weight folded in, [4][S] each, corners (y0, x0),
+// element offsets into the image and weights with the point weight folded in, [4][stride] each, corners (y0, x0),
 // (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1).
 template <typename acc_t>
 struct Corners {
+  int64_t stride;                // distance between the corner rows, padded_samples(S)
   std::vector<acc_t> weight;     // 0 for a corner in the zero padding
   std::vector<int32_t> element;  // (y * W + x) * C of the corner, clamped onto the image
 
-  explicit Corners(int64_t samples) : weight(4 * samples), element(4 * samples) {}
+  explicit Corners(int64_t samples)
+      : stride(padded_samples(samples)), weight(4 * stride), element(4 * stride) {}
 };
 
-// The pixel's S offsets and weights out of the fused row, as separate flat arrays (dx[q], dy[q], weight[q] for
-// sample q = g * P + point) that the locating loop reads with plain vector loads.
-template <typename scalar_t, typename acc_t>
-inline void split_fused_pixel(const scalar_t* __restrict__ row, int64_t groups, int64_t points, acc_t* __restrict__ dx,
-                              acc_t* __restrict__ dy, acc_t* __restrict__ weights) {
-  for (int64_t g = 0; g < groups; ++g) {
-    const scalar_t* __restrict__ group_row = row + g * 3 * points;
-    for (int64_t k = 0; k < points; ++k) {
-      dx[g * points + k] = acc_t(group_row[2 * k]);
-      dy[g * points + k] = acc_t(group_row[2 * k + 1]);
-      weights[g * points + k] = acc_t(group_row[2 * points + k]);
+// Per sample q = g * P + point, where it finds its inputs in a pixel's fused row (dx at column offset[q], dy right
+// after it, the point weight at column weight[q]) and its regular-grid tap. Phase 1 reads the row through this
+// table (gathered loads) instead of first copying the row apart, which cost a fifth of the forward. The padding
+// entries point at column 0, so that reading them is harmless; their results are never used.
+template <typename acc_t>
+struct SampleTable {
+  std::vector<int32_t> offset;
+  std::vector<int32_t> weight;
+  std::vector<acc_t> tap_x;
+  std::vector<acc_t> tap_y;
+
+  explicit SampleTable(const Params& p) {
+    const int64_t samples = p.group * p.points;
+    const TapTable<acc_t> taps(p);
+    offset.resize(padded_samples(samples));
+    weight.resize(padded_samples(samples));
+    tap_x.assign(taps.x.begin(), taps.x.end());
+    tap_y.assign(taps.y.begin(), taps.y.end());
+    tap_x.resize(padded_samples(samples));
+    tap_y.resize(padded_samples(samples));
+    for (int64_t g = 0; g < p.group; ++g) {
+      for (int64_t k = 0; k < p.points; ++k) {
+        offset[g * p.points + k] = static_cast<int32_t>(g * 3 * p.points + 2 * k);
+        weight[g * p.points + k] = static_cast<int32_t>(g * 3 * p.points + 2 * p.points + k);
+      }
     }
   }
+};
+
+#if defined(DCNV3_CPU_AVX2)
+// `locate_corners` for float, eight samples per step written out in AVX2: the row is read with gathers and each
+// select becomes a mask (GCC's own vectorisation of the loop emulates the gathers with scalar loads and spills its
+// masks).
+inline void locate_corners_avx2(const float* row, const SampleTable<float>& table, const TapGrid<float>& grid,
+                                int64_t samples, int32_t height, int32_t width, int32_t channels,
+                                Corners<float>& corners) {
+  const __m256 base_x = _mm256_set1_ps(grid.base_x), base_y = _mm256_set1_ps(grid.base_y);
+  const __m256 scale = _mm256_set1_ps(grid.scale);
+  const __m256 one = _mm256_set1_ps(1.0f), minus_one = _mm256_set1_ps(-1.0f);
+  const __m256 height_f = _mm256_set1_ps(float(height)), width_f = _mm256_set1_ps(float(width));
+  const __m256i one_i = _mm256_set1_epi32(1), minus_one_i = _mm256_set1_epi32(-1), zero_i = _mm256_setzero_si256();
+  const __m256i last_row = _mm256_set1_epi32(height - 1), last_col = _mm256_set1_epi32(width - 1);
+  const __m256i row_stride = _mm256_set1_epi32(width * channels), channels_i = _mm256_set1_epi32(channels);
+  const int64_t stride = corners.stride;
+  for (int64_t q = 0; q < samples; q += 8) {
+    const __m256i offset_col = _mm256_loadu_si256((const __m256i*)(table.offset.data() + q));
+    const __m256 dx = _mm256_i32gather_ps(row, offset_col, 4);
+    const __m256 dy = _mm256_i32gather_ps(row + 1, offset_col, 4);
+    const __m256 w = _mm256_i32gather_ps(row, _mm256_loadu_si256((const __m256i*)(table.weight.data() + q)), 4);
+    const __m256 sx = _mm256_fmadd_ps(scale, _mm256_add_ps(_mm256_loadu_ps(table.tap_x.data() + q), dx), base_x);
+    const __m256 sy = _mm256_fmadd_ps(scale, _mm256_add_ps(_mm256_loadu_ps(table.tap_y.data() + q), dy), base_y);
+    // Ordered comparisons: a NaN location is not inside.
+    const __m256 inside = _mm256_and_ps(
+        _mm256_and_ps(_mm256_cmp_ps(sx, minus_one, _CMP_GT_OQ), _mm256_cmp_ps(sy, minus_one, _CMP_GT_OQ)),
+        _mm256_and_ps(_mm256_cmp_ps(sx, width_f, _CMP_LT_OQ), _mm256_cmp_ps(sy, height_f, _CMP_LT_OQ)));
+    // Outside, the point weight becomes 0, or NaN where the location or weight is not finite: v - v is 0 for a
+    // finite v and NaN otherwise.
+    const __m256 outside = _mm256_add_ps(_mm256_add_ps(_mm256_sub_ps(sx, sx), _mm256_sub_ps(sy, sy)),
+                                         _mm256_sub_ps(w, w));
+    const __m256 m = _mm256_blendv_ps(outside, w, inside);
+    const __m256 x = _mm256_and_ps(inside, sx);
+    const __m256 y = _mm256_and_ps(inside, sy);
+    // x, y > -1: truncating x + 1 is floor(x) + 1.
+    const __m256i x0 = _mm256_sub_epi32(_mm256_cvttps_epi32(_mm256_add_ps(x, one)), one_i);
+    const __m256i y0 = _mm256_sub_epi32(_mm256_cvttps_epi32(_mm256_add_ps(y, one)), one_i);
+    const __m256 lx = _mm256_sub_ps(x, _mm256_cvtepi32_ps(x0));
+    const __m256 ly = _mm256_sub_ps(y, _mm256_cvtepi32_ps(y0));
+    const __m256i top_in = _mm256_cmpgt_epi32(y0, minus_one_i), bottom_in = _mm256_cmpgt_epi32(last_row, y0);
+    const __m256i left_in = _mm256_cmpgt_epi32(x0, minus_one_i), right_in = _mm256_cmpgt_epi32(last_col, x0);
+    const __m256 top = _mm256_and_ps(_mm256_castsi256_ps(top_in), _mm256_mul_ps(_mm256_sub_ps(one, ly), m));
+    const __m256 bottom = _mm256_and_ps(_mm256_castsi256_ps(bottom_in), _mm256_mul_ps(ly, m));
+    const __m256 left = _mm256_and_ps(_mm256_castsi256_ps(left_in), _mm256_sub_ps(one, lx));
+    const __m256 right = _mm256_and_ps(_mm256_castsi256_ps(right_in), lx);
+    // The corner offsets from the first in-image corner: one column (C) further right unless the right column or
+    // the left column is outside (then both clamp to the same column), likewise one row further down.
+    const __m256i first = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_max_epi32(y0, zero_i), row_stride),
+                                           _mm256_mullo_epi32(_mm256_max_epi32(x0, zero_i), channels_i));
+    const __m256i step_x = _mm256_and_si256(_mm256_and_si256(left_in, right_in), channels_i);
+    const __m256i step_y = _mm256_and_si256(_mm256_and_si256(top_in, bottom_in), row_stride);
+    float* weight = corners.weight.data() + q;
+    auto* element = reinterpret_cast<__m256i*>(corners.element.data() + q);
+    _mm256_storeu_ps(weight, _mm256_mul_ps(top, left));
+    _mm256_storeu_ps(weight + stride, _mm256_mul_ps(top, right));
+    _mm256_storeu_ps(weight + 2 * stride, _mm256_mul_ps(bottom, left));
+    _mm256_storeu_ps(weight + 3 * stride, _mm256_mul_ps(bottom, right));
+    _mm256_storeu_si256(element, first);
+    _mm256_storeu_si256(element + stride / 8, _mm256_add_epi32(first, step_x));
+    _mm256_storeu_si256(element + 2 * stride / 8, _mm256_add_epi32(first, step_y));
+    _mm256_storeu_si256(element + 3 * stride / 8, _mm256_add_epi32(_mm256_add_epi32(first, step_x), step_y));
+  }
 }
+#endif
 
 // Forward phase 1: the arithmetic of DCNv3's `locate_samples` (same locations, corner weights and NaN behaviour) with
 // the corner rows as element offsets premultiplied by C, so that phase 2 addresses them without a multiply. A corner in
 // the zero padding gets weight 0 and an offset clamped onto the image; a sample entirely outside (or at a NaN
 // location) moves to (0, 0) with point weight 0, NaN when the location or weight is not finite (the reference adds
 // weight * 0 there).
-template <typename acc_t>
-inline void locate_corners(const acc_t* __restrict__ dx, const acc_t* __restrict__ dy,
-                           const acc_t* __restrict__ point_weight, const acc_t* __restrict__ tap_x,
-                           const acc_t* __restrict__ tap_y, const TapGrid<acc_t>& grid, int64_t samples, int32_t height,
-                           int32_t width, int32_t channels, Corners<acc_t>& corners) {
+template <typename scalar_t, typename acc_t>
+inline void locate_corners(const scalar_t* __restrict__ row, const SampleTable<acc_t>& table,
+                           const TapGrid<acc_t>& grid, int64_t samples, int32_t height, int32_t width,
+                           int32_t channels, Corners<acc_t>& corners) {
+#if defined(DCNV3_CPU_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return locate_corners_avx2(row, table, grid, samples, height, width, channels, corners);
+  }
+#endif
   const acc_t base_x = grid.base_x, base_y = grid.base_y, scale = grid.scale;
   const int32_t row_stride = width * channels;
   acc_t* w0 = corners.weight.data();
-  acc_t* w1 = w0 + samples;
-  acc_t* w2 = w1 + samples;
-  acc_t* w3 = w2 + samples;
+  acc_t* w1 = w0 + corners.stride;
+  acc_t* w2 = w1 + corners.stride;
+  acc_t* w3 = w2 + corners.stride;
   int32_t* e0 = corners.element.data();
-  int32_t* e1 = e0 + samples;
-  int32_t* e2 = e1 + samples;
-  int32_t* e3 = e2 + samples;
+  int32_t* e1 = e0 + corners.stride;
+  int32_t* e2 = e1 + corners.stride;
+  int32_t* e3 = e2 + corners.stride;
+  const int32_t* __restrict__ offset_col = table.offset.data();
+  const int32_t* __restrict__ weight_col = table.weight.data();
+  const acc_t* __restrict__ tap_x = table.tap_x.data();
+  const acc_t* __restrict__ tap_y = table.tap_y.data();
   // The rows are disjoint and the inputs are not written, but GCC cannot prove it (it ignores block-scope restrict).
 #pragma GCC ivdep
   for (int64_t q = 0; q < samples; ++q) {
-    const acc_t sx = base_x + scale * (tap_x[q] + dx[q]);
-    const acc_t sy = base_y + scale * (tap_y[q] + dy[q]);
+    const acc_t sx = base_x + scale * (tap_x[q] + acc_t(row[offset_col[q]]));
+    const acc_t sy = base_y + scale * (tap_y[q] + acc_t(row[offset_col[q] + 1]));
     // `&`, not `&&`, and `v - v == 0` as the finiteness test: both keep the loop branch-free, hence vectorised.
     const bool inside = (sy > acc_t(-1)) & (sx > acc_t(-1)) & (sy < acc_t(height)) & (sx < acc_t(width));
-    const acc_t w = point_weight[q];
+    const acc_t w = acc_t(row[weight_col[q]]);
     const bool finite = (sx - sx == acc_t(0)) & (sy - sy == acc_t(0)) & (w - w == acc_t(0));
     const acc_t x = inside ? sx : acc_t(0);
     const acc_t y = inside ? sy : acc_t(0);
@@ -106,15 +199,15 @@ constexpr int kBlock = 16;
 // `sample_block` for float and kVecs whole AVX2 registers (8 or 16 channels).
 template <int kVecs>
 inline void sample_block_avx2(float* __restrict__ out, const float* __restrict__ value_block, const float* w,
-                              const int32_t* element, int64_t first, int64_t points, int64_t samples) {
+                              const int32_t* element, int64_t first, int64_t points, int64_t stride) {
   __m256 sum[4][kVecs];
   for (int k = 0; k < 4; ++k) {
     for (int v = 0; v < kVecs; ++v) sum[k][v] = _mm256_setzero_ps();
   }
   for (int64_t q = first; q < first + points; ++q) {
     for (int k = 0; k < 4; ++k) {
-      const float* corner = value_block + element[k * samples + q];
-      const __m256 weight = _mm256_set1_ps(w[k * samples + q]);
+      const float* corner = value_block + element[k * stride + q];
+      const __m256 weight = _mm256_set1_ps(w[k * stride + q]);
       for (int v = 0; v < kVecs; ++v) sum[k][v] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(corner + 8 * v), sum[k][v]);
     }
   }
@@ -131,20 +224,21 @@ inline void sample_block_avx2(float* __restrict__ out, const float* __restrict__
 // DCNv3 loop adds every sample into an accumulator array in memory.
 template <typename scalar_t, typename acc_t>
 inline void sample_block(scalar_t* __restrict__ out, const scalar_t* __restrict__ value_block,
-                         const Corners<acc_t>& corners, int64_t first, int64_t points, int64_t samples, int width) {
+                         const Corners<acc_t>& corners, int64_t first, int64_t points, int width) {
+  const int64_t stride = corners.stride;
   const acc_t* w = corners.weight.data();
   const int32_t* element = corners.element.data();
 #if defined(DCNV3_CPU_AVX2)
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (width == kBlock) return sample_block_avx2<2>(out, value_block, w, element, first, points, samples);
-    if (width == kBlock / 2) return sample_block_avx2<1>(out, value_block, w, element, first, points, samples);
+    if (width == kBlock) return sample_block_avx2<2>(out, value_block, w, element, first, points, stride);
+    if (width == kBlock / 2) return sample_block_avx2<1>(out, value_block, w, element, first, points, stride);
   }
 #endif
   acc_t sum[4][kBlock] = {};
   for (int64_t q = first; q < first + points; ++q) {
     for (int k = 0; k < 4; ++k) {
-      const scalar_t* __restrict__ v = value_block + element[k * samples + q];
-      const acc_t weight = w[k * samples + q];
+      const scalar_t* __restrict__ v = value_block + element[k * stride + q];
+      const acc_t weight = w[k * stride + q];
       if (width == kBlock) {  // the whole-block case as its own loop: a constant trip count vectorises
         for (int c = 0; c < kBlock; ++c) sum[k][c] += weight * acc_t(v[c]);
       } else {
@@ -157,8 +251,8 @@ inline void sample_block(scalar_t* __restrict__ out, const scalar_t* __restrict_
   }
 }
 
-// Forward: parallel over output pixels. Per pixel, the fused row is split once, the G * P samples are located in
-// one vectorised pass, then each group's channels are gathered block by block.
+// Forward: parallel over output pixels. Per pixel, the G * P samples are located in one vectorised pass that reads
+// the fused row in place, then each group's channels are gathered block by block.
 template <typename scalar_t>
 void forward_typed(const scalar_t* value, const scalar_t* offset_mask, scalar_t* out, const Params& p,
                    int64_t row_width) {
@@ -171,13 +265,12 @@ void forward_typed(const scalar_t* value, const scalar_t* offset_mask, scalar_t*
   const int64_t samples = p.group * P;
   // ~32k multiply-adds per grain keeps the OpenMP overhead negligible even for 7x7 maps.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 4 * C * P));
-  const TapTable<acc_t> taps(p);
+  const SampleTable<acc_t> table(p);
   const int32_t height = static_cast<int32_t>(p.height);
   const int32_t width = static_cast<int32_t>(p.width);
   const int32_t channels = static_cast<int32_t>(C);
 
   at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> dx(samples), dy(samples), weights(samples);
     Corners<acc_t> corners(samples);
     for (int64_t pix = begin; pix < end; ++pix) {
       const int64_t n = pix / out_hw;
@@ -185,16 +278,14 @@ void forward_typed(const scalar_t* value, const scalar_t* offset_mask, scalar_t*
       const TapGrid<acc_t> grid = tap_grid<acc_t>(local / p.out_w, local % p.out_w, p.kernel_h, p.kernel_w,
                                                   p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dilation_h,
                                                   p.dilation_w, p.offset_scale);
-      split_fused_pixel<scalar_t, acc_t>(offset_mask + pix * row_width, p.group, P, dx.data(), dy.data(),
-                                         weights.data());
-      locate_corners<acc_t>(dx.data(), dy.data(), weights.data(), taps.x.data(), taps.y.data(), grid, samples,
-                            height, width, channels, corners);
+      locate_corners<scalar_t, acc_t>(offset_mask + pix * row_width, table, grid, samples, height, width, channels,
+                                      corners);
       const scalar_t* value_n = value + n * p.height * p.width * C;
       scalar_t* o = out + pix * C;
       for (int64_t g = 0; g < p.group; ++g) {
         for (int64_t c0 = 0; c0 < Cg; c0 += kBlock) {
           const int block = static_cast<int>(std::min<int64_t>(kBlock, Cg - c0));
-          sample_block<scalar_t, acc_t>(o + g * Cg + c0, value_n + g * Cg + c0, corners, g * P, P, samples, block);
+          sample_block<scalar_t, acc_t>(o + g * Cg + c0, value_n + g * Cg + c0, corners, g * P, P, block);
         }
       }
     }
