@@ -83,9 +83,11 @@ def test_build_sources_per_backend():
     build = kernel_build.tomllib.loads((KERNEL_SRC / "build.toml").read_text())
     cpu = {p.name for p in kernel_build._sources(build, KERNEL_SRC, "cpu")}
     cuda = {p.name for p in kernel_build._sources(build, KERNEL_SRC, "cuda")}
-    assert cpu == {"torch_binding.cpp", "msda_binding.cpp", "dcnv3_cpu.cpp", "depthwise_norm_act.cpp", "msda_cpu.cpp"}
+    assert cpu == {"torch_binding.cpp", "msda_binding.cpp", "dcnv4_binding.cpp", "dcnv3_cpu.cpp",
+                   "depthwise_norm_act.cpp", "msda_cpu.cpp", "dcnv4_cpu.cpp"}  # fmt: skip
     # CUDA variants serve CPU tensors too
-    assert cuda == cpu | {"dcnv3_cuda.cpp", "dcnv3_kernels.cu", "msda_cuda.cpp", "msda_kernels.cu"}
+    assert cuda == cpu | {"dcnv3_cuda.cpp", "dcnv3_kernels.cu", "msda_cuda.cpp", "msda_kernels.cu", "dcnv4_cuda.cpp",
+                          "dcnv4_kernels.cu"}  # fmt: skip
 
 
 def test_cuda_sources_avoid_heavy_headers():
