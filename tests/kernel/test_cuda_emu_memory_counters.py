@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dcnv4_test_inputs import grad_output_for, make_dcnv4_inputs
+from dcnv4_cases import grad_output_for, make_dcnv4_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).resolve().parent / "memory_probe"
