@@ -43,10 +43,10 @@ from parity_fixtures import (
     MODEL_ATOL,
     OP_ATOL,
     STORED_MAX_ELEMENTS,
+    compare_with_official,
     grid_tensor,
     randomise_weights,
-    read_fixture,
-    write_fixture,
+    write_fixtures,
 )
 from torch import nn
 
@@ -232,6 +232,8 @@ class OfficialFlashCode:
         checkout: the OpenGVLab/DCNv4 git checkout (its files are imported, never copied or changed).
     """
 
+    op_case_parts = ("input", "offset_mask")  # the stored tensors of an op case, in `op_output`'s order
+
     def __init__(self, checkout: Path) -> None:
         self.checkout = Path(checkout).resolve()
         model_file = self.checkout / "classification" / "models" / "flash_intern_image.py"
@@ -340,27 +342,7 @@ def make_fixture(official: OfficialFlashCode, name: str) -> tuple[dict[str, torc
 
 
 def make_fixtures(official: OfficialFlashCode, out_dir: Path, names=tuple(STYLES)) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in names:
-        tensors, metadata = make_fixture(official, name)
-        path = out_dir / f"{name}.safetensors"
-        write_fixture(path, tensors, metadata)
-        paths.append(path)
-    return paths
-
-
-def compare_with_official(official: OfficialFlashCode, path: Path) -> dict[str, float]:
-    """Max abs difference between a fixture and the official code run on its weights and inputs."""
-    tensors, metadata = read_fixture(path)
-    model = official.build(metadata["model_kwargs"], metadata["seed"])
-    prefix = "state_dict."
-    model.load_state_dict({k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)})
-    produced = official.outputs(model, tensors["input"])
-    for j, params in enumerate(metadata["op_cases"]):
-        value, offset_mask = tensors[f"op_cases.{j}.input"], tensors[f"op_cases.{j}.offset_mask"]
-        produced[f"op_cases.{j}.output"] = official.op_output(params, value, offset_mask)
-    return {key: (value - tensors[key]).abs().max().item() for key, value in produced.items()}
+    return write_fixtures(out_dir, names, lambda name: make_fixture(official, name))
 
 
 def official_parameter_counts(official: OfficialFlashCode, configs: dict[str, dict]) -> dict[str, int]:

@@ -202,6 +202,8 @@ class OfficialCode:
     version). `DCNv3_pytorch` and `dcnv3_core_pytorch` never call it. `timm` must be installed.
     """
 
+    op_case_parts = ("input", "offset", "mask")  # the stored tensors of an op case, in `op_output`'s order
+
     def __init__(self, checkout: Path) -> None:
         self.checkout = Path(checkout).resolve()
         classification = self.checkout / "classification"
@@ -324,26 +326,31 @@ def read_fixture(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, metadata
 
 
-def make_fixtures(official: OfficialCode, out_dir: Path, names=tuple(STYLES)) -> list[Path]:
+def write_fixtures(out_dir: Path, names, make_one) -> list[Path]:
+    """Write `make_one(name)` -> (tensors, metadata) as `out_dir/<name>.safetensors` for every name; the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in names:
-        tensors, metadata = make_fixture(official, name)
         path = out_dir / f"{name}.safetensors"
-        write_fixture(path, tensors, metadata)
+        write_fixture(path, *make_one(name))
         paths.append(path)
     return paths
 
 
-def compare_with_official(official: OfficialCode, path: Path) -> dict[str, float]:
-    """Max abs difference between a golden/fixture file and the official code run on its weights and inputs."""
+def make_fixtures(official: OfficialCode, out_dir: Path, names=tuple(STYLES)) -> list[Path]:
+    return write_fixtures(out_dir, names, lambda name: make_fixture(official, name))
+
+
+def compare_with_official(official, path: Path) -> dict[str, float]:
+    """Max abs difference between a golden/fixture file and the official code (an `OfficialCode` or any object with
+    its `build`, `outputs`, `op_output` and `op_case_parts`) run on its weights and inputs."""
     tensors, metadata = read_fixture(path)
     model = official.build(metadata["model_kwargs"], metadata.get("seed", 0))
     prefix = "state_dict."
     model.load_state_dict({k[len(prefix) :]: v.float() for k, v in tensors.items() if k.startswith(prefix)})
     produced = official.outputs(model, tensors["input"])
     for j, params in enumerate(metadata["op_cases"]):
-        case = [tensors[f"op_cases.{j}.{part}"] for part in ("input", "offset", "mask")]
+        case = [tensors[f"op_cases.{j}.{part}"] for part in official.op_case_parts]
         produced[f"op_cases.{j}.output"] = official.op_output(params, *case)
     return {key: (value - tensors[key]).abs().max().item() for key, value in produced.items()}
 
@@ -390,6 +397,7 @@ __all__ = [
     "compare_with_official",
     "grid_tensor",
     "make_fixtures",
+    "write_fixtures",
     "read_fixture",
     "rebuild_weights",
     "tensor_sha256",
