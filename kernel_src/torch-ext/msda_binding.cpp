@@ -8,13 +8,12 @@
 #include <tuple>
 
 #include "dcnv3_common/msda_sampling.h"
+#include "argument_checks.h"
 #include "torch_binding.h"
 
 namespace {
 
-bool supported_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
+using argument_checks::supported_dtype;
 
 void check_defined_rank(const at::Tensor& t, const char* name, int64_t rank, const char* layout) {
   TORCH_CHECK(t.defined(), "msda: `", name, "` is undefined");

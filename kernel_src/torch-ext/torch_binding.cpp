@@ -8,14 +8,23 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
-#include <c10/util/safe_numerics.h>
 
 #include <tuple>
 
 #include "registration.h"
+#include "argument_checks.h"
 #include "torch_binding.h"
 
 namespace {
+
+using argument_checks::check_nhwc_like_value;
+using argument_checks::checked_add;
+using argument_checks::checked_mul;
+using argument_checks::conv_out_size;
+using argument_checks::supported_dtype;
+
+constexpr const char* kOp = "dcnv3";
+constexpr const char* kCastHint = "cast offset and mask to value's dtype";
 
 const char* const kForwardSchema =
     "dcnv3_forward(Tensor value, Tensor offset, Tensor mask, int kernel_h, int kernel_w, int stride_h, "
@@ -59,42 +68,6 @@ const char* const kDcnv4BackwardSchema =
     "int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int group, int group_channels, "
     "float offset_scale, bool remove_center) -> (Tensor, Tensor)";
 
-bool supported_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& value) {
-  TORCH_CHECK(t.defined(), "dcnv3: `", name, "` is undefined");
-  TORCH_CHECK(t.dim() == 4, "dcnv3: `", name, "` must be a 4-D (N, H, W, C) tensor, got ", t.dim(), "-D shape ",
-              t.sizes());
-  TORCH_CHECK(t.device() == value.device(), "dcnv3: `", name, "` is on ", t.device(), " but `value` is on ",
-              value.device());
-  TORCH_CHECK(t.scalar_type() == value.scalar_type(), "dcnv3: `", name, "` has dtype ", t.scalar_type(),
-              " but `value` has dtype ", value.scalar_type(), "; cast offset and mask to value's dtype");
-}
-
-// a * b, or a clear error naming the product when it does not fit in int64 (a wrapped product could pass the
-// shape checks below and send the kernels outside their buffers).
-int64_t checked_mul(int64_t a, int64_t b, const char* what) {
-  int64_t out = 0;
-  TORCH_CHECK(!c10::mul_overflows(a, b, &out), "dcnv3: ", what, " = ", a, " * ", b, " overflows int64");
-  return out;
-}
-
-int64_t checked_add(int64_t a, int64_t b, const char* what) {
-  int64_t out = 0;
-  TORCH_CHECK(!c10::add_overflows(a, b, &out), "dcnv3: ", what, " = ", a, " + ", b, " overflows int64");
-  return out;
-}
-
-// (size + 2 * pad - (dilation * (kernel - 1) + 1)) / stride + 1, clamped at 0, with every step checked.
-int64_t out_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
-  const int64_t padded = checked_add(size, checked_mul(2, pad, "2 * pad"), "size + 2 * pad");
-  const int64_t span = checked_add(checked_mul(dilation, kernel - 1, "dilation * (kernel - 1)"), 1, "kernel span");
-  const int64_t out = (padded - span) / stride + 1;
-  return padded >= span ? out : 0;
-}
-
 // Validates every argument and returns the call's Params. Messages name the offending argument.
 dcnv3::Params make_params(const at::Tensor& value, const at::Tensor& offset, const at::Tensor& mask, int64_t kernel_h,
                           int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
@@ -105,8 +78,8 @@ dcnv3::Params make_params(const at::Tensor& value, const at::Tensor& offset, con
               "-D shape ", value.sizes());
   TORCH_CHECK(supported_dtype(value.scalar_type()),
               "dcnv3: `value` must be float32, float64, float16 or bfloat16, got ", value.scalar_type());
-  check_tensor(offset, "offset", value);
-  check_tensor(mask, "mask", value);
+  check_nhwc_like_value(kOp, offset, "offset", value, kCastHint);
+  check_nhwc_like_value(kOp, mask, "mask", value, kCastHint);
   TORCH_CHECK(kernel_h >= 1 && kernel_w >= 1, "dcnv3: kernel size must be positive, got (", kernel_h, ", ",
               kernel_w, ")");
   TORCH_CHECK(stride_h >= 1 && stride_w >= 1, "dcnv3: stride must be positive, got (", stride_h, ", ", stride_w,
@@ -118,20 +91,20 @@ dcnv3::Params make_params(const at::Tensor& value, const at::Tensor& offset, con
               group_channels, ") must be positive");
   TORCH_CHECK(!remove_center || (kernel_h % 2 == 1 && kernel_w % 2 == 1),
               "dcnv3: remove_center needs odd kernel_h and kernel_w, got (", kernel_h, ", ", kernel_w, ")");
-  const int64_t channels = checked_mul(group, group_channels, "group * group_channels");
+  const int64_t channels = checked_mul(kOp, group, group_channels, "group * group_channels");
   TORCH_CHECK(value.size(3) == channels, "dcnv3: `value` has ", value.size(3),
               " channels but group * group_channels = ", group, " * ", group_channels, " = ", channels);
-  const int64_t points = checked_mul(kernel_h, kernel_w, "kernel_h * kernel_w") - (remove_center ? 1 : 0);
-  const int64_t mask_channels = checked_mul(group, points, "group * points");
-  const int64_t offset_channels = checked_mul(mask_channels, 2, "group * points * 2");
+  const int64_t points = checked_mul(kOp, kernel_h, kernel_w, "kernel_h * kernel_w") - (remove_center ? 1 : 0);
+  const int64_t mask_channels = checked_mul(kOp, group, points, "group * points");
+  const int64_t offset_channels = checked_mul(kOp, mask_channels, 2, "group * points * 2");
 
   dcnv3::Params p{};
   p.batch = value.size(0);
   p.height = value.size(1);
   p.width = value.size(2);
   p.channels = value.size(3);
-  p.out_h = out_size(p.height, kernel_h, stride_h, pad_h, dilation_h);
-  p.out_w = out_size(p.width, kernel_w, stride_w, pad_w, dilation_w);
+  p.out_h = conv_out_size(kOp, p.height, kernel_h, stride_h, pad_h, dilation_h);
+  p.out_w = conv_out_size(kOp, p.width, kernel_w, stride_w, pad_w, dilation_w);
   p.kernel_h = kernel_h;
   p.kernel_w = kernel_w;
   p.stride_h = stride_h;
@@ -161,7 +134,7 @@ dcnv3::Params make_params(const at::Tensor& value, const at::Tensor& offset, con
 }
 
 void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value, const dcnv3::Params& p) {
-  check_tensor(grad_output, "grad_output", value);
+  check_nhwc_like_value(kOp, grad_output, "grad_output", value, kCastHint);
   TORCH_CHECK(grad_output.size(0) == p.batch && grad_output.size(1) == p.out_h && grad_output.size(2) == p.out_w &&
                   grad_output.size(3) == p.channels,
               "dcnv3: `grad_output` has shape ", grad_output.sizes(), " but the output shape is (", p.batch, ", ",
