@@ -141,7 +141,7 @@ class FlashInternImageDCNv4(nn.Module):
         dw_kernel_size: odd kernel of the depthwise convolution in front of `offset_mask` (`None`: no convolution).
         center_feature_scale: blend the output with the projected input by a learned per-group sigmoid gate whose
             query is the sampled output (DCNv3's query is the depthwise features).
-        remove_center: drop the centre sampling point (needs an odd `kernel_size`).
+        remove_center: drop the centre sampling point.
         output_bias: give `output_proj` a bias (the official FlashInternImage-T/S/B have none).
     """
 
@@ -157,7 +157,7 @@ class FlashInternImageDCNv4(nn.Module):
         output_bias: bool = True,
     ) -> None:
         super().__init__()
-        _check_operator_arguments(channels, kernel_size, group, dw_kernel_size, remove_center)
+        _check_operator_arguments(channels, kernel_size, group, dw_kernel_size)
         self.channels = channels
         self.kernel_size = kernel_size
         self.pad = (kernel_size - 1) // 2
@@ -216,7 +216,7 @@ class FlashInternImageDCNv4(nn.Module):
         return self.output_proj(output)
 
 
-def _check_operator_arguments(channels, kernel_size, group, dw_kernel_size, remove_center):
+def _check_operator_arguments(channels, kernel_size, group, dw_kernel_size):
     for name, number in (("channels", channels), ("kernel_size", kernel_size), ("group", group)):
         if not isinstance(number, int) or isinstance(number, bool) or number < 1:
             raise ValueError(f"FlashInternImageDCNv4: `{name}` must be a positive int, got {number!r}")
@@ -226,5 +226,3 @@ def _check_operator_arguments(channels, kernel_size, group, dw_kernel_size, remo
         raise ValueError(f"FlashInternImageDCNv4: `kernel_size` must be odd (same padding), got {kernel_size}")
     if dw_kernel_size is not None and (not isinstance(dw_kernel_size, int) or dw_kernel_size % 2 == 0):
         raise ValueError(f"FlashInternImageDCNv4: `dw_kernel_size` must be an odd int or None, got {dw_kernel_size!r}")
-    if remove_center and kernel_size % 2 == 0:
-        raise ValueError(f"FlashInternImageDCNv4: `remove_center` needs an odd `kernel_size`, got {kernel_size}")
