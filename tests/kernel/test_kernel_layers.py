@@ -1,5 +1,5 @@
-"""The kernel's CPU layers `InternImageMLP` and `InternImageDCNv3` (oneDNN fused linears) against the model's own
-modules."""
+"""The kernel's CPU layers `InternImageMLP`, `InternImageDCNv3` and `FlashInternImageDCNv4` (oneDNN fused linears)
+against the model's own modules."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from internimage_hf import InternImageConfig, hub_kernels
 from internimage_hf.hub_kernels import kernelizing
 from internimage_hf.models.internimage.modeling_internimage import InternImageMLP
 from internimage_hf.ops.dcnv3 import InternImageDCNv3
+from internimage_hf.ops.dcnv4 import FlashInternImageDCNv4
 
 
 def mlp(act_layer: str = "GELU", channels: int = 24, drop_rate: float = 0.0) -> InternImageMLP:
@@ -109,8 +110,10 @@ def test_kernel_mapping_serves_the_mlp_on_cpu_only():
     both = kernelizing._kernel_mapping(source, ("cuda", "cpu"))
     assert set(both[hub_kernels.MLP_LAYER_NAME]) == {"cpu"}
     assert both[hub_kernels.MLP_LAYER_NAME]["cpu"].layer_name == hub_kernels.MLP_LAYER_NAME
-    assert cuda[hub_kernels.OPERATOR_LAYER_NAME] == {}
-    assert set(both[hub_kernels.OPERATOR_LAYER_NAME]) == {"cpu"}
+    for operator_layer in (hub_kernels.OPERATOR_LAYER_NAME, hub_kernels.FLASH_OPERATOR_LAYER_NAME):
+        assert cuda[operator_layer] == {}
+        assert set(both[operator_layer]) == {"cpu"}
+        assert both[operator_layer]["cpu"].layer_name == operator_layer
 
 
 def test_mlp_without_a_device_entry_keeps_its_forward(caplog):
@@ -225,3 +228,82 @@ def test_kernelize_serves_the_operator_on_cpu(cpu_kernel_build, fused_calls):
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values).logits, reference(pixel_values).logits, atol=1e-5, rtol=1e-5)
     assert fused_calls.count("none") == 4 * 5 + 5  # four linears per operator, fc2 of every MLP
+
+
+# ------------------------------------------------------------------------------- the FlashInternImage DCNv4 layer
+
+FLASH_OPERATOR_VARIANTS = {
+    "t": {"output_bias": False},  # FlashInternImage-T: no depthwise convolution, no output bias
+    "l_style": {"dw_kernel_size": 3, "offset_scale": 2.0},
+    "remove_center": {"remove_center": True, "group": 2, "offset_scale": 0.5},
+}
+
+
+def flash_operator(variant: str = "t", channels: int = 32, **options) -> FlashInternImageDCNv4:
+    torch.manual_seed(0)
+    options = {"group": 4, **FLASH_OPERATOR_VARIANTS[variant], **options}
+    module = FlashInternImageDCNv4(channels=channels, **options).eval()
+    for parameter in module.parameters():  # offsets of a few pixels, uneven unnormalised point weights
+        torch.nn.init.normal_(parameter, std=0.2)
+    return module
+
+
+def with_flash_operator_kernel(module: FlashInternImageDCNv4, kernel) -> FlashInternImageDCNv4:
+    module.forward = types.MethodType(kernel.layers.FlashInternImageDCNv4.forward, module)
+    module.core.forward = types.MethodType(kernel.layers.DCNv4Core.forward, module.core)
+    return module
+
+
+@pytest.mark.parametrize("variant", sorted(FLASH_OPERATOR_VARIANTS))
+def test_flash_operator_inference_matches_the_model_operator(dcnv3_kernel, fused_calls, variant):
+    reference = flash_operator(variant)  # the portable DCNv4 core and nn.Linear projections
+    fused = with_flash_operator_kernel(flash_operator(variant), dcnv3_kernel)
+    hidden = torch.randn(2, 9, 7, 32).permute(0, 2, 1, 3)  # a strided channels-last view, as stages hand it over
+    with torch.no_grad():
+        expected = reference(hidden)
+        out = fused(hidden)
+    assert fused_calls == ["none"] * 3  # value_proj, offset_mask, output_proj
+    assert expected.abs().max() > 0.1  # the samples are not all in the zero padding
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["gradients", "bfloat16", "autocast", "center_feature_scale"])
+def test_flash_operator_keeps_the_module_path_when_onednn_would_differ(dcnv3_kernel, fused_calls, case):
+    # The centre-feature gate is an option of the module that no official model enables.
+    gate = {"center_feature_scale": case == "center_feature_scale"}
+    reference = flash_operator("l_style", **gate)
+    reference.core.forward = types.MethodType(dcnv3_kernel.layers.DCNv4Core.forward, reference.core)
+    fused = with_flash_operator_kernel(flash_operator("l_style", **gate), dcnv3_kernel)
+    hidden = torch.randn(2, 6, 5, 32)
+    if case == "bfloat16":
+        reference, fused, hidden = reference.bfloat16(), fused.bfloat16(), hidden.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
+        outputs = [module(hidden.clone().requires_grad_(case == "gradients")) for module in (reference, fused)]
+    assert fused_calls == []
+    torch.testing.assert_close(outputs[1], outputs[0], atol=0, rtol=0)
+    if case == "gradients":
+        grads = [torch.autograd.grad(out.square().sum(), module.offset_mask.weight)[0]
+                 for out, module in zip(outputs, (reference, fused), strict=True)]  # fmt: skip
+        torch.testing.assert_close(grads[1], grads[0], atol=0, rtol=0)
+
+
+def test_kernelize_serves_the_flash_operator_on_cpu(cpu_kernel_build, fused_calls):
+    pytest.importorskip("kernels")
+    from internimage_hf import FlashInternImageConfig, FlashInternImageForImageClassification, kernelize
+
+    config = FlashInternImageConfig(channels=16, depths=[1, 1, 2, 1], groups=[1, 2, 4, 8], num_labels=3)
+    torch.manual_seed(0)
+    model = FlashInternImageForImageClassification(config).eval()
+    with torch.no_grad():  # the official init zeroes the offsets and weights: give them something to sample
+        for module in model.modules():
+            if isinstance(module, FlashInternImageDCNv4):
+                module.offset_mask.weight.normal_(std=0.1)
+                module.offset_mask.bias.normal_(std=0.3)
+    reference = copy.deepcopy(model)
+    kernelize(model, mode="inference", local_path=cpu_kernel_build.root)
+    operators = [m for m in model.modules() if isinstance(m, FlashInternImageDCNv4)]
+    assert len(operators) == 5 and all(kernelizing._runs_kernel(m) for m in operators)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values).logits, reference(pixel_values).logits, atol=1e-5, rtol=1e-5)
+    assert fused_calls.count("none") == 3 * 5 + 5  # three linears per operator, fc2 of every MLP

@@ -9,9 +9,9 @@ and point weights fused in ``offset_mask`` (N, Ho, Wo, D >= G*P*3), group ``g`` 
 (P offset pairs, then P weights, used as given); the columns from ``G*3P`` on are padding.
 ``depthwise_norm_act`` (CPU, float32 inference) fuses the depthwise convolution, LayerNorm and activation that
 predict the operator's query. ``layers`` holds the modules used by ``kernels.kernelize`` (``DCNv3Core``,
-``DCNv4Core``, ``InternImageMLP``, ``InternImageDCNv3``, and ``MultiScaleDeformableAttention`` for Transformers'
-Deformable DETR module of that name). ``multi_scale_deformable_attention`` is that module's sampling core (CPU and
-CUDA).
+``DCNv4Core``, ``InternImageMLP``, ``InternImageDCNv3``, ``FlashInternImageDCNv4``, and
+``MultiScaleDeformableAttention`` for Transformers' Deformable DETR module of that name).
+``multi_scale_deformable_attention`` is that module's sampling core (CPU and CUDA).
 """
 
 from . import layers

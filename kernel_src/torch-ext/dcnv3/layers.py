@@ -17,6 +17,9 @@ uses that module's attributes. The classes must stay pure ``nn.Module``: no ``__
   call; at batch 1 those 4 x 30 small projections cost more in dispatch than in arithmetic. The depthwise
   convolution, LayerNorm and activation that predict the query run as the kernel's one-pass
   ``depthwise_norm_act`` (three operators and two intermediate tensors fewer per block).
+- ``FlashInternImageDCNv4`` (``internimage_hf.ops.dcnv4.FlashInternImageDCNv4``, FlashInternImage's operator with
+  its projections; CPU only): in float32 inference its three linears run as single oneDNN ops with the bias fused
+  and the core as one op call.
 - ``MultiScaleDeformableAttention`` (Transformers' Deformable DETR module of that name, used by the DINO detector;
   CPU and CUDA): the multi-scale sampling and weighting in one op, forward and backward, instead of one
   ``grid_sample`` per level plus the stack, product and sum of the sampled values.
@@ -187,6 +190,32 @@ class InternImageDCNv3(nn.Module):
             ).sigmoid()
             gate = gate.repeat_interleave(self.group_channels, dim=-1)
             output = output * (1 - gate) + value * gate
+        return _linear(output, self.output_proj)
+
+
+class FlashInternImageDCNv4(nn.Module):
+    """The DCNv4 operator ``(N, H, W, C)`` -> ``(N, H, W, C)``: value projection, optional depthwise convolution
+    predicting the fused offsets and point weights, the sampling core, output projection.
+
+    CPU float32 inference without autocast and without the centre-feature gate (which no official model uses), eager
+    and under torch.compile: oneDNN linears with fused bias and one core op. Otherwise the module's own forward
+    (whose core is the kernel's ``DCNv4Core`` after kernelize).
+    """
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.center_feature_scale or not _onednn_inference(hidden_states, self.value_proj.weight):
+            return type(self).forward(self, hidden_states)
+        value = _linear(hidden_states, self.value_proj)
+        query = hidden_states
+        if self.depthwise_conv is not None:
+            query = self.depthwise_conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        output = dcnv4(
+            value, _linear(query, self.offset_mask), self.kernel_size, self.kernel_size, 1, 1, self.pad, self.pad,
+            1, 1, self.group, self.group_channels, self.offset_scale, self.remove_center,
+        )  # fmt: skip
         return _linear(output, self.output_proj)
 
 

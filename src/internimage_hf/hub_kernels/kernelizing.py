@@ -2,9 +2,10 @@
 
 The model's `internimage_hf.ops.dcnv3.DCNv3Core` modules are tagged for the ``kernels`` library
 (``use_kernel_forward_from_hub("DCNv3Core")``), and so are its MLPs (``"InternImageMLP"``) and DCNv3 operators
-(``"InternImageDCNv3"``), and FlashInternImage's `internimage_hf.ops.dcnv4.DCNv4Core` (``"DCNv4Core"``). `kernelize`
-replaces their forward with the kernel's ``layers.DCNv3Core`` and ``layers.DCNv4Core`` (cuda and cpu),
-``layers.InternImageMLP`` and ``layers.InternImageDCNv3`` (cpu only: oneDNN linears with the bias (and the
+(``"InternImageDCNv3"``), and FlashInternImage's `internimage_hf.ops.dcnv4.DCNv4Core` (``"DCNv4Core"``) and DCNv4
+operators (``"FlashInternImageDCNv4"``). `kernelize` replaces their forward with the kernel's ``layers.DCNv3Core``
+and ``layers.DCNv4Core`` (cuda and cpu), ``layers.InternImageMLP``, ``layers.InternImageDCNv3`` and
+``layers.FlashInternImageDCNv4`` (cpu only: oneDNN linears with the bias (and the
 MLP's activation) fused, for float32 inference) when the kernel can be loaded, and otherwise keeps the portable
 PyTorch path. It also maps Transformers' Deformable DETR ``MultiScaleDeformableAttention`` (tagged by Transformers;
 the DINO detector's encoder and decoder attention) to the kernel's ``layers.MultiScaleDeformableAttention`` (cuda
@@ -46,6 +47,7 @@ DCNV3_LAYER_NAME = "DCNv3Core"
 DCNV4_LAYER_NAME = "DCNv4Core"
 MLP_LAYER_NAME = "InternImageMLP"
 OPERATOR_LAYER_NAME = "InternImageDCNv3"
+FLASH_OPERATOR_LAYER_NAME = "FlashInternImageDCNv4"
 # Transformers' name for Deformable DETR's sampling core (its `use_kernel_forward_from_hub` tag).
 MSDA_LAYER_NAME = "MultiScaleDeformableAttention"
 # Devices each kernel layer is mapped for: the MLP and operator layers only pay off where oneDNN runs the linears.
@@ -54,12 +56,19 @@ LAYER_DEVICES = {
     DCNV4_LAYER_NAME: ("cuda", "cpu"),
     MLP_LAYER_NAME: ("cpu",),
     OPERATOR_LAYER_NAME: ("cpu",),
+    FLASH_OPERATOR_LAYER_NAME: ("cpu",),
     MSDA_LAYER_NAME: ("cuda", "cpu"),
 }
 # Layers of this package's own modules. Only these enter the global ``kernels`` mapping (`register_layer_names`,
 # `register_dcnv3_kernel_mapping`): Transformers maps MultiScaleDeformableAttention globally to its own hub kernel
 # on CUDA, and registering it here would silently take that over for every Deformable DETR in the process.
-OWN_LAYER_NAMES = (DCNV3_LAYER_NAME, DCNV4_LAYER_NAME, MLP_LAYER_NAME, OPERATOR_LAYER_NAME)
+OWN_LAYER_NAMES = (
+    DCNV3_LAYER_NAME,
+    DCNV4_LAYER_NAME,
+    MLP_LAYER_NAME,
+    OPERATOR_LAYER_NAME,
+    FLASH_OPERATOR_LAYER_NAME,
+)
 # The sampling cores, whose implementation `dcnv3_backend` reports.
 CORE_LAYER_NAMES = (DCNV3_LAYER_NAME, DCNV4_LAYER_NAME)
 SUPPORTED_DEVICES = ("cuda", "cpu")
@@ -434,6 +443,7 @@ __all__ = [
     "CORE_LAYER_NAMES",
     "DCNV3_LAYER_NAME",
     "DCNV4_LAYER_NAME",
+    "FLASH_OPERATOR_LAYER_NAME",
     "LAYER_DEVICES",
     "MLP_LAYER_NAME",
     "MSDA_LAYER_NAME",

@@ -124,6 +124,7 @@ class DCNv4Core(nn.Module):
         )  # fmt: skip
 
 
+@use_kernel_forward_from_hub("FlashInternImageDCNv4")
 class FlashInternImageDCNv4(nn.Module):
     """The DCNv4 operator with its projections: ``(N, H, W, channels)`` -> ``(N, H, W, channels)``, channels-last.
 
