@@ -1,11 +1,17 @@
-"""`internimage_hf.hub.export`: ONNX files (both exporters) and `torch.export` programs at every input size."""
+"""`internimage_hf.hub.export`: ONNX files (both exporters) and `torch.export` programs at every input size, for
+InternImage and FlashInternImage."""
 
 import warnings
 
 import pytest
 import torch
 
-from internimage_hf import InternImageConfig, InternImageForImageClassification
+from internimage_hf import (
+    FlashInternImageConfig,
+    FlashInternImageForImageClassification,
+    InternImageConfig,
+    InternImageForImageClassification,
+)
 from internimage_hf.conversion.keys import convert_official_state_dict
 from internimage_hf.hub.export import (
     _TensorOutputs,
@@ -13,6 +19,7 @@ from internimage_hf.hub.export import (
     example_pixel_values,
     export_onnx,
     export_program,
+    load_model,
     main,
     verify_onnx,
 )
@@ -223,3 +230,73 @@ def test_an_invalid_onnx_graph_is_an_export_error(tmp_path):
 
     with pytest.raises(RuntimeError, match="not a valid ONNX model"):
         check_onnx_file(path)
+
+
+# ------------------------------------------------------------------------------------------------ FlashInternImage
+
+
+@pytest.fixture(scope="module")
+def flash_model():
+    """A tiny FlashInternImage classifier (with the depthwise convolution of S/B/L) whose DCNv4 offsets and weights
+    matter (the official init predicts zero offsets)."""
+    config = FlashInternImageConfig(channels=16, depths=(1, 1, 1, 1), groups=(2, 2, 4, 4), num_labels=3,
+                                    dw_kernel_size=3)  # fmt: skip
+    model = FlashInternImageForImageClassification(config).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".dcn.offset_mask." in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return model
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_flash_onnx_matches_pytorch_at_every_size(flash_model, dynamo, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export_onnx(flash_model, tmp_path / "flash.onnx", example_pixel_values(flash_model, image_size=64),
+                           dynamo=dynamo)  # fmt: skip
+    import onnx
+
+    assert not {node.domain for node in onnx.load(str(path)).graph.node} - {"", "ai.onnx"}
+    assert_onnx_matches(flash_model, path)
+
+
+def test_flash_export_program_follows_batch_and_size(flash_model):
+    program = export_program(flash_model, example_pixel_values(flash_model, image_size=64))
+    for shape in [(1, 3, 33, 47), (3, 3, 96, 128)]:
+        pixel_values = torch.randn(shape)
+        (logits,) = program.module()(pixel_values)
+        torch.testing.assert_close(logits, flash_model(pixel_values).logits, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(("task", "suffix"), [("classification", "ForImageClassification"), ("base", "Model"),
+                                              ("backbone", "Backbone")])  # fmt: skip
+def test_cli_loads_each_family_from_its_checkpoint(flash_model, checkpoint, task, suffix, tmp_path):
+    flash_model.save_pretrained(tmp_path / "flash")
+    for directory, family in ((tmp_path / "flash", "FlashInternImage"), (checkpoint, "InternImage")):
+        loaded = load_model(str(directory), task)
+        assert type(loaded).__name__ == family + suffix and not loaded.training
+    loaded = load_model(str(tmp_path / "flash"), "classification")
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values).logits, flash_model(pixel_values).logits, atol=0, rtol=0)
+
+
+def test_cli_presets_of_both_families():
+    flash = load_model("preset:flash-t", "backbone")
+    assert type(flash).__name__ == "FlashInternImageBackbone" and flash.config.groups == [4, 8, 16, 32]
+    assert type(load_model("preset:t", "base")).__name__ == "InternImageModel"
+
+
+def test_cli_refuses_a_checkpoint_of_another_model(tmp_path, capsys):
+    from transformers import ConvNextConfig, ConvNextModel
+
+    ConvNextModel(ConvNextConfig(hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1])).save_pretrained(tmp_path / "cnx")
+    assert main([str(tmp_path / "cnx"), str(tmp_path / "model.onnx")]) == 2
+    assert "a 'convnext' checkpoint; the exporter takes InternImage and FlashInternImage" in capsys.readouterr().err
+    assert not (tmp_path / "model.onnx").exists()

@@ -1,9 +1,9 @@
-"""Export InternImage models for deployment: `torch.export` programs and ONNX files.
+"""Export InternImage and FlashInternImage models for deployment: `torch.export` programs and ONNX files.
 
 Both exports run at any batch size and any input size the model accepts (at least 32x32). The graphs hold only
-standard operators: the portable DCNv3 core is `grid_sample` plus tensor arithmetic, so no custom op is needed
-by onnxruntime or TensorRT. The hub kernel (`internimage_hf.kernelize`) is an eager-mode replacement and cannot
-be exported: export a model that has not been kernelized.
+standard operators: the portable DCNv3 and DCNv4 cores are `grid_sample` plus tensor arithmetic, so no custom op is
+needed by onnxruntime or TensorRT. The hub kernel (`internimage_hf.kernelize`) is an eager-mode replacement and
+cannot be exported: export a model that has not been kernelized.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _check_exportable(model: nn.Module, pixel_values: torch.Tensor) -> None:
     backend = dcnv3_backend(model)
     if backend != PYTORCH_BACKEND:
         raise ValueError(
-            f"`model` runs the DCNv3 kernel {backend!r}, which cannot be exported; export a model that was not "
+            f"`model` runs the DCNv3/DCNv4 kernel {backend!r}, which cannot be exported; export a model that was not "
             "kernelized (the exported graph uses the portable PyTorch core, with the same weights)"
         )
     if model.training:
@@ -116,10 +116,10 @@ def _named_axes(outputs: dict[str, torch.Tensor]) -> dict[str, dict[int, str]]:
 def export_program(
     model: nn.Module, pixel_values: torch.Tensor | None = None, dynamic: bool = True
 ) -> torch.export.ExportedProgram:
-    """`torch.export` an InternImage model (classification, base or backbone) in eval mode.
+    """`torch.export` an InternImage or FlashInternImage model (classification, base or backbone) in eval mode.
 
     Args:
-        model: an InternImage model in eval mode, not kernelized.
+        model: an InternImage or FlashInternImage model in eval mode, not kernelized.
         pixel_values: example input ``(B, C, H, W)``; default `example_pixel_values(model)`. For a dynamic
             export `B` must be at least 2.
         dynamic: make batch, height and width dynamic (batch >= 1, height and width >= `MIN_PROGRAM_SIZE`, 33).
@@ -143,10 +143,10 @@ def export_onnx(
     dynamo: bool = True,
     opset_version: int | None = None,
 ) -> Path:
-    """Write an InternImage model in eval mode to an ONNX file with input ``pixel_values``.
+    """Write an InternImage or FlashInternImage model in eval mode to an ONNX file with input ``pixel_values``.
 
     Args:
-        model: an InternImage model in eval mode, not kernelized.
+        model: an InternImage or FlashInternImage model in eval mode, not kernelized.
         path: the `.onnx` file to write (weights are embedded).
         pixel_values: example input ``(B, C, H, W)``; default `example_pixel_values(model)`.
         dynamic: batch, height and width are dynamic axes (named ``batch``, ``height``, ``width``).
@@ -233,15 +233,22 @@ def verify_onnx(
     return errors
 
 
-TASKS = {"classification": "InternImageForImageClassification", "base": "InternImageModel",
-         "backbone": "InternImageBackbone"}  # fmt: skip
+# The class of each --task: the family's name (its config class's, less "Config") followed by this suffix.
+TASKS = {"classification": "ForImageClassification", "base": "Model", "backbone": "Backbone"}
+FAMILIES = ("InternImage", "FlashInternImage")
+# `preset:NAME` builds an InternImage preset, `preset:flash-NAME` a FlashInternImage one.
+FLASH_PRESET_PREFIX = "flash-"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="export_onnx.py", description="Export an InternImage model to ONNX (dynamic batch, height and width)."
+        prog="export_onnx.py",
+        description="Export an InternImage or FlashInternImage model to ONNX (dynamic batch, height and width).",
     )
-    parser.add_argument("model", help="checkpoint directory or hub id (from_pretrained), or preset:NAME (random)")
+    parser.add_argument(
+        "model",
+        help="checkpoint directory or hub id (from_pretrained), or preset:NAME / preset:flash-NAME (random weights)",
+    )
     parser.add_argument("output", type=Path, help="the .onnx file to write")
     parser.add_argument("--task", choices=sorted(TASKS), default="classification")
     parser.add_argument("--image-size", type=int, default=None, help="example input size (default: config's)")
@@ -254,14 +261,40 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_model(name: str, task: str) -> nn.Module:
-    """`from_pretrained(name)` for the task's class, or a randomly initialised model for ``preset:NAME``."""
-    from ..models.internimage import modeling_internimage
+    """`from_pretrained(name)` for the task's class of the checkpoint's family (InternImage or FlashInternImage), or
+    a randomly initialised model for ``preset:NAME`` (InternImage) / ``preset:flash-NAME`` (FlashInternImage).
+
+    Raises:
+        ValueError: the checkpoint's configuration is neither family's.
+    """
+    if name.startswith("preset:"):
+        config = preset_config(name.removeprefix("preset:"))
+        return model_class(config, task)(config).eval()
+    from transformers import AutoConfig
+
+    return model_class(AutoConfig.from_pretrained(name), task).from_pretrained(name).eval()
+
+
+def preset_config(preset: str):
+    """The configuration of an InternImage preset (``t``, ``s``, ...) or a FlashInternImage one (``flash-t``, ...)."""
+    from ..models.flash_internimage.configuration_flash_internimage import FlashInternImageConfig
     from ..models.internimage.configuration_internimage import InternImageConfig
 
-    model_class = getattr(modeling_internimage, TASKS[task])
-    if name.startswith("preset:"):
-        return model_class(InternImageConfig.from_preset(name.removeprefix("preset:"))).eval()
-    return model_class.from_pretrained(name).eval()
+    if preset.startswith(FLASH_PRESET_PREFIX):
+        return FlashInternImageConfig.from_preset(preset.removeprefix(FLASH_PRESET_PREFIX))
+    return InternImageConfig.from_preset(preset)
+
+
+def model_class(config, task: str) -> type[nn.Module]:
+    """The model class of `config`'s family for `task` (`TASKS`)."""
+    import internimage_hf
+
+    family = type(config).__name__.removesuffix("Config")
+    if family not in FAMILIES:
+        raise ValueError(
+            f"model: a {config.model_type!r} checkpoint; the exporter takes InternImage and FlashInternImage models"
+        )
+    return getattr(internimage_hf, family + TASKS[task])
 
 
 def main(argv=None) -> int:
@@ -271,7 +304,11 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    model = load_model(args.model, args.task)
+    try:
+        model = load_model(args.model, args.task)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     pixel_values = example_pixel_values(model, image_size=args.image_size)
     start = time.perf_counter()
     export_onnx(model, args.output, pixel_values, dynamic=not args.static, dynamo=not args.torchscript,
@@ -293,6 +330,7 @@ __all__ = [
     "example_pixel_values",
     "export_onnx",
     "export_program",
+    "load_model",
     "main",
     "verify_onnx",
 ]

@@ -41,7 +41,10 @@ def split_offset_mask(offset_mask: torch.Tensor, group: int, points: int) -> tup
             f"dcnv4_core: `offset_mask` must have at least group * points * 3 = {needed} channels, "
             f"got {offset_mask.shape[-1]}"
         )
-    per_group = offset_mask[..., :needed].unflatten(-1, (group, 3 * points))
+    # reshape with the sizes read from the tensor, not unflatten: the TorchScript tracer bakes unflatten's sizes into
+    # the graph, and an ONNX file exported that way only runs at the example's height and width.
+    batch, out_h, out_w, _ = offset_mask.shape
+    per_group = offset_mask[..., :needed].reshape(batch, out_h, out_w, group, 3 * points)
     offset = per_group[..., : 2 * points].flatten(-2)
     mask = per_group[..., 2 * points :].flatten(-2)
     return offset, mask
