@@ -1,23 +1,26 @@
-"""Official InternImage Mask2Former checkpoints: key mapping, configuration, release table and the converter.
+"""Official InternImage and FlashInternImage Mask2Former checkpoints: key mapping, configuration, release table and
+the converter.
 
 The head weights are synthetic, in the official (mmcv 1.x) names of `official_mask2former`; the backbone is the
-golden H-style one. Numerical equivalence with mmdet's Mask2Former head is in
-`tests/reference/test_mask2former_reference.py` (reference environment only).
+golden H-style one (the tiny FlashInternImage-T fixture for the FlashInternImage releases). Numerical equivalence
+with mmdet's Mask2Former head is in `tests/reference/test_mask2former_reference.py` (reference environment only).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from flash_cases import FlashCase
 from official_mask2former import CITYSCAPES_HEAD, SMALL_HEAD, official_head_shapes, random_official_head
 from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 from transformers.utils import is_torchvision_available
 
 import internimage_hf  # noqa: F401  (registers InternImage as a backbone)
-from internimage_hf import InternImageConfig
+from internimage_hf import FlashInternImageBackbone, FlashInternImageConfig, InternImageConfig
 from internimage_hf.conversion.cli import main
 from internimage_hf.conversion.errors import ConversionError
 from internimage_hf.conversion.mask2former import (
@@ -26,19 +29,27 @@ from internimage_hf.conversion.mask2former import (
     convert_mask2former_state_dict,
 )
 from internimage_hf.conversion.pipeline import convert_checkpoint
+from internimage_hf.conversion.planning import plan_conversion
 from internimage_hf.conversion.releases import (
+    FLASH_DENSE_RELEASES,
     MASK2FORMER_RELEASES,
     dataset_label_set,
     find_segmentation_release,
     parse_mmseg_name,
 )
+from internimage_hf.conversion.sources import Source
 from internimage_hf.data.labels import segmentation_id2label
+from internimage_hf.models.flash_internimage.configuration_flash_internimage import FLASH_PRESETS
 from internimage_hf.models.internimage.configuration_internimage import PRESETS
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 TOLERANCE = 1e-4
 CITYSCAPES = "mask2former_internimage_h_1024x1024_80k_mapillary2cityscapes"
 ADE20K = "mask2former_internimage_h_896_80k_cocostuff2ade20k"
+FLASH_T = "mask2former_flash_internimage_t_512_160k_ade20k_ss"
+# The FlashInternImage-T release's head (100 queries, 256-d, 8 heads, 150 classes; the official FFN widths) with
+# fewer layers, which the release facts do not fix.
+FLASH_T_HEAD = dict(dim=256, heads=8, enc_layers=2, dec_layers=3, enc_ffn=1024, dec_ffn=2048, queries=100, classes=150)
 
 
 def backbone_config(golden) -> InternImageConfig:
@@ -56,6 +67,11 @@ def official_checkpoint(golden, seed: int = 0, **head) -> dict[str, torch.Tensor
 @pytest.fixture(scope="module")
 def tiny_h(golden_cases):
     return golden_cases["tiny_h"]
+
+
+@pytest.fixture(scope="module")
+def flash_t() -> FlashCase:
+    return FlashCase.load("flash_tiny_t")
 
 
 # --- key mapping
@@ -153,15 +169,39 @@ def test_unsupported_layouts_are_named(tiny_h):
 
 
 def test_release_table_facts():
-    assert len(MASK2FORMER_RELEASES) == 7
+    assert len(MASK2FORMER_RELEASES) == 11
     ade = MASK2FORMER_RELEASES[ADE20K]
     assert (ade.dataset, ade.num_classes, ade.crop_size, ade.miou) == ("ADE20K", 150, 896, (62.6, 62.9))
     assert ade.pth_url == f"https://huggingface.co/OpenGVLab/InternImage/resolve/main/{ADE20K}.pth"
     city = MASK2FORMER_RELEASES[CITYSCAPES]
     assert (city.num_classes, city.crop_size, city.miou, city.slide) == (19, 1024, (86.37, 86.96), 1024)
+    # OpenGVLab/DCNv4: README (single-scale mIoU) and segmentation/configs/ade20k/<name>.py
+    flash = {name: r for name, r in MASK2FORMER_RELEASES.items() if r.family == "flash_internimage"}
+    facts = {
+        n: (r.preset, r.crop_size, r.num_queries, r.hidden_dim, r.num_heads, r.test_scale, r.miou)
+        for n, r in flash.items()
+    }
+    assert facts == {
+        FLASH_T: ("t", 512, 100, 256, 8, (2048, 512), (51.2, None)),
+        "mask2former_flash_internimage_s_640_160k_ade20k_ss": ("s", 640, 200, 256, 8, (2560, 640), (52.6, None)),
+        "mask2former_flash_internimage_b_640_160k_ade20k_ss": ("b", 640, 200, 256, 8, (2560, 640), (53.4, None)),
+        "mask2former_flash_internimage_l_640_160k_ade20k_ss": ("l", 640, 200, 256, 8, (2560, 640), (56.7, None)),
+    }
+    assert flash[FLASH_T].pth_url == f"https://huggingface.co/OpenGVLab/DCNv4/resolve/main/{FLASH_T}.pth"
+    # every Mask2Former of the FlashInternImage release table is here, with that table's facts
+    flash_table = {name: r for name, r in FLASH_DENSE_RELEASES.items() if r.method == "Mask2Former"}
+    assert set(flash) == set(flash_table)
+    for name, release in flash.items():
+        listed = flash_table[name]
+        assert (release.preset, release.family, release.pth_url) == (listed.preset, listed.family, listed.pth_url)
+        assert (release.dataset, f"mIoU {release.miou[0]}") == (listed.dataset, listed.metric)
     for release in MASK2FORMER_RELEASES.values():
-        assert release.preset == "h" and release.name.startswith("mask2former_internimage_h_")
-        assert parse_mmseg_name(release.pth_file) == ("h", release.crop_size)
+        if release.family == "internimage":
+            assert release.preset == "h" and release.name.startswith("mask2former_internimage_h_")
+        else:
+            assert release.preset in FLASH_PRESETS and release.reported_params is None
+            assert release.name.startswith(f"mask2former_flash_internimage_{release.preset}_")
+        assert parse_mmseg_name(release.pth_file) == (release.preset, release.crop_size)
         assert find_segmentation_release(f"/downloads/{release.pth_file}") is release
         if release.label_set is not None:  # the shipped names fit the head
             assert len(segmentation_id2label(release.label_set)) == release.num_classes
@@ -188,7 +228,7 @@ def _reported(text: str) -> float:
     return float(text[:-1]) * (1e9 if text.endswith("B") else 1e6)
 
 
-@pytest.mark.parametrize("name", sorted(MASK2FORMER_RELEASES))
+@pytest.mark.parametrize("name", sorted(name for name, r in MASK2FORMER_RELEASES.items() if r.reported_params))
 def test_release_architecture_has_the_reported_parameter_count(name):
     release = MASK2FORMER_RELEASES[name]
     backbone = InternImageConfig(**PRESETS["h"], out_features=STAGES)
@@ -270,6 +310,77 @@ def test_semantic_pipeline_names_the_masks(tiny_h, tmp_path):
     segments = segmenter(image, subtask="semantic")
     names = set(segmentation_id2label("ade20k").values())
     assert segments and all(s["label"] in names and s["mask"].size == (80, 48) for s in segments)
+
+
+def write_flash_checkpoint(directory: Path, name: str, case: FlashCase, **head) -> tuple[Path, Path]:
+    """An official-layout ``.pth`` of the tiny FlashInternImage backbone and `head`, and its backbone config.json."""
+    in_channels = [case.metadata["model_kwargs"]["channels"] * 2**i for i in range(4)]
+    weights = {"backbone." + k: v for k, v in case.backbone_state_dict.items()}
+    weights |= random_official_head(0, in_channels=in_channels, **head)
+    checkpoint = directory / f"{name}.pth"
+    torch.save({"meta": {"iter": 160000}, "state_dict": weights}, checkpoint)
+    config = directory / "config.json"
+    config.write_text(json.dumps({k: v for k, v in case.metadata["model_kwargs"].items() if k != "num_classes"}))
+    return checkpoint, config
+
+
+def test_flash_release_converts_with_its_facts(flash_t, tmp_path):
+    checkpoint, config = write_flash_checkpoint(tmp_path, FLASH_T, flash_t, **FLASH_T_HEAD)
+    messages = []
+    result = convert_checkpoint(
+        checkpoint, tmp_path / "out", config_file=config, verify=True, verify_size=64, log=messages.append
+    )
+    assert result.task == "mask2former" and result.max_abs_diff <= TOLERANCE
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(tmp_path / "out").eval()
+    assert type(model.model.pixel_level_module.encoder) is FlashInternImageBackbone
+    assert type(model.config.backbone_config) is FlashInternImageConfig
+    assert (model.config.num_queries, model.config.hidden_dim, model.config.num_attention_heads) == (100, 256, 8)
+    assert model.config.id2label == segmentation_id2label("ade20k")
+    processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"shortest_edge": 512, "longest_edge": 2048} and processor["do_reduce_labels"] is True
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| ADE20K val mIoU (%), single-scale | 51.2 (trained on 512-px crops) |" in card
+    assert f"[{FLASH_T}.pth](https://huggingface.co/OpenGVLab/DCNv4/resolve/main/{FLASH_T}.pth)" in card
+    assert "FlashInternImage-T (ImageNet-1k) backbone; ADE20K" in card and "slides" not in card
+    # the same file under any name converts as that release with --name
+    renamed = checkpoint.rename(tmp_path / "m2f.pth")
+    result = convert_checkpoint(renamed, tmp_path / "named", config_file=config, name=FLASH_T, log=messages.append)
+    assert json.loads((tmp_path / "named" / "preprocessor_config.json").read_text())["do_reduce_labels"] is True
+
+
+@pytest.mark.parametrize("name", sorted(n for n, r in MASK2FORMER_RELEASES.items() if r.family == "flash_internimage"))
+def test_flash_release_plans_its_flash_backbone(name):
+    """Without a config file the release's FlashInternImage preset, crop size and ADE20K labels are used."""
+    release = find_segmentation_release(name)
+    preset = FLASH_PRESETS[release.preset]
+    weights = {
+        "backbone.patch_embed.conv2.weight": torch.zeros(preset["channels"], 1, 1, 1),
+        "backbone.levels.0.blocks.0.dcn.offset_mask.weight": torch.zeros(1),
+        "decode_head.transformer_decoder.post_norm.weight": torch.zeros(1),
+    }
+    plan = plan_conversion(Source(Path(f"{name}.pth"), "mmlab", weights), segmentation_release=release)
+    assert plan.task == "mask2former" and type(plan.config) is FlashInternImageConfig
+    expected = FlashInternImageConfig.from_preset(release.preset)
+    for field in ("channels", "depths", "groups", "offset_scale", "post_norm", "dw_kernel_size", "mlp_fc2_bias"):
+        assert getattr(plan.config, field) == getattr(expected, field), field
+    assert (plan.image_size, plan.segmentation_labels) == (release.crop_size, "ade20k")
+    assert f"architecture from FlashInternImage preset {release.preset!r}" in plan.notes
+
+
+@pytest.mark.parametrize(
+    ("change", "fact"),
+    [
+        ({"queries": 200}, "queries 200 (the release has 100)"),
+        ({"dim": 128}, "hidden_dim 128 (the release has 256)"),
+        ({"heads": 4}, "heads 4 (the release has 8)"),
+    ],
+    ids=["queries", "hidden_dim", "heads"],
+)
+def test_flash_head_that_is_not_the_release_is_refused(flash_t, tmp_path, change, fact):
+    checkpoint, config = write_flash_checkpoint(tmp_path, FLASH_T, flash_t, **{**FLASH_T_HEAD, **change})
+    with pytest.raises(ConversionError, match=re.escape(f"is not that of {FLASH_T}: {fact};")):
+        convert_checkpoint(checkpoint, tmp_path / "out", config_file=config, log=lambda *_: None)
+    assert not (tmp_path / "out").exists()
 
 
 def test_head_that_is_not_the_release_is_refused(tiny_h, tmp_path):

@@ -107,9 +107,12 @@ def check_segmentation_release(config: Mask2FormerConfig, release: SegmentationR
     found = {"classes": config.num_labels, "queries": config.num_queries, "hidden_dim": config.hidden_dim}
     expected = {"classes": release.num_classes, "queries": release.num_queries, "hidden_dim": release.hidden_dim}
     found["heads"], expected["heads"] = config.num_attention_heads, release.num_heads
-    if found != expected:
+    differing = [
+        f"{fact} {found[fact]} (the release has {expected[fact]})" for fact in expected if found[fact] != expected[fact]
+    ]
+    if differing:
         raise ConversionError(
-            f"the checkpoint's Mask2Former head ({found}) is not that of {release.name} ({expected}); "
+            f"the checkpoint's Mask2Former head is not that of {release.name}: {', '.join(differing)}; "
             "pass the right --name, or none"
         )
 

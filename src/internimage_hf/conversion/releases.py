@@ -128,10 +128,12 @@ class _PthFile:
 class SegmentationRelease(_PthFile):
     """One official Mask2Former semantic-segmentation checkpoint (segmentation/README.md and its config).
 
-    `miou` is the published (single-scale, multi-scale) validation mIoU in %; `label_set` the
-    `data.labels.segmentation_id2label` set whose names the head's classes are (`None`: no shipped names); `test_scale`
-    the official test resize (long side, short side), whole-image inference unless `slide` gives the sliding-window
-    crop; `num_queries`/`hidden_dim`/`num_heads` the head's size, checked against the weights.
+    `miou` is the published (single-scale, multi-scale) validation mIoU in % (multi-scale `None`: only single-scale
+    published); `label_set` the `data.labels.segmentation_id2label` set whose names the head's classes are (`None`: no
+    shipped names); `test_scale` the official test resize (long side, short side), whole-image inference unless
+    `slide` gives the sliding-window crop; `num_queries`/`hidden_dim`/`num_heads` the head's size, checked against the
+    weights; `reported_params` the README's parameter count (`None`: not published); `preset` the backbone's size and
+    `family` its model family (FlashInternImage releases are under `FLASH_RELEASE_BASE_URL`).
     """
 
     name: str
@@ -139,14 +141,14 @@ class SegmentationRelease(_PthFile):
     label_set: str | None
     num_classes: int
     crop_size: int
-    miou: tuple[float, float] | None
+    miou: tuple[float, float | None] | None
     pretraining: str
     num_queries: int
     hidden_dim: int
     num_heads: int
     test_scale: tuple[int, int]
     reduce_zero_label: bool
-    reported_params: str
+    reported_params: str | None
     config: str
     preset: str = "h"
     slide: int | None = None
@@ -158,7 +160,8 @@ _H_BACKBONE = "InternImage-H (joint 427M images -> ImageNet-22k) backbone"
 _LARGE_HEAD = dict(num_queries=200, hidden_dim=1024, num_heads=32)  # ADE20K / COCO-Stuff: 1024-d, 32 heads
 _BASE_HEAD = dict(num_queries=100, hidden_dim=256, num_heads=8)  # the Mask2Former paper's head
 # segmentation/README.md (method, backbone, resolution, mIoU ss/ms, #params, download) and the configs it links
-# (num_classes, num_queries, widths, heads, test pipeline, reduce_zero_label, load_from). All are InternImage-H.
+# (num_classes, num_queries, widths, heads, test pipeline, reduce_zero_label, load_from): InternImage-H; then the
+# FlashInternImage releases of OpenGVLab/DCNv4 (also in `FLASH_DENSE_RELEASES`, which names their backbones).
 MASK2FORMER_RELEASES: dict[str, SegmentationRelease] = {
     r.name: r
     for r in (
@@ -201,6 +204,25 @@ MASK2FORMER_RELEASES: dict[str, SegmentationRelease] = {
             "mask2former_internimage_h_896x896_80k_mapillary", "Mapillary Vistas", "cityscapes", 19, 896, None,
             f"{_H_BACKBONE}; Mapillary Vistas", **_BASE_HEAD, test_scale=(2048, 1024), reduce_zero_label=False,
             reported_params="1094M", slide=896, config="mapillary/mask2former_internimage_h_896x896_80k_mapillary.py",
+        ),
+        # FlashInternImage on ADE20K (OpenGVLab/DCNv4: README, "ADE20K Semantic Segmentation", Mask2Former rows, which
+        # publish the single-scale mIoU only and no parameter count; the configs they link give 150 classes, the
+        # queries, a 256-d head with 8 heads in the pixel decoder and the transformer decoder, whole-image testing at
+        # img_scale (long, short), reduce_zero_label and the `pretrained` backbone).
+        *(
+            SegmentationRelease(
+                f"mask2former_flash_internimage_{size}_{crop}_160k_ade20k_ss", "ADE20K", "ade20k", 150, crop,
+                (miou, None), f"FlashInternImage-{size.upper()} ({pretraining}) backbone; ADE20K", queries, 256, 8,
+                test_scale=test_scale, reduce_zero_label=True, reported_params=None,
+                config=f"ade20k/mask2former_flash_internimage_{size}_{crop}_160k_ade20k_ss.py", preset=size,
+                family="flash_internimage", base_url=FLASH_RELEASE_BASE_URL,
+            )
+            for size, crop, queries, test_scale, miou, pretraining in (
+                ("t", 512, 100, (2048, 512), 51.2, "ImageNet-1k"),
+                ("s", 640, 200, (2560, 640), 52.6, "ImageNet-1k"),
+                ("b", 640, 200, (2560, 640), 53.4, "ImageNet-1k"),
+                ("l", 640, 200, (2560, 640), 56.7, "ImageNet-22k"),
+            )
         ),
     )
 }  # fmt: skip

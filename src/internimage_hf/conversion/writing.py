@@ -102,8 +102,11 @@ def card_info(
     notes = [f"Conversion: {note}." for note in plan.notes]
     if segmentation and segmentation.miou:
         single, multi = segmentation.miou
-        metric = f"{segmentation.dataset} val mIoU (%), single / multi-scale"
-        metrics.append((metric, f"{single} / {multi} (trained on {segmentation.crop_size}-px crops)"))
+        scales, value = (
+            ("single / multi-scale", f"{single} / {multi}") if multi is not None else ("single-scale", single)
+        )
+        metric = f"{segmentation.dataset} val mIoU (%), {scales}"
+        metrics.append((metric, f"{value} (trained on {segmentation.crop_size}-px crops)"))
     if segmentation and segmentation.slide:
         notes.append(
             f"The official evaluation slides a {segmentation.slide}x{segmentation.slide} window (stride 512) over the "
