@@ -200,15 +200,21 @@ def test_operator_with_tanh_gelu_keeps_the_separate_query_modules(dcnv3_kernel, 
 def test_operator_keeps_the_module_path_when_onednn_would_differ(dcnv3_kernel, fused_calls, query_calls, case):
     reference = with_core_kernel(operator("h_style"), dcnv3_kernel)  # the same core: only the path may differ
     fused = with_operator_kernel(operator("h_style"), dcnv3_kernel)
+    assert_module_path(reference, fused, case, lambda module: module.offset.weight)
+    assert fused_calls == [] and query_calls == []
+
+
+def assert_module_path(reference: torch.nn.Module, fused: torch.nn.Module, case: str, weight) -> None:
+    """`fused` (kernel layer) computes exactly what `reference` (the module's own path, same core) does in `case`
+    ("gradients": also the gradient of `weight(module)`; "bfloat16", "autocast": those dtypes)."""
     hidden = torch.randn(2, 6, 5, 32)
     if case == "bfloat16":
         reference, fused, hidden = reference.bfloat16(), fused.bfloat16(), hidden.bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
         outputs = [module(hidden.clone().requires_grad_(case == "gradients")) for module in (reference, fused)]
-    assert fused_calls == [] and query_calls == []
     torch.testing.assert_close(outputs[1], outputs[0], atol=0, rtol=0)
     if case == "gradients":
-        grads = [torch.autograd.grad(out.square().sum(), module.offset.weight)[0]
+        grads = [torch.autograd.grad(out.square().sum(), weight(module))[0]
                  for out, module in zip(outputs, (reference, fused), strict=True)]  # fmt: skip
         torch.testing.assert_close(grads[1], grads[0], atol=0, rtol=0)
 
@@ -220,14 +226,20 @@ def test_kernelize_serves_the_operator_on_cpu(cpu_kernel_build, fused_calls):
     config = InternImageConfig(channels=16, depths=[1, 1, 2, 1], groups=[1, 2, 4, 8], num_labels=3)
     torch.manual_seed(0)
     model = InternImageForImageClassification(config).eval()
+    assert_kernelize_serves(model, InternImageDCNv3, cpu_kernel_build, kernelize)
+    assert fused_calls.count("none") == 4 * 5 + 5  # four linears per operator, fc2 of every MLP
+
+
+def assert_kernelize_serves(model, operator_class, cpu_kernel_build, kernelize) -> None:
+    """`kernelize` runs the kernel layer for each of the 5 `operator_class` modules of `model` (a tiny classifier
+    with 5 blocks) and leaves its logits as they were."""
     reference = copy.deepcopy(model)
     kernelize(model, mode="inference", local_path=cpu_kernel_build.root)
-    operators = [m for m in model.modules() if isinstance(m, InternImageDCNv3)]
+    operators = [m for m in model.modules() if isinstance(m, operator_class)]
     assert len(operators) == 5 and all(kernelizing._runs_kernel(m) for m in operators)
     pixel_values = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values).logits, reference(pixel_values).logits, atol=1e-5, rtol=1e-5)
-    assert fused_calls.count("none") == 4 * 5 + 5  # four linears per operator, fc2 of every MLP
 
 
 # ------------------------------------------------------------------------------- the FlashInternImage DCNv4 layer
@@ -274,17 +286,8 @@ def test_flash_operator_keeps_the_module_path_when_onednn_would_differ(dcnv3_ker
     reference = flash_operator("l_style", **gate)
     reference.core.forward = types.MethodType(dcnv3_kernel.layers.DCNv4Core.forward, reference.core)
     fused = with_flash_operator_kernel(flash_operator("l_style", **gate), dcnv3_kernel)
-    hidden = torch.randn(2, 6, 5, 32)
-    if case == "bfloat16":
-        reference, fused, hidden = reference.bfloat16(), fused.bfloat16(), hidden.bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast"):
-        outputs = [module(hidden.clone().requires_grad_(case == "gradients")) for module in (reference, fused)]
+    assert_module_path(reference, fused, case, lambda module: module.offset_mask.weight)
     assert fused_calls == []
-    torch.testing.assert_close(outputs[1], outputs[0], atol=0, rtol=0)
-    if case == "gradients":
-        grads = [torch.autograd.grad(out.square().sum(), module.offset_mask.weight)[0]
-                 for out, module in zip(outputs, (reference, fused), strict=True)]  # fmt: skip
-        torch.testing.assert_close(grads[1], grads[0], atol=0, rtol=0)
 
 
 def test_kernelize_serves_the_flash_operator_on_cpu(cpu_kernel_build, fused_calls):
@@ -299,11 +302,5 @@ def test_kernelize_serves_the_flash_operator_on_cpu(cpu_kernel_build, fused_call
             if isinstance(module, FlashInternImageDCNv4):
                 module.offset_mask.weight.normal_(std=0.1)
                 module.offset_mask.bias.normal_(std=0.3)
-    reference = copy.deepcopy(model)
-    kernelize(model, mode="inference", local_path=cpu_kernel_build.root)
-    operators = [m for m in model.modules() if isinstance(m, FlashInternImageDCNv4)]
-    assert len(operators) == 5 and all(kernelizing._runs_kernel(m) for m in operators)
-    pixel_values = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(model(pixel_values).logits, reference(pixel_values).logits, atol=1e-5, rtol=1e-5)
+    assert_kernelize_serves(model, FlashInternImageDCNv4, cpu_kernel_build, kernelize)
     assert fused_calls.count("none") == 3 * 5 + 5  # three linears per operator, fc2 of every MLP
