@@ -235,7 +235,6 @@ def verify_onnx(
 
 # The class of each --task: the family's name (its config class's, less "Config") followed by this suffix.
 TASKS = {"classification": "ForImageClassification", "base": "Model", "backbone": "Backbone"}
-FAMILIES = ("InternImage", "FlashInternImage")
 # `preset:NAME` builds an InternImage preset, `preset:flash-NAME` a FlashInternImage one.
 FLASH_PRESET_PREFIX = "flash-"
 
@@ -287,14 +286,16 @@ def preset_config(preset: str):
 
 def model_class(config, task: str) -> type[nn.Module]:
     """The model class of `config`'s family for `task` (`TASKS`)."""
-    import internimage_hf
+    from ..models.flash_internimage import modeling_flash_internimage
+    from ..models.internimage import modeling_internimage
 
+    modules = {"InternImage": modeling_internimage, "FlashInternImage": modeling_flash_internimage}
     family = type(config).__name__.removesuffix("Config")
-    if family not in FAMILIES:
+    if family not in modules:
         raise ValueError(
             f"model: a {config.model_type!r} checkpoint; the exporter takes InternImage and FlashInternImage models"
         )
-    return getattr(internimage_hf, family + TASKS[task])
+    return getattr(modules[family], family + TASKS[task])
 
 
 def main(argv=None) -> int:
