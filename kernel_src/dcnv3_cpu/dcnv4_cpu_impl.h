@@ -19,10 +19,10 @@ using dcnv3::tap_grid;
 using dcnv3::DCNV3_CPU_ISA::SampleGrads;
 using dcnv3::DCNV3_CPU_ISA::TapTable;
 
-// S = G * P rounded up to whole AVX2 registers of floats: the length of the per-sample tables below, so that the
-// AVX2 loops read and write them with plain full-width loads and stores (phase 2 reads phase 1's stores back at once,
-// and a load cannot be forwarded from a masked store).
-inline int64_t padded_samples(int64_t samples) { return (samples + 7) / 8 * 8; }
+// S = G * P rounded up to whole AVX-512 registers of floats: the length of the per-sample tables below, so that the
+// AVX2 and AVX-512 loops read and write them with plain full-width loads and stores (phase 2 reads phase 1's stores
+// back at once, and a load cannot be forwarded from a masked store).
+inline int64_t padded_samples(int64_t samples) { return (samples + 15) / 16 * 16; }
 
 // Forward phase 1 output for the S = G * P samples of one output pixel: the four bilinear corners of each sample as
 // element offsets into the image and weights with the point weight folded in, [4][stride] each, corners (y0, x0),
@@ -130,6 +130,66 @@ inline void locate_corners_avx2(const float* row, const SampleTable<float>& tabl
 }
 #endif
 
+#if defined(DCNV3_CPU_AVX512)
+// `locate_corners_avx2` sixteen samples per step, with mask registers for the comparisons and selects.
+inline void locate_corners_avx512(const float* row, const SampleTable<float>& table, const TapGrid<float>& grid,
+                                  int64_t samples, int32_t height, int32_t width, int32_t channels,
+                                  Corners<float>& corners) {
+  const __m512 base_x = _mm512_set1_ps(grid.base_x), base_y = _mm512_set1_ps(grid.base_y);
+  const __m512 scale = _mm512_set1_ps(grid.scale);
+  const __m512 one = _mm512_set1_ps(1.0f), minus_one = _mm512_set1_ps(-1.0f);
+  const __m512 height_f = _mm512_set1_ps(float(height)), width_f = _mm512_set1_ps(float(width));
+  const __m512i one_i = _mm512_set1_epi32(1), minus_one_i = _mm512_set1_epi32(-1), zero_i = _mm512_setzero_si512();
+  const __m512i last_row = _mm512_set1_epi32(height - 1), last_col = _mm512_set1_epi32(width - 1);
+  const __m512i row_stride = _mm512_set1_epi32(width * channels), channels_i = _mm512_set1_epi32(channels);
+  const int64_t stride = corners.stride;
+  for (int64_t q = 0; q < samples; q += 16) {
+    const __m512i offset_col = _mm512_loadu_si512(table.offset.data() + q);
+    const __m512 dx = _mm512_i32gather_ps(offset_col, row, 4);
+    const __m512 dy = _mm512_i32gather_ps(offset_col, row + 1, 4);
+    const __m512 w = _mm512_i32gather_ps(_mm512_loadu_si512(table.weight.data() + q), row, 4);
+    const __m512 sx = _mm512_fmadd_ps(scale, _mm512_add_ps(_mm512_loadu_ps(table.tap_x.data() + q), dx), base_x);
+    const __m512 sy = _mm512_fmadd_ps(scale, _mm512_add_ps(_mm512_loadu_ps(table.tap_y.data() + q), dy), base_y);
+    // Ordered comparisons: a NaN location is not inside.
+    const __mmask16 inside =
+        _mm512_cmp_ps_mask(sx, minus_one, _CMP_GT_OQ) & _mm512_cmp_ps_mask(sy, minus_one, _CMP_GT_OQ) &
+        _mm512_cmp_ps_mask(sx, width_f, _CMP_LT_OQ) & _mm512_cmp_ps_mask(sy, height_f, _CMP_LT_OQ);
+    // Outside, the point weight becomes 0, or NaN where the location or weight is not finite (as in the AVX2 loop).
+    const __m512 outside = _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(sx, sx), _mm512_sub_ps(sy, sy)),
+                                         _mm512_sub_ps(w, w));
+    const __m512 m = _mm512_mask_blend_ps(inside, outside, w);
+    const __m512 x = _mm512_maskz_mov_ps(inside, sx);
+    const __m512 y = _mm512_maskz_mov_ps(inside, sy);
+    // x, y > -1: truncating x + 1 is floor(x) + 1.
+    const __m512i x0 = _mm512_sub_epi32(_mm512_cvttps_epi32(_mm512_add_ps(x, one)), one_i);
+    const __m512i y0 = _mm512_sub_epi32(_mm512_cvttps_epi32(_mm512_add_ps(y, one)), one_i);
+    const __m512 lx = _mm512_sub_ps(x, _mm512_cvtepi32_ps(x0));
+    const __m512 ly = _mm512_sub_ps(y, _mm512_cvtepi32_ps(y0));
+    const __mmask16 top_in = _mm512_cmpgt_epi32_mask(y0, minus_one_i), bottom_in = _mm512_cmpgt_epi32_mask(last_row, y0);
+    const __mmask16 left_in = _mm512_cmpgt_epi32_mask(x0, minus_one_i), right_in = _mm512_cmpgt_epi32_mask(last_col, x0);
+    const __m512 top = _mm512_maskz_mul_ps(top_in, _mm512_sub_ps(one, ly), m);
+    const __m512 bottom = _mm512_maskz_mul_ps(bottom_in, ly, m);
+    const __m512 left = _mm512_maskz_sub_ps(left_in, one, lx);
+    const __m512 right = _mm512_maskz_mov_ps(right_in, lx);
+    // The corner offsets from the first in-image corner, as in the AVX2 loop.
+    const __m512i first = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_max_epi32(y0, zero_i), row_stride),
+                                           _mm512_mullo_epi32(_mm512_max_epi32(x0, zero_i), channels_i));
+    const __m512i step_x = _mm512_maskz_mov_epi32(left_in & right_in, channels_i);
+    const __m512i step_y = _mm512_maskz_mov_epi32(top_in & bottom_in, row_stride);
+    float* weight = corners.weight.data() + q;
+    int32_t* element = corners.element.data() + q;
+    _mm512_storeu_ps(weight, _mm512_mul_ps(top, left));
+    _mm512_storeu_ps(weight + stride, _mm512_mul_ps(top, right));
+    _mm512_storeu_ps(weight + 2 * stride, _mm512_mul_ps(bottom, left));
+    _mm512_storeu_ps(weight + 3 * stride, _mm512_mul_ps(bottom, right));
+    _mm512_storeu_si512(element, first);
+    _mm512_storeu_si512(element + stride, _mm512_add_epi32(first, step_x));
+    _mm512_storeu_si512(element + 2 * stride, _mm512_add_epi32(first, step_y));
+    _mm512_storeu_si512(element + 3 * stride, _mm512_add_epi32(_mm512_add_epi32(first, step_x), step_y));
+  }
+}
+#endif
+
 // Forward phase 1: the arithmetic of DCNv3's `locate_samples` (same locations, corner weights and NaN behaviour) with
 // the corner rows as element offsets premultiplied by C, so that phase 2 addresses them without a multiply. A corner in
 // the zero padding gets weight 0 and an offset clamped onto the image; a sample entirely outside (or at a NaN
@@ -139,7 +199,11 @@ template <typename scalar_t, typename acc_t>
 inline void locate_corners(const scalar_t* __restrict__ row, const SampleTable<acc_t>& table,
                            const TapGrid<acc_t>& grid, int64_t samples, int32_t height, int32_t width,
                            int32_t channels, Corners<acc_t>& corners) {
-#if defined(DCNV3_CPU_AVX2)
+#if defined(DCNV3_CPU_AVX512)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return locate_corners_avx512(row, table, grid, samples, height, width, channels, corners);
+  }
+#elif defined(DCNV3_CPU_AVX2)
   if constexpr (std::is_same_v<scalar_t, float>) {
     return locate_corners_avx2(row, table, grid, samples, height, width, channels, corners);
   }
@@ -218,6 +282,22 @@ inline void sample_block_avx2(float* __restrict__ out, const float* __restrict__
 }
 #endif
 
+#if defined(DCNV3_CPU_AVX512)
+// `sample_block` for float and a whole block of 16 channels: one AVX-512 register per corner.
+inline void sample_block_avx512(float* __restrict__ out, const float* __restrict__ value_block, const float* w,
+                                const int32_t* element, int64_t first, int64_t points, int64_t stride) {
+  __m512 sum[4];
+  for (int k = 0; k < 4; ++k) sum[k] = _mm512_setzero_ps();
+  for (int64_t q = first; q < first + points; ++q) {
+    for (int k = 0; k < 4; ++k) {
+      const __m512 weight = _mm512_set1_ps(w[k * stride + q]);
+      sum[k] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(value_block + element[k * stride + q]), sum[k]);
+    }
+  }
+  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_add_ps(sum[0], sum[1]), _mm512_add_ps(sum[2], sum[3])));
+}
+#endif
+
 // Forward phase 2: out[c] = sum over the group's P samples and 4 corners of w * value[corner][c], for the channels
 // [c0, c0 + width) of one group, width <= kBlock. The sums stay in registers across the P samples (one running sum
 // per corner and lane, so that the four corners' products are independent chains) and are written once, where the
@@ -228,6 +308,11 @@ inline void sample_block(scalar_t* __restrict__ out, const scalar_t* __restrict_
   const int64_t stride = corners.stride;
   const acc_t* w = corners.weight.data();
   const int32_t* element = corners.element.data();
+#if defined(DCNV3_CPU_AVX512)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (width == kBlock) return sample_block_avx512(out, value_block, w, element, first, points, stride);
+  }
+#endif
 #if defined(DCNV3_CPU_AVX2)
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (width == kBlock) return sample_block_avx2<2>(out, value_block, w, element, first, points, stride);
