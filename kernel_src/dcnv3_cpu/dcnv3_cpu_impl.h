@@ -56,6 +56,37 @@ TapTable<acc_t>::TapTable(const Params& p) : x(p.group * p.points), y(p.group * 
   });
 }
 
+// Whether the forward may address a sample's four corners as one 2x2 quad of the image at fixed displacements
+// (0, C, W * C, W * C + C) from its top-left corner, the quad moved inside the image at the border, instead of
+// four separately clamped corners. At the border, the quad's corner outside the sampled square reads the
+// inside neighbour (weight 0) where the clamped corner read the border pixel again; 0 * v is 0 for a finite v
+// either way, but NaN for an inf or NaN v. So the quad needs H, W >= 2 and finite values in the two outermost
+// rows and columns of every image, the only pixels the two can read differently; otherwise the forward keeps the
+// four clamped corners and its outputs stay exactly as they were.
+template <typename scalar_t>
+bool quad_corners_apply(const scalar_t* value, int64_t batch, int64_t height, int64_t width, int64_t channels) {
+  if (height < 2 || width < 2) return false;
+  const auto all_finite = [](const scalar_t* v, int64_t count) {
+    int finite = 1;
+    for (int64_t i = 0; i < count; ++i) {
+      const auto x = static_cast<at::opmath_type<scalar_t>>(v[i]);
+      finite &= (x - x == 0) ? 1 : 0;  // branch-free, so that the loop vectorises
+    }
+    return finite != 0;
+  };
+  bool finite = true;
+  for (int64_t row = 0; row < batch * height && finite; ++row) {
+    const scalar_t* v = value + row * width * channels;
+    const int64_t y = row % height;
+    if (y < 2 || y >= height - 2) {
+      finite = all_finite(v, width * channels);
+    } else {
+      finite = all_finite(v, 2 * channels) && all_finite(v + (width - 2) * channels, 2 * channels);
+    }
+  }
+  return finite;
+}
+
 // Phase 1 for one output pixel whose regular-grid centre is (base_x, base_y). A corner in the zero padding gets
 // weight 0 and an index clamped onto the image, so phase 2 needs no branches. A sample entirely outside the image
 // (or at a NaN location; the test is written positively) is moved to (0, 0) with point weight 0 (NaN when the
