@@ -338,32 +338,47 @@ inline void locate_corners(const scalar_t* __restrict__ row, const SampleTable<a
 // Channels per block of the forward's channel loop: two AVX2 registers of floats.
 constexpr int kBlock = 16;
 
-// The value rows of corner k of sample q for phase 2: element[k * stride + q], or with quad corners the quad's
-// top-left corner element[q] and the constant step (one load per sample instead of four).
+// Where phase 2 finds the value rows of a sample's four corners: element[k * stride + q], or with quad corners the
+// quad's top-left corner element[q] and the constant steps. A copy by value, so that the steps stay in registers
+// across the loop over samples (read through `Corners`, GCC reloaded them for every corner).
 template <bool kQuad>
-inline int32_t corner_element(const int32_t* element, const int32_t (&step)[4], int k, int64_t q, int64_t stride) {
-  if constexpr (kQuad) {
-    return element[q] + step[k];
-  } else {
-    return element[k * stride + q];
+struct CornerRows {
+  const int32_t* element;
+  int64_t stride;
+  int64_t step[4];
+
+  template <typename acc_t>
+  explicit CornerRows(const Corners<acc_t>& corners)
+      : element(corners.element.data()), stride(corners.stride),
+        step{corners.step[0], corners.step[1], corners.step[2], corners.step[3]} {}
+
+  // rows[k] = the first value of corner k of sample q in `block`: one offset load and one address for a quad.
+  template <typename T>
+  void of(const T* block, int64_t q, const T* (&rows)[4]) const {
+    if constexpr (kQuad) {
+      const T* quad = block + element[q];
+      for (int k = 0; k < 4; ++k) rows[k] = quad + step[k];
+    } else {
+      for (int k = 0; k < 4; ++k) rows[k] = block + element[k * stride + q];
+    }
   }
-}
+};
 
 #if defined(DCNV3_CPU_AVX2)
 // `sample_block` for float and kVecs whole AVX2 registers (8 or 16 channels).
 template <int kVecs, bool kQuad>
 inline void sample_block_avx2(float* __restrict__ out, const float* __restrict__ value_block, const float* w,
-                              const int32_t* element, const int32_t (&step)[4], int64_t first, int64_t points,
-                              int64_t stride) {
+                              const CornerRows<kQuad> corner_rows, int64_t first, int64_t points, int64_t stride) {
   __m256 sum[4][kVecs];
   for (int k = 0; k < 4; ++k) {
     for (int v = 0; v < kVecs; ++v) sum[k][v] = _mm256_setzero_ps();
   }
   for (int64_t q = first; q < first + points; ++q) {
+    const float* rows[4];
+    corner_rows.of(value_block, q, rows);
     for (int k = 0; k < 4; ++k) {
-      const float* corner = value_block + corner_element<kQuad>(element, step, k, q, stride);
       const __m256 weight = _mm256_set1_ps(w[k * stride + q]);
-      for (int v = 0; v < kVecs; ++v) sum[k][v] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(corner + 8 * v), sum[k][v]);
+      for (int v = 0; v < kVecs; ++v) sum[k][v] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(rows[k] + 8 * v), sum[k][v]);
     }
   }
   for (int v = 0; v < kVecs; ++v) {
@@ -377,15 +392,14 @@ inline void sample_block_avx2(float* __restrict__ out, const float* __restrict__
 // `sample_block` for float and a whole block of 16 channels: one AVX-512 register per corner.
 template <bool kQuad>
 inline void sample_block_avx512(float* __restrict__ out, const float* __restrict__ value_block, const float* w,
-                                const int32_t* element, const int32_t (&step)[4], int64_t first, int64_t points,
-                                int64_t stride) {
+                                const CornerRows<kQuad> corner_rows, int64_t first, int64_t points, int64_t stride) {
   __m512 sum[4];
   for (int k = 0; k < 4; ++k) sum[k] = _mm512_setzero_ps();
   for (int64_t q = first; q < first + points; ++q) {
+    const float* rows[4];
+    corner_rows.of(value_block, q, rows);
     for (int k = 0; k < 4; ++k) {
-      const __m512 weight = _mm512_set1_ps(w[k * stride + q]);
-      const float* corner = value_block + corner_element<kQuad>(element, step, k, q, stride);
-      sum[k] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(corner), sum[k]);
+      sum[k] = _mm512_fmadd_ps(_mm512_set1_ps(w[k * stride + q]), _mm512_loadu_ps(rows[k]), sum[k]);
     }
   }
   _mm512_storeu_ps(out, _mm512_add_ps(_mm512_add_ps(sum[0], sum[1]), _mm512_add_ps(sum[2], sum[3])));
@@ -401,28 +415,30 @@ inline void sample_block(scalar_t* __restrict__ out, const scalar_t* __restrict_
                          const Corners<acc_t>& corners, int64_t first, int64_t points, int width) {
   const int64_t stride = corners.stride;
   const acc_t* w = corners.weight.data();
-  const int32_t* element = corners.element.data();
+  const CornerRows<kQuad> corner_rows(corners);
 #if defined(DCNV3_CPU_AVX512)
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (width == kBlock) {
-      return sample_block_avx512<kQuad>(out, value_block, w, element, corners.step, first, points, stride);
+      return sample_block_avx512<kQuad>(out, value_block, w, corner_rows, first, points, stride);
     }
   }
 #endif
 #if defined(DCNV3_CPU_AVX2)
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (width == kBlock) {
-      return sample_block_avx2<2, kQuad>(out, value_block, w, element, corners.step, first, points, stride);
+      return sample_block_avx2<2, kQuad>(out, value_block, w, corner_rows, first, points, stride);
     }
     if (width == kBlock / 2) {
-      return sample_block_avx2<1, kQuad>(out, value_block, w, element, corners.step, first, points, stride);
+      return sample_block_avx2<1, kQuad>(out, value_block, w, corner_rows, first, points, stride);
     }
   }
 #endif
   acc_t sum[4][kBlock] = {};
   for (int64_t q = first; q < first + points; ++q) {
+    const scalar_t* rows[4];
+    corner_rows.of(value_block, q, rows);
     for (int k = 0; k < 4; ++k) {
-      const scalar_t* __restrict__ v = value_block + corner_element<kQuad>(element, corners.step, k, q, stride);
+      const scalar_t* __restrict__ v = rows[k];
       const acc_t weight = w[k * stride + q];
       if (width == kBlock) {  // the whole-block case as its own loop: a constant trip count vectorises
         for (int c = 0; c < kBlock; ++c) sum[k][c] += weight * acc_t(v[c]);
