@@ -18,12 +18,18 @@ using dcnv3::TapGrid;
 using dcnv3::tap_grid;
 using dcnv3::DCNV3_CPU_ISA::SampleGrads;
 using dcnv3::DCNV3_CPU_ISA::TapTable;
+using dcnv3::DCNV3_CPU_ISA::kQuadCorners;
 using dcnv3::DCNV3_CPU_ISA::quad_corners_apply;
 
-// S = G * P rounded up to whole AVX-512 registers of floats: the length of the per-sample tables below, so that the
-// AVX2 and AVX-512 loops read and write them with plain full-width loads and stores (phase 2 reads phase 1's stores
-// back at once, and a load cannot be forwarded from a masked store).
-inline int64_t padded_samples(int64_t samples) { return (samples + 15) / 16 * 16; }
+// S = G * P rounded up to whole vector registers of floats (16 lanes in the AVX-512 build, else 8): the length of
+// the per-sample tables below, so that the vector loops read and write them with plain full-width loads and stores
+// (phase 2 reads phase 1's stores back at once, and a load cannot be forwarded from a masked store).
+#if defined(DCNV3_CPU_AVX512)
+constexpr int64_t kSampleLanes = 16;
+#else
+constexpr int64_t kSampleLanes = 8;
+#endif
+inline int64_t padded_samples(int64_t samples) { return (samples + kSampleLanes - 1) / kSampleLanes * kSampleLanes; }
 
 // Forward phase 1 output for the S = G * P samples of one output pixel: the bilinear corners of each sample and
 // their weights with the point weight folded in, [4][stride] each, corners (y0, x0), (y0, x0 + 1), (y0 + 1, x0),
@@ -73,18 +79,6 @@ struct SampleTable {
 };
 
 #if defined(DCNV3_CPU_AVX2)
-// The weights of a 2x2 quad's first and second row (or column) for a sample between rows y0 and y0 + 1 with
-// weights `near` (of y0) and `far` (of y0 + 1): `near_in` / `far_in` say whether y0 / y0 + 1 lies in the image (one
-// of them does). With both in, the quad is rows y0, y0 + 1; with y0 outside, it starts at y0 + 1, which takes `far`
-// first; with y0 + 1 outside, it ends at y0, which takes `near` second.
-inline __m256 pick_first_weight(__m256i near_in, __m256i far_in, __m256 near, __m256 far) {
-  return _mm256_blendv_ps(far, _mm256_and_ps(_mm256_castsi256_ps(far_in), near), _mm256_castsi256_ps(near_in));
-}
-
-inline __m256 pick_second_weight(__m256i near_in, __m256i far_in, __m256 near, __m256 far) {
-  return _mm256_and_ps(_mm256_castsi256_ps(near_in), _mm256_blendv_ps(near, far, _mm256_castsi256_ps(far_in)));
-}
-
 // `locate_corners` for float, eight samples per step written out in AVX2: the row is read with gathers and each
 // select becomes a mask (GCC's own vectorisation of the loop emulates the gathers with scalar loads and spills its
 // masks).
@@ -126,24 +120,6 @@ inline void locate_corners_avx2(const float* row, const SampleTable<float>& tabl
     const __m256i left_in = _mm256_cmpgt_epi32(x0, minus_one_i), right_in = _mm256_cmpgt_epi32(last_col, x0);
     float* weight = corners.weight.data() + q;
     auto* element = reinterpret_cast<__m256i*>(corners.element.data() + q);
-    if (corners.quad) {
-      // The quad's top-left corner (ya, xa) = (clamp(y0, 0, H - 2), clamp(x0, 0, W - 2)); where y0 or x0 was
-      // clamped, the in-image row or column of the sample is the quad's other one and takes its weight.
-      const __m256 upper = _mm256_mul_ps(_mm256_sub_ps(one, ly), m), lower = _mm256_mul_ps(ly, m);
-      const __m256 row_a = pick_first_weight(top_in, bottom_in, upper, lower);
-      const __m256 row_b = pick_second_weight(top_in, bottom_in, upper, lower);
-      const __m256 col_a = pick_first_weight(left_in, right_in, _mm256_sub_ps(one, lx), lx);
-      const __m256 col_b = pick_second_weight(left_in, right_in, _mm256_sub_ps(one, lx), lx);
-      const __m256i ya = _mm256_min_epi32(_mm256_max_epi32(y0, zero_i), _mm256_sub_epi32(last_row, one_i));
-      const __m256i xa = _mm256_min_epi32(_mm256_max_epi32(x0, zero_i), _mm256_sub_epi32(last_col, one_i));
-      _mm256_storeu_ps(weight, _mm256_mul_ps(row_a, col_a));
-      _mm256_storeu_ps(weight + stride, _mm256_mul_ps(row_a, col_b));
-      _mm256_storeu_ps(weight + 2 * stride, _mm256_mul_ps(row_b, col_a));
-      _mm256_storeu_ps(weight + 3 * stride, _mm256_mul_ps(row_b, col_b));
-      _mm256_storeu_si256(element,
-                          _mm256_add_epi32(_mm256_mullo_epi32(ya, row_stride), _mm256_mullo_epi32(xa, channels_i)));
-      continue;
-    }
     const __m256 top = _mm256_and_ps(_mm256_castsi256_ps(top_in), _mm256_mul_ps(_mm256_sub_ps(one, ly), m));
     const __m256 bottom = _mm256_and_ps(_mm256_castsi256_ps(bottom_in), _mm256_mul_ps(ly, m));
     const __m256 left = _mm256_and_ps(_mm256_castsi256_ps(left_in), _mm256_sub_ps(one, lx));
@@ -207,7 +183,10 @@ inline void locate_corners_avx512(const float* row, const SampleTable<float>& ta
     const __mmask16 right_in = _mm512_cmpgt_epi32_mask(last_col, x0);
     float* weight = corners.weight.data() + q;
     int32_t* element = corners.element.data() + q;
-    if (corners.quad) {  // as in the AVX2 loop (`pick_first_weight`, `pick_second_weight`)
+    if (corners.quad) {
+      // The quad's top-left corner (ya, xa) = (clamp(y0, 0, H - 2), clamp(x0, 0, W - 2)). Where y0 was clamped
+      // up, row y0 + 1 (weight `lower`) is the quad's first row; where y0 + 1 was clamped down, row y0 (weight
+      // `upper`) is its second; the quad's other row gets weight 0. Likewise for the columns.
       const __m512 upper = _mm512_mul_ps(_mm512_sub_ps(one, ly), m), lower = _mm512_mul_ps(ly, m);
       const __m512 hx = _mm512_sub_ps(one, lx);
       const __m512 row_a = _mm512_mask_blend_ps(top_in, lower, _mm512_maskz_mov_ps(bottom_in, upper));
@@ -286,7 +265,7 @@ inline void locate_corners_generic(const scalar_t* __restrict__ row, const Sampl
     const acc_t upper = (acc_t(1) - ly) * m, lower = ly * m;
     const bool top_in = y0 >= 0, bottom_in = y0 + 1 < height, left_in = x0 >= 0, right_in = x0 + 1 < width;
     if constexpr (kQuad) {
-      // As `pick_first_weight` / `pick_second_weight`: a clamped quad row or column takes the in-image weight.
+      // As in `locate_corners_avx512`: a clamped quad row or column takes the in-image weight.
       const acc_t row_a = top_in ? (bottom_in ? upper : acc_t(0)) : lower;
       const acc_t row_b = top_in ? (bottom_in ? lower : upper) : acc_t(0);
       const acc_t col_a = left_in ? (right_in ? acc_t(1) - lx : acc_t(0)) : lx;
@@ -329,8 +308,11 @@ inline void locate_corners(const scalar_t* __restrict__ row, const SampleTable<a
     return locate_corners_avx2(row, table, grid, samples, height, width, channels, corners);
   }
 #endif
-  if (corners.quad) {
-    return locate_corners_generic<scalar_t, acc_t, true>(row, table, grid, samples, height, width, channels, corners);
+  if constexpr (kQuadCorners) {
+    if (corners.quad) {
+      return locate_corners_generic<scalar_t, acc_t, true>(row, table, grid, samples, height, width, channels,
+                                                           corners);
+    }
   }
   locate_corners_generic<scalar_t, acc_t, false>(row, table, grid, samples, height, width, channels, corners);
 }
@@ -484,7 +466,7 @@ void forward_typed(const scalar_t* value, const scalar_t* offset_mask, scalar_t*
   const int32_t width = static_cast<int32_t>(p.width);
   const int32_t channels = static_cast<int32_t>(C);
 
-  const bool quad = quad_corners_apply(value, p.batch, p.height, p.width, C);
+  const bool quad = kQuadCorners && quad_corners_apply(value, p.batch, p.height, p.width, C);
 
   at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
     Corners<acc_t> corners(samples, quad, width, channels);
@@ -497,11 +479,13 @@ void forward_typed(const scalar_t* value, const scalar_t* offset_mask, scalar_t*
       locate_corners<scalar_t, acc_t>(offset_mask + pix * row_width, table, grid, samples, height, width, channels,
                                       corners);
       const scalar_t* value_n = value + n * p.height * p.width * C;
-      if (quad) {
-        sample_pixel<scalar_t, acc_t, true>(out + pix * C, value_n, corners, p.group, Cg, P);
-      } else {
-        sample_pixel<scalar_t, acc_t, false>(out + pix * C, value_n, corners, p.group, Cg, P);
+      if constexpr (kQuadCorners) {
+        if (quad) {
+          sample_pixel<scalar_t, acc_t, true>(out + pix * C, value_n, corners, p.group, Cg, P);
+          continue;
+        }
       }
+      sample_pixel<scalar_t, acc_t, false>(out + pix * C, value_n, corners, p.group, Cg, P);
     }
   });
 }
