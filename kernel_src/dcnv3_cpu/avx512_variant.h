@@ -14,6 +14,10 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,prefer-vector-width=512")
 #pragma GCC optimize("no-trapping-math")
+// GCC 12's AVX-512 intrinsics (max, min, conversions, gathers) start from an _mm512_undefined_*() value, which
+// -Wmaybe-uninitialized reports once they are inlined here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define DCNV3_CPU_ISA avx512
 #define DCNV3_CPU_AVX2 1
 #define DCNV3_CPU_AVX512 1
@@ -21,5 +25,6 @@
 #undef DCNV3_CPU_AVX512
 #undef DCNV3_CPU_AVX2
 #undef DCNV3_CPU_ISA
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
