@@ -35,34 +35,31 @@
 
 #include "dcnv3_common/dcnv3_params.h"
 #include "dcnv3_common/dcnv3_sampling.h"
+#include "dcnv3_cpu/cpu_isa.h"
 
 // Baseline build of the loops (any CPU).
 #define DCNV3_CPU_ISA baseline
 #include "dcnv3_cpu/dcnv3_cpu_impl.h"
 #undef DCNV3_CPU_ISA
 
-// The same loops for AVX2 + FMA, chosen at run time.
+// The same loops for AVX2 + FMA and for AVX-512, chosen at run time (cpu_isa.h).
 #define DCNV3_CPU_IMPL "dcnv3_cpu/dcnv3_cpu_impl.h"
 #include "dcnv3_cpu/avx2_variant.h"
+#include "dcnv3_cpu/avx512_variant.h"
 #undef DCNV3_CPU_IMPL
 
 namespace dcnv3 {
 namespace {
 
-bool use_avx2() {
-#if defined(DCNV3_HAVE_AVX2_PATH)
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported;
-#else
-  return false;
-#endif
-}
-
 template <typename scalar_t>
 void forward_dispatch(const scalar_t* value, const scalar_t* offset, const scalar_t* mask, scalar_t* out,
                       const Params& p, bool mask_logits) {
+  [[maybe_unused]] const CpuIsa isa = cpu_isa();
+#if defined(DCNV3_HAVE_AVX512_PATH)
+  if (isa == CpuIsa::kAvx512) return avx512::forward_typed<scalar_t>(value, offset, mask, out, p, mask_logits);
+#endif
 #if defined(DCNV3_HAVE_AVX2_PATH)
-  if (use_avx2()) return avx2::forward_typed<scalar_t>(value, offset, mask, out, p, mask_logits);
+  if (isa == CpuIsa::kAvx2) return avx2::forward_typed<scalar_t>(value, offset, mask, out, p, mask_logits);
 #endif
   baseline::forward_typed<scalar_t>(value, offset, mask, out, p, mask_logits);
 }
@@ -71,8 +68,15 @@ template <typename scalar_t, typename grad_t>
 void backward_dispatch(const scalar_t* grad_output, const scalar_t* value, const scalar_t* offset,
                        const scalar_t* mask, grad_t* grad_value, scalar_t* grad_offset, scalar_t* grad_mask,
                        const Params& p, bool mask_logits) {
+  [[maybe_unused]] const CpuIsa isa = cpu_isa();
+#if defined(DCNV3_HAVE_AVX512_PATH)
+  if (isa == CpuIsa::kAvx512) {
+    return avx512::backward_typed<scalar_t, grad_t>(grad_output, value, offset, mask, grad_value, grad_offset,
+                                                    grad_mask, p, mask_logits);
+  }
+#endif
 #if defined(DCNV3_HAVE_AVX2_PATH)
-  if (use_avx2()) {
+  if (isa == CpuIsa::kAvx2) {
     return avx2::backward_typed<scalar_t, grad_t>(grad_output, value, offset, mask, grad_value, grad_offset,
                                                   grad_mask, p, mask_logits);
   }

@@ -34,6 +34,7 @@
 
 #include "dcnv3_common/dcnv3_params.h"
 #include "dcnv3_common/dcnv3_sampling.h"
+#include "dcnv3_cpu/cpu_isa.h"
 #include "torch_binding.h"
 
 // Baseline build of the loops (any CPU).
@@ -41,28 +42,24 @@
 #include "dcnv3_cpu/dcnv4_cpu_impl.h"
 #undef DCNV3_CPU_ISA
 
-// The same loops for AVX2 + FMA, chosen at run time.
+// The same loops for AVX2 + FMA and for AVX-512, chosen at run time (cpu_isa.h).
 #define DCNV3_CPU_IMPL "dcnv3_cpu/dcnv4_cpu_impl.h"
 #include "dcnv3_cpu/avx2_variant.h"
+#include "dcnv3_cpu/avx512_variant.h"
 #undef DCNV3_CPU_IMPL
 
 namespace dcnv4 {
 namespace {
 
-bool use_avx2() {
-#if defined(DCNV3_HAVE_AVX2_PATH)
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported;
-#else
-  return false;
-#endif
-}
-
 template <typename scalar_t>
 void forward_dispatch(const scalar_t* value, const scalar_t* offset_mask, scalar_t* out, const dcnv3::Params& p,
                       int64_t row_width) {
+  [[maybe_unused]] const dcnv3::CpuIsa isa = dcnv3::cpu_isa();
+#if defined(DCNV3_HAVE_AVX512_PATH)
+  if (isa == dcnv3::CpuIsa::kAvx512) return avx512::forward_typed<scalar_t>(value, offset_mask, out, p, row_width);
+#endif
 #if defined(DCNV3_HAVE_AVX2_PATH)
-  if (use_avx2()) return avx2::forward_typed<scalar_t>(value, offset_mask, out, p, row_width);
+  if (isa == dcnv3::CpuIsa::kAvx2) return avx2::forward_typed<scalar_t>(value, offset_mask, out, p, row_width);
 #endif
   baseline::forward_typed<scalar_t>(value, offset_mask, out, p, row_width);
 }
@@ -70,8 +67,15 @@ void forward_dispatch(const scalar_t* value, const scalar_t* offset_mask, scalar
 template <typename scalar_t, typename grad_t>
 void backward_dispatch(const scalar_t* grad_output, const scalar_t* value, const scalar_t* offset_mask,
                        grad_t* grad_value, scalar_t* grad_offset_mask, const dcnv3::Params& p, int64_t row_width) {
+  [[maybe_unused]] const dcnv3::CpuIsa isa = dcnv3::cpu_isa();
+#if defined(DCNV3_HAVE_AVX512_PATH)
+  if (isa == dcnv3::CpuIsa::kAvx512) {
+    return avx512::backward_typed<scalar_t, grad_t>(grad_output, value, offset_mask, grad_value, grad_offset_mask, p,
+                                                    row_width);
+  }
+#endif
 #if defined(DCNV3_HAVE_AVX2_PATH)
-  if (use_avx2()) {
+  if (isa == dcnv3::CpuIsa::kAvx2) {
     return avx2::backward_typed<scalar_t, grad_t>(grad_output, value, offset_mask, grad_value, grad_offset_mask, p,
                                                   row_width);
   }

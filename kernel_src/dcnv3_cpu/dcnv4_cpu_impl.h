@@ -18,23 +18,35 @@ using dcnv3::TapGrid;
 using dcnv3::tap_grid;
 using dcnv3::DCNV3_CPU_ISA::SampleGrads;
 using dcnv3::DCNV3_CPU_ISA::TapTable;
+using dcnv3::DCNV3_CPU_ISA::kQuadCorners;
+using dcnv3::DCNV3_CPU_ISA::quad_corners_apply;
 
-// S = G * P rounded up to whole AVX2 registers of floats: the length of the per-sample tables below, so that the
-// AVX2 loops read and write them with plain full-width loads and stores (phase 2 reads phase 1's stores back at once,
-// and a load cannot be forwarded from a masked store).
-inline int64_t padded_samples(int64_t samples) { return (samples + 7) / 8 * 8; }
+// S = G * P rounded up to whole vector registers of floats (16 lanes in the AVX-512 build, else 8): the length of
+// the per-sample tables below, so that the vector loops read and write them with plain full-width loads and stores
+// (phase 2 reads phase 1's stores back at once, and a load cannot be forwarded from a masked store).
+#if defined(DCNV3_CPU_AVX512)
+constexpr int64_t kSampleLanes = 16;
+#else
+constexpr int64_t kSampleLanes = 8;
+#endif
+inline int64_t padded_samples(int64_t samples) { return (samples + kSampleLanes - 1) / kSampleLanes * kSampleLanes; }
 
-// Forward phase 1 output for the S = G * P samples of one output pixel: the four bilinear corners of each sample as
-// element offsets into the image and weights with the point weight folded in, [4][stride] each, corners (y0, x0),
-// (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1).
+// Forward phase 1 output for the S = G * P samples of one output pixel: the bilinear corners of each sample and
+// their weights with the point weight folded in, [4][stride] each, corners (y0, x0), (y0, x0 + 1), (y0 + 1, x0),
+// (y0 + 1, x0 + 1). With `quad` (see `quad_corners_apply`) the corners are one 2x2 quad moved inside the image
+// and only its top-left corner is stored (element[q]; the others are `step` away), so that phase 2 loads one offset
+// per sample instead of four; otherwise every corner is clamped onto the image on its own (element[k * stride + q]).
 template <typename acc_t>
 struct Corners {
   int64_t stride;                // distance between the corner rows, padded_samples(S)
+  bool quad;                     // one 2x2 quad per sample
+  int32_t step[4];               // with `quad`: the corners' displacements from element[q], 0, C, W * C, W * C + C
   std::vector<acc_t> weight;     // 0 for a corner in the zero padding
-  std::vector<int32_t> element;  // (y * W + x) * C of the corner, clamped onto the image
+  std::vector<int32_t> element;  // (y * W + x) * C of the corner(s), on the image
 
-  explicit Corners(int64_t samples)
-      : stride(padded_samples(samples)), weight(4 * stride), element(4 * stride) {}
+  Corners(int64_t samples, bool quad, int32_t width, int32_t channels)
+      : stride(padded_samples(samples)), quad(quad), step{0, channels, width * channels, width * channels + channels},
+        weight(4 * stride), element((quad ? 1 : 4) * stride) {}
 };
 
 // Per sample q = g * P + point, where it finds its inputs in a pixel's fused row (dx at column offset[q], dy right
@@ -106,6 +118,8 @@ inline void locate_corners_avx2(const float* row, const SampleTable<float>& tabl
     const __m256 ly = _mm256_sub_ps(y, _mm256_cvtepi32_ps(y0));
     const __m256i top_in = _mm256_cmpgt_epi32(y0, minus_one_i), bottom_in = _mm256_cmpgt_epi32(last_row, y0);
     const __m256i left_in = _mm256_cmpgt_epi32(x0, minus_one_i), right_in = _mm256_cmpgt_epi32(last_col, x0);
+    float* weight = corners.weight.data() + q;
+    auto* element = reinterpret_cast<__m256i*>(corners.element.data() + q);
     const __m256 top = _mm256_and_ps(_mm256_castsi256_ps(top_in), _mm256_mul_ps(_mm256_sub_ps(one, ly), m));
     const __m256 bottom = _mm256_and_ps(_mm256_castsi256_ps(bottom_in), _mm256_mul_ps(ly, m));
     const __m256 left = _mm256_and_ps(_mm256_castsi256_ps(left_in), _mm256_sub_ps(one, lx));
@@ -116,8 +130,6 @@ inline void locate_corners_avx2(const float* row, const SampleTable<float>& tabl
                                            _mm256_mullo_epi32(_mm256_max_epi32(x0, zero_i), channels_i));
     const __m256i step_x = _mm256_and_si256(_mm256_and_si256(left_in, right_in), channels_i);
     const __m256i step_y = _mm256_and_si256(_mm256_and_si256(top_in, bottom_in), row_stride);
-    float* weight = corners.weight.data() + q;
-    auto* element = reinterpret_cast<__m256i*>(corners.element.data() + q);
     _mm256_storeu_ps(weight, _mm256_mul_ps(top, left));
     _mm256_storeu_ps(weight + stride, _mm256_mul_ps(top, right));
     _mm256_storeu_ps(weight + 2 * stride, _mm256_mul_ps(bottom, left));
@@ -130,30 +142,105 @@ inline void locate_corners_avx2(const float* row, const SampleTable<float>& tabl
 }
 #endif
 
+#if defined(DCNV3_CPU_AVX512)
+// `locate_corners_avx2` sixteen samples per step, with mask registers for the comparisons and selects.
+inline void locate_corners_avx512(const float* row, const SampleTable<float>& table, const TapGrid<float>& grid,
+                                  int64_t samples, int32_t height, int32_t width, int32_t channels,
+                                  Corners<float>& corners) {
+  const __m512 base_x = _mm512_set1_ps(grid.base_x), base_y = _mm512_set1_ps(grid.base_y);
+  const __m512 scale = _mm512_set1_ps(grid.scale);
+  const __m512 one = _mm512_set1_ps(1.0f), minus_one = _mm512_set1_ps(-1.0f);
+  const __m512 height_f = _mm512_set1_ps(float(height)), width_f = _mm512_set1_ps(float(width));
+  const __m512i one_i = _mm512_set1_epi32(1), minus_one_i = _mm512_set1_epi32(-1), zero_i = _mm512_setzero_si512();
+  const __m512i last_row = _mm512_set1_epi32(height - 1), last_col = _mm512_set1_epi32(width - 1);
+  const __m512i row_stride = _mm512_set1_epi32(width * channels), channels_i = _mm512_set1_epi32(channels);
+  const int64_t stride = corners.stride;
+  for (int64_t q = 0; q < samples; q += 16) {
+    const __m512i offset_col = _mm512_loadu_si512(table.offset.data() + q);
+    const __m512 dx = _mm512_i32gather_ps(offset_col, row, 4);
+    const __m512 dy = _mm512_i32gather_ps(offset_col, row + 1, 4);
+    const __m512 w = _mm512_i32gather_ps(_mm512_loadu_si512(table.weight.data() + q), row, 4);
+    const __m512 sx = _mm512_fmadd_ps(scale, _mm512_add_ps(_mm512_loadu_ps(table.tap_x.data() + q), dx), base_x);
+    const __m512 sy = _mm512_fmadd_ps(scale, _mm512_add_ps(_mm512_loadu_ps(table.tap_y.data() + q), dy), base_y);
+    // Ordered comparisons: a NaN location is not inside.
+    const __mmask16 inside =
+        _mm512_cmp_ps_mask(sx, minus_one, _CMP_GT_OQ) & _mm512_cmp_ps_mask(sy, minus_one, _CMP_GT_OQ) &
+        _mm512_cmp_ps_mask(sx, width_f, _CMP_LT_OQ) & _mm512_cmp_ps_mask(sy, height_f, _CMP_LT_OQ);
+    // Outside, the point weight becomes 0, or NaN where the location or weight is not finite (as in the AVX2 loop).
+    const __m512 outside = _mm512_add_ps(_mm512_add_ps(_mm512_sub_ps(sx, sx), _mm512_sub_ps(sy, sy)),
+                                         _mm512_sub_ps(w, w));
+    const __m512 m = _mm512_mask_blend_ps(inside, outside, w);
+    const __m512 x = _mm512_maskz_mov_ps(inside, sx);
+    const __m512 y = _mm512_maskz_mov_ps(inside, sy);
+    // x, y > -1: truncating x + 1 is floor(x) + 1.
+    const __m512i x0 = _mm512_sub_epi32(_mm512_cvttps_epi32(_mm512_add_ps(x, one)), one_i);
+    const __m512i y0 = _mm512_sub_epi32(_mm512_cvttps_epi32(_mm512_add_ps(y, one)), one_i);
+    const __m512 lx = _mm512_sub_ps(x, _mm512_cvtepi32_ps(x0));
+    const __m512 ly = _mm512_sub_ps(y, _mm512_cvtepi32_ps(y0));
+    const __mmask16 top_in = _mm512_cmpgt_epi32_mask(y0, minus_one_i);
+    const __mmask16 bottom_in = _mm512_cmpgt_epi32_mask(last_row, y0);
+    const __mmask16 left_in = _mm512_cmpgt_epi32_mask(x0, minus_one_i);
+    const __mmask16 right_in = _mm512_cmpgt_epi32_mask(last_col, x0);
+    float* weight = corners.weight.data() + q;
+    int32_t* element = corners.element.data() + q;
+    if (corners.quad) {
+      // The quad's top-left corner (ya, xa) = (clamp(y0, 0, H - 2), clamp(x0, 0, W - 2)). Where y0 was clamped
+      // up, row y0 + 1 (weight `lower`) is the quad's first row; where y0 + 1 was clamped down, row y0 (weight
+      // `upper`) is its second; the quad's other row gets weight 0. Likewise for the columns.
+      const __m512 upper = _mm512_mul_ps(_mm512_sub_ps(one, ly), m), lower = _mm512_mul_ps(ly, m);
+      const __m512 hx = _mm512_sub_ps(one, lx);
+      const __m512 row_a = _mm512_mask_blend_ps(top_in, lower, _mm512_maskz_mov_ps(bottom_in, upper));
+      const __m512 row_b = _mm512_maskz_mov_ps(top_in, _mm512_mask_blend_ps(bottom_in, upper, lower));
+      const __m512 col_a = _mm512_mask_blend_ps(left_in, lx, _mm512_maskz_mov_ps(right_in, hx));
+      const __m512 col_b = _mm512_maskz_mov_ps(left_in, _mm512_mask_blend_ps(right_in, hx, lx));
+      const __m512i ya = _mm512_min_epi32(_mm512_max_epi32(y0, zero_i), _mm512_sub_epi32(last_row, one_i));
+      const __m512i xa = _mm512_min_epi32(_mm512_max_epi32(x0, zero_i), _mm512_sub_epi32(last_col, one_i));
+      _mm512_storeu_ps(weight, _mm512_mul_ps(row_a, col_a));
+      _mm512_storeu_ps(weight + stride, _mm512_mul_ps(row_a, col_b));
+      _mm512_storeu_ps(weight + 2 * stride, _mm512_mul_ps(row_b, col_a));
+      _mm512_storeu_ps(weight + 3 * stride, _mm512_mul_ps(row_b, col_b));
+      _mm512_storeu_si512(element,
+                          _mm512_add_epi32(_mm512_mullo_epi32(ya, row_stride), _mm512_mullo_epi32(xa, channels_i)));
+      continue;
+    }
+    const __m512 top = _mm512_maskz_mul_ps(top_in, _mm512_sub_ps(one, ly), m);
+    const __m512 bottom = _mm512_maskz_mul_ps(bottom_in, ly, m);
+    const __m512 left = _mm512_maskz_sub_ps(left_in, one, lx);
+    const __m512 right = _mm512_maskz_mov_ps(right_in, lx);
+    // The corner offsets from the first in-image corner, as in the AVX2 loop.
+    const __m512i first = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_max_epi32(y0, zero_i), row_stride),
+                                           _mm512_mullo_epi32(_mm512_max_epi32(x0, zero_i), channels_i));
+    const __m512i step_x = _mm512_maskz_mov_epi32(left_in & right_in, channels_i);
+    const __m512i step_y = _mm512_maskz_mov_epi32(top_in & bottom_in, row_stride);
+    _mm512_storeu_ps(weight, _mm512_mul_ps(top, left));
+    _mm512_storeu_ps(weight + stride, _mm512_mul_ps(top, right));
+    _mm512_storeu_ps(weight + 2 * stride, _mm512_mul_ps(bottom, left));
+    _mm512_storeu_ps(weight + 3 * stride, _mm512_mul_ps(bottom, right));
+    _mm512_storeu_si512(element, first);
+    _mm512_storeu_si512(element + stride, _mm512_add_epi32(first, step_x));
+    _mm512_storeu_si512(element + 2 * stride, _mm512_add_epi32(first, step_y));
+    _mm512_storeu_si512(element + 3 * stride, _mm512_add_epi32(_mm512_add_epi32(first, step_x), step_y));
+  }
+}
+#endif
+
 // Forward phase 1: the arithmetic of DCNv3's `locate_samples` (same locations, corner weights and NaN behaviour) with
 // the corner rows as element offsets premultiplied by C, so that phase 2 addresses them without a multiply. A corner in
-// the zero padding gets weight 0 and an offset clamped onto the image; a sample entirely outside (or at a NaN
-// location) moves to (0, 0) with point weight 0, NaN when the location or weight is not finite (the reference adds
-// weight * 0 there).
-template <typename scalar_t, typename acc_t>
-inline void locate_corners(const scalar_t* __restrict__ row, const SampleTable<acc_t>& table,
-                           const TapGrid<acc_t>& grid, int64_t samples, int32_t height, int32_t width,
-                           int32_t channels, Corners<acc_t>& corners) {
-#if defined(DCNV3_CPU_AVX2)
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    return locate_corners_avx2(row, table, grid, samples, height, width, channels, corners);
-  }
-#endif
+// the zero padding gets weight 0 and an offset clamped onto the image (or, with kQuad, is the quad's corner
+// inside the image, see `Corners`); a sample entirely outside (or at a NaN location) moves to (0, 0) with point
+// weight 0, NaN when the location or weight is not finite (the reference adds weight * 0 there).
+template <typename scalar_t, typename acc_t, bool kQuad>
+inline void locate_corners_generic(const scalar_t* __restrict__ row, const SampleTable<acc_t>& table,
+                                   const TapGrid<acc_t>& grid, int64_t samples, int32_t height, int32_t width,
+                                   int32_t channels, Corners<acc_t>& corners) {
   const acc_t base_x = grid.base_x, base_y = grid.base_y, scale = grid.scale;
   const int32_t row_stride = width * channels;
+  const int64_t stride = corners.stride;
   acc_t* w0 = corners.weight.data();
-  acc_t* w1 = w0 + corners.stride;
-  acc_t* w2 = w1 + corners.stride;
-  acc_t* w3 = w2 + corners.stride;
-  int32_t* e0 = corners.element.data();
-  int32_t* e1 = e0 + corners.stride;
-  int32_t* e2 = e1 + corners.stride;
-  int32_t* e3 = e2 + corners.stride;
+  acc_t* w1 = w0 + stride;
+  acc_t* w2 = w1 + stride;
+  acc_t* w3 = w2 + stride;
+  int32_t* element = corners.element.data();
   const int32_t* __restrict__ offset_col = table.offset.data();
   const int32_t* __restrict__ weight_col = table.weight.data();
   const acc_t* __restrict__ tap_x = table.tap_x.data();
@@ -175,40 +262,105 @@ inline void locate_corners(const scalar_t* __restrict__ row, const SampleTable<a
     const int32_t y0 = static_cast<int32_t>(y + acc_t(1)) - 1;
     const acc_t lx = x - acc_t(x0);
     const acc_t ly = y - acc_t(y0);
-    const acc_t top = y0 >= 0 ? (acc_t(1) - ly) * m : acc_t(0);
-    const acc_t bottom = y0 + 1 < height ? ly * m : acc_t(0);
-    const acc_t left = x0 >= 0 ? acc_t(1) - lx : acc_t(0);
-    const acc_t right = x0 + 1 < width ? lx : acc_t(0);
-    const int32_t row_a = std::max(y0, 0) * row_stride, row_b = std::min(y0 + 1, height - 1) * row_stride;
-    const int32_t col_a = std::max(x0, 0) * channels, col_b = std::min(x0 + 1, width - 1) * channels;
-    w0[q] = top * left;
-    w1[q] = top * right;
-    w2[q] = bottom * left;
-    w3[q] = bottom * right;
-    e0[q] = row_a + col_a;
-    e1[q] = row_a + col_b;
-    e2[q] = row_b + col_a;
-    e3[q] = row_b + col_b;
+    const acc_t upper = (acc_t(1) - ly) * m, lower = ly * m;
+    const bool top_in = y0 >= 0, bottom_in = y0 + 1 < height, left_in = x0 >= 0, right_in = x0 + 1 < width;
+    if constexpr (kQuad) {
+      // As in `locate_corners_avx512`: a clamped quad row or column takes the in-image weight.
+      const acc_t row_a = top_in ? (bottom_in ? upper : acc_t(0)) : lower;
+      const acc_t row_b = top_in ? (bottom_in ? lower : upper) : acc_t(0);
+      const acc_t col_a = left_in ? (right_in ? acc_t(1) - lx : acc_t(0)) : lx;
+      const acc_t col_b = left_in ? (right_in ? lx : acc_t(1) - lx) : acc_t(0);
+      const int32_t ya = std::min(std::max(y0, 0), height - 2), xa = std::min(std::max(x0, 0), width - 2);
+      w0[q] = row_a * col_a;
+      w1[q] = row_a * col_b;
+      w2[q] = row_b * col_a;
+      w3[q] = row_b * col_b;
+      element[q] = ya * row_stride + xa * channels;
+    } else {
+      const acc_t top = top_in ? upper : acc_t(0);
+      const acc_t bottom = bottom_in ? lower : acc_t(0);
+      const acc_t left = left_in ? acc_t(1) - lx : acc_t(0);
+      const acc_t right = right_in ? lx : acc_t(0);
+      const int32_t row_a = std::max(y0, 0) * row_stride, row_b = std::min(y0 + 1, height - 1) * row_stride;
+      const int32_t col_a = std::max(x0, 0) * channels, col_b = std::min(x0 + 1, width - 1) * channels;
+      w0[q] = top * left;
+      w1[q] = top * right;
+      w2[q] = bottom * left;
+      w3[q] = bottom * right;
+      element[q] = row_a + col_a;
+      element[stride + q] = row_a + col_b;
+      element[2 * stride + q] = row_b + col_a;
+      element[3 * stride + q] = row_b + col_b;
+    }
   }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void locate_corners(const scalar_t* __restrict__ row, const SampleTable<acc_t>& table,
+                           const TapGrid<acc_t>& grid, int64_t samples, int32_t height, int32_t width,
+                           int32_t channels, Corners<acc_t>& corners) {
+#if defined(DCNV3_CPU_AVX512)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return locate_corners_avx512(row, table, grid, samples, height, width, channels, corners);
+  }
+#elif defined(DCNV3_CPU_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return locate_corners_avx2(row, table, grid, samples, height, width, channels, corners);
+  }
+#endif
+  if constexpr (kQuadCorners) {
+    if (corners.quad) {
+      return locate_corners_generic<scalar_t, acc_t, true>(row, table, grid, samples, height, width, channels,
+                                                           corners);
+    }
+  }
+  locate_corners_generic<scalar_t, acc_t, false>(row, table, grid, samples, height, width, channels, corners);
 }
 
 // Channels per block of the forward's channel loop: two AVX2 registers of floats.
 constexpr int kBlock = 16;
 
+// Where phase 2 finds the value rows of a sample's four corners: element[k * stride + q], or with quad corners the
+// quad's top-left corner element[q] and the constant steps. A copy by value, so that the steps stay in registers
+// across the loop over samples (read through `Corners`, GCC reloaded them for every corner).
+template <bool kQuad>
+struct CornerRows {
+  const int32_t* element;
+  int64_t stride;
+  int64_t step[4];
+
+  template <typename acc_t>
+  explicit CornerRows(const Corners<acc_t>& corners)
+      : element(corners.element.data()), stride(corners.stride),
+        step{corners.step[0], corners.step[1], corners.step[2], corners.step[3]} {}
+
+  // rows[k] = the first value of corner k of sample q in `block`: one offset load and one address for a quad.
+  template <typename T>
+  void of(const T* block, int64_t q, const T* (&rows)[4]) const {
+    if constexpr (kQuad) {
+      const T* quad = block + element[q];
+      for (int k = 0; k < 4; ++k) rows[k] = quad + step[k];
+    } else {
+      for (int k = 0; k < 4; ++k) rows[k] = block + element[k * stride + q];
+    }
+  }
+};
+
 #if defined(DCNV3_CPU_AVX2)
 // `sample_block` for float and kVecs whole AVX2 registers (8 or 16 channels).
-template <int kVecs>
+template <int kVecs, bool kQuad>
 inline void sample_block_avx2(float* __restrict__ out, const float* __restrict__ value_block, const float* w,
-                              const int32_t* element, int64_t first, int64_t points, int64_t stride) {
+                              const CornerRows<kQuad> corner_rows, int64_t first, int64_t points, int64_t stride) {
   __m256 sum[4][kVecs];
   for (int k = 0; k < 4; ++k) {
     for (int v = 0; v < kVecs; ++v) sum[k][v] = _mm256_setzero_ps();
   }
   for (int64_t q = first; q < first + points; ++q) {
+    const float* rows[4];
+    corner_rows.of(value_block, q, rows);
     for (int k = 0; k < 4; ++k) {
-      const float* corner = value_block + element[k * stride + q];
       const __m256 weight = _mm256_set1_ps(w[k * stride + q]);
-      for (int v = 0; v < kVecs; ++v) sum[k][v] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(corner + 8 * v), sum[k][v]);
+      for (int v = 0; v < kVecs; ++v) sum[k][v] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(rows[k] + 8 * v), sum[k][v]);
     }
   }
   for (int v = 0; v < kVecs; ++v) {
@@ -218,26 +370,57 @@ inline void sample_block_avx2(float* __restrict__ out, const float* __restrict__
 }
 #endif
 
+#if defined(DCNV3_CPU_AVX512)
+// `sample_block` for float and a whole block of 16 channels: one AVX-512 register per corner.
+template <bool kQuad>
+inline void sample_block_avx512(float* __restrict__ out, const float* __restrict__ value_block, const float* w,
+                                const CornerRows<kQuad> corner_rows, int64_t first, int64_t points, int64_t stride) {
+  __m512 sum[4];
+  for (int k = 0; k < 4; ++k) sum[k] = _mm512_setzero_ps();
+  for (int64_t q = first; q < first + points; ++q) {
+    const float* rows[4];
+    corner_rows.of(value_block, q, rows);
+    for (int k = 0; k < 4; ++k) {
+      sum[k] = _mm512_fmadd_ps(_mm512_set1_ps(w[k * stride + q]), _mm512_loadu_ps(rows[k]), sum[k]);
+    }
+  }
+  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_add_ps(sum[0], sum[1]), _mm512_add_ps(sum[2], sum[3])));
+}
+#endif
+
 // Forward phase 2: out[c] = sum over the group's P samples and 4 corners of w * value[corner][c], for the channels
 // [c0, c0 + width) of one group, width <= kBlock. The sums stay in registers across the P samples (one running sum
 // per corner and lane, so that the four corners' products are independent chains) and are written once, where the
 // DCNv3 loop adds every sample into an accumulator array in memory.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool kQuad>
 inline void sample_block(scalar_t* __restrict__ out, const scalar_t* __restrict__ value_block,
                          const Corners<acc_t>& corners, int64_t first, int64_t points, int width) {
   const int64_t stride = corners.stride;
   const acc_t* w = corners.weight.data();
-  const int32_t* element = corners.element.data();
+  const CornerRows<kQuad> corner_rows(corners);
+#if defined(DCNV3_CPU_AVX512)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (width == kBlock) {
+      return sample_block_avx512<kQuad>(out, value_block, w, corner_rows, first, points, stride);
+    }
+  }
+#endif
 #if defined(DCNV3_CPU_AVX2)
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (width == kBlock) return sample_block_avx2<2>(out, value_block, w, element, first, points, stride);
-    if (width == kBlock / 2) return sample_block_avx2<1>(out, value_block, w, element, first, points, stride);
+    if (width == kBlock) {
+      return sample_block_avx2<2, kQuad>(out, value_block, w, corner_rows, first, points, stride);
+    }
+    if (width == kBlock / 2) {
+      return sample_block_avx2<1, kQuad>(out, value_block, w, corner_rows, first, points, stride);
+    }
   }
 #endif
   acc_t sum[4][kBlock] = {};
   for (int64_t q = first; q < first + points; ++q) {
+    const scalar_t* rows[4];
+    corner_rows.of(value_block, q, rows);
     for (int k = 0; k < 4; ++k) {
-      const scalar_t* __restrict__ v = value_block + element[k * stride + q];
+      const scalar_t* __restrict__ v = rows[k];
       const acc_t weight = w[k * stride + q];
       if (width == kBlock) {  // the whole-block case as its own loop: a constant trip count vectorises
         for (int c = 0; c < kBlock; ++c) sum[k][c] += weight * acc_t(v[c]);
@@ -248,6 +431,19 @@ inline void sample_block(scalar_t* __restrict__ out, const scalar_t* __restrict_
   }
   for (int c = 0; c < width; ++c) {
     out[c] = static_cast<scalar_t>((sum[0][c] + sum[1][c]) + (sum[2][c] + sum[3][c]));
+  }
+}
+
+// Phase 2 for every group and channel block of one output pixel.
+template <typename scalar_t, typename acc_t, bool kQuad>
+inline void sample_pixel(scalar_t* __restrict__ out, const scalar_t* __restrict__ value_n,
+                         const Corners<acc_t>& corners, int64_t groups, int64_t group_channels, int64_t points) {
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t c0 = 0; c0 < group_channels; c0 += kBlock) {
+      const int block = static_cast<int>(std::min<int64_t>(kBlock, group_channels - c0));
+      sample_block<scalar_t, acc_t, kQuad>(out + g * group_channels + c0, value_n + g * group_channels + c0, corners,
+                                           g * points, points, block);
+    }
   }
 }
 
@@ -270,8 +466,10 @@ void forward_typed(const scalar_t* value, const scalar_t* offset_mask, scalar_t*
   const int32_t width = static_cast<int32_t>(p.width);
   const int32_t channels = static_cast<int32_t>(C);
 
+  const bool quad = kQuadCorners && quad_corners_apply(value, p.batch, p.height, p.width, C);
+
   at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
-    Corners<acc_t> corners(samples);
+    Corners<acc_t> corners(samples, quad, width, channels);
     for (int64_t pix = begin; pix < end; ++pix) {
       const int64_t n = pix / out_hw;
       const int64_t local = pix % out_hw;
@@ -281,13 +479,13 @@ void forward_typed(const scalar_t* value, const scalar_t* offset_mask, scalar_t*
       locate_corners<scalar_t, acc_t>(offset_mask + pix * row_width, table, grid, samples, height, width, channels,
                                       corners);
       const scalar_t* value_n = value + n * p.height * p.width * C;
-      scalar_t* o = out + pix * C;
-      for (int64_t g = 0; g < p.group; ++g) {
-        for (int64_t c0 = 0; c0 < Cg; c0 += kBlock) {
-          const int block = static_cast<int>(std::min<int64_t>(kBlock, Cg - c0));
-          sample_block<scalar_t, acc_t>(o + g * Cg + c0, value_n + g * Cg + c0, corners, g * P, P, block);
+      if constexpr (kQuadCorners) {
+        if (quad) {
+          sample_pixel<scalar_t, acc_t, true>(out + pix * C, value_n, corners, p.group, Cg, P);
+          continue;
         }
       }
+      sample_pixel<scalar_t, acc_t, false>(out + pix * C, value_n, corners, p.group, Cg, P);
     }
   });
 }
