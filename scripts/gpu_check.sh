@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One-call GPU check of the DCNv3 hub kernel, for a GPU machine with torch preinstalled and no network
-# (e.g. 1x H200, CUDA 13 image, 10 minutes per command).
+# One-call GPU check of the DCNv3 hub kernel (its DCNv3 and DCNv4 ops), for a GPU machine with torch preinstalled and
+# no network (e.g. 1x H200, CUDA 13 image, 10 minutes per command).
 #
-#   bash scripts/gpu_check.sh            # preflight, one CUDA build, the CUDA tests, the benchmark
+#   bash scripts/gpu_check.sh            # preflight, one CUDA build, the CUDA tests, the benchmarks
 #   bash scripts/gpu_check.sh --smoke    # the same plumbing on the CPU (CI runs this)
 #
 # Prepare where there is network: `bash scripts/fetch_gpu_wheels.sh` fills .whl/ (`kernels`, carried to the GPU
@@ -80,11 +80,29 @@ build_rc=$?
 export INTERNIMAGE_KERNEL_PREBUILT=$BUILD
 
 # 3. The CUDA tests only (they skip without a GPU).
-run_step tests 200 $PY -m pytest tests/kernel/test_kernel_cuda.py -q -p no:cacheprovider -rs --durations=10
+run_step tests 200 $PY -m pytest tests/kernel/test_kernel_cuda.py tests/kernel/test_kernel_dcnv4_cuda.py -q \
+  -p no:cacheprovider -rs --durations=10
 tests_rc=$?
 tail -3 "$OUT/tests.log" | tee -a "$SUMMARY"
+# 4. FlashInternImage's claims are GPU claims: the DCNv4 op against the DCNv3 op at the InternImage-T stages
+# (dcnv4.json), then FlashInternImage-T and InternImage-T, kernelized, against ConvNeXt-T (model_bench.log).
+if [ $SMOKE = 1 ]; then
+  DCNV4_BENCH=(--device cpu --batch 1 --iters 1 --threads 1)
+  MODEL_BENCH=(--smoke --device cpu --batch 1 --iters 1 --rounds 1)
+else
+  DCNV4_BENCH=(--device cuda --batch 1 8)
+  MODEL_BENCH=(--device cuda --batch 1 32)
+fi
+dcnv4_rc=1 model_rc=1
+if [ $build_rc = 0 ]; then
+  run_step dcnv4_bench 60 $PY scripts/benchmark_dcnv4.py --kernel "$BUILD" --json "$OUT/dcnv4.json" "${DCNV4_BENCH[@]}"
+  dcnv4_rc=$?
+  run_step model_bench 90 $PY scripts/benchmark.py --no-compile --no-train --kernel-dir "$BUILD" "${MODEL_BENCH[@]}"
+  model_rc=$?
+  grep -E "^(convnext_t|internimage_t_kernel|flash_internimage_t_kernel) |^forward" "$OUT/model_bench.log" | tee -a "$SUMMARY"
+fi
 
-# 4. Benchmark: PyTorch, kernel, official op (if supplied); results as JSON lines, appended as they come.
+# 5. DCNv3 benchmark: PyTorch, kernel, official op (if supplied); results as JSON lines, appended as they come.
 BENCH=(--summary "$OUT/bench.jsonl")
 [ $SMOKE = 1 ] && BENCH+=(--smoke)
 [ $build_rc = 0 ] && BENCH+=(--kernel "$BUILD")
@@ -95,5 +113,6 @@ run_step bench $(( bench_budget > 10 ? bench_budget + 25 : 10 )) \
 bench_rc=$?
 note "benchmark rows: $(grep -c '"impl"' "$OUT/bench.jsonl" 2>/dev/null || echo 0)"
 
-note "done in $(( $(date +%s) - START )) s: build rc=$build_rc tests rc=$tests_rc bench rc=$bench_rc"
-[ $build_rc = 0 ] && [ $tests_rc = 0 ] && [ $bench_rc = 0 ]
+note "done in $(( $(date +%s) - START )) s: build rc=$build_rc tests rc=$tests_rc dcnv4_bench rc=$dcnv4_rc" \
+  "model_bench rc=$model_rc bench rc=$bench_rc"
+[ $build_rc = 0 ] && [ $tests_rc = 0 ] && [ $dcnv4_rc = 0 ] && [ $model_rc = 0 ] && [ $bench_rc = 0 ]

@@ -26,6 +26,13 @@ def test_gpu_check_smoke(tmp_path):
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert proc.returncode == 0, summary + proc.stderr[-2000:]
     assert "build: rc=0" in summary and "tests: rc=0" in summary and "bench rc=0" in summary
+    # The DCNv4 op and model benchmarks: every stage's ratio, every kernelized model's row.
+    assert "dcnv4_bench: rc=0" in summary and "model_bench: rc=0" in summary
+    dcnv4_rows = json.loads((tmp_path / "out" / "dcnv4.json").read_text())["rows"]
+    assert [row["size"] for row in dcnv4_rows] == [56, 28, 14, 7]
+    assert all(row["dcnv4_fwd_speedup"] > 0 for row in dcnv4_rows)
+    for model in ("convnext_t", "internimage_t_kernel", "flash_internimage_t_kernel"):
+        assert model in summary, model
     rows = [r for r in _rows(tmp_path / "out" / "bench.jsonl") if "impl" in r]
     # 3 dtypes x 4 stages x {pytorch, kernel} x {fwd, fwd+bwd}, every one timed
     assert len(rows) == 48 and all(r["ms"] > 0 and r["fraction_of_copy"] > 0 for r in rows)
